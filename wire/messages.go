@@ -1,0 +1,191 @@
+package wire
+
+// Task asks an actor for Samples completions of one question (TASKS stream,
+// work queue). The learner writes it; TaskID is also the publish message id,
+// so a retried publish is deduplicated by the server.
+type Task struct {
+	V          uint16  `msgpack:"v"`
+	RunID      string  `msgpack:"run"`
+	TaskID     string  `msgpack:"id"`   // "<step>/<question>", unique within a run
+	Step       int64   `msgpack:"step"` // learner step the rollouts are for
+	QuestionID string  `msgpack:"q"`
+	Prompt     string  `msgpack:"prompt"` // question text as given to the policy
+	Answer     string  `msgpack:"gold"`   // reference answer, passed through to the verifier
+	Kind       string  `msgpack:"kind"`   // verifier kind (see verifier.Lookup)
+	Samples    int     `msgpack:"n"`      // K fresh, or K-1 for a replayed question (ALGORITHM.md E8)
+	MinVersion int64   `msgpack:"minv"`   // actors must sample with at least this policy version
+	MaxNew     int     `msgpack:"maxnew"` // response token cap
+	Temp       float32 `msgpack:"temp"`   // sampling temperature (log-probs are recorded at T=1, see policy)
+	Seed       int64   `msgpack:"seed"`   // base seed; sample i uses Seed+i, so a redelivered task samples the same
+}
+
+// Trajectory is one sampled completion (ROLLOUTS stream, work queue). ID is
+// "<TaskID>/<index>" and is the publish message id.
+type Trajectory struct {
+	V             uint16   `msgpack:"v"`
+	RunID         string   `msgpack:"run"`
+	ID            string   `msgpack:"id"`
+	TaskID        string   `msgpack:"task"`
+	Step          int64    `msgpack:"step"`
+	QuestionID    string   `msgpack:"q"`
+	Index         int      `msgpack:"i"`     // 0..Samples-1 within the task
+	PolicyVersion int64    `msgpack:"ver"`   // version of the behaviour policy
+	ActorID       string   `msgpack:"actor"` // who sampled it
+	PromptTokens  Int32s   `msgpack:"pt"`
+	Tokens        Int32s   `msgpack:"tok"`    // response token ids, EOS included when emitted
+	LogProbs      Float32s `msgpack:"lp"`     // per response token, behaviour log-prob at T=1
+	Entropies     Float32s `msgpack:"ent"`    // per response token, entropy of the full T=1 distribution
+	Text          string   `msgpack:"text"`   // decoded response
+	Finish        string   `msgpack:"finish"` // "eos" or "length"
+	Answer        string   `msgpack:"gold"`   // copied from the task
+	Kind          string   `msgpack:"kind"`   // copied from the task
+	SampleMicros  int64    `msgpack:"us"`     // wall time spent sampling this task / Samples
+	CreatedUnixMs int64    `msgpack:"t"`
+}
+
+// Scored is a trajectory with its reward (SCORED stream). The verifier writes
+// it with the trajectory's ID as message id.
+type Scored struct {
+	V            uint16     `msgpack:"v"`
+	Traj         Trajectory `msgpack:"traj"`
+	Reward       float32    `msgpack:"r"`   // 0 or 1
+	Reason       string     `msgpack:"why"` // verifier verdict reason: "correct", "wrong_value", "timeout", ...
+	Extracted    string     `msgpack:"ans"` // the answer the verifier extracted, if any
+	VerifyMicros int64      `msgpack:"vus"`
+}
+
+// GroupReport is one question's group in a step (ALGORITHM.md E8, E9).
+type GroupReport struct {
+	QuestionID    string    `msgpack:"q"`
+	Size          int       `msgpack:"n"` // K
+	Correct       int       `msgpack:"k"` // correct rollouts, the replayed one included
+	Replayed      bool      `msgpack:"rep"`
+	ReplayedID    string    `msgpack:"repid"` // trajectory id of the replayed experience, if any
+	TrajectoryIDs []string  `msgpack:"ids"`   // all K, replayed first when present
+	Rewards       []float32 `msgpack:"r"`
+	Advantages    []float32 `msgpack:"a"`
+	Reasons       []string  `msgpack:"why"`
+	// Candidates ranks the replayed question's stored trajectories by mean
+	// token entropy under the current policy (ALGORITHM.md E7), lowest first.
+	Candidates []Candidate `msgpack:"cand,omitempty"`
+}
+
+// Candidate is one stored trajectory considered for replay.
+type Candidate struct {
+	ID      string  `msgpack:"id"`
+	Entropy float32 `msgpack:"h"`
+}
+
+// StepReport is the learner's ledger entry for one step (CONTROL stream,
+// message id "step/<n>"). The replay state is a deterministic fold of these
+// reports plus the scored trajectories they name.
+type StepReport struct {
+	V             uint16        `msgpack:"v"`
+	RunID         string        `msgpack:"run"`
+	Step          int64         `msgpack:"step"`
+	PolicyVersion int64         `msgpack:"ver"`  // version the step's fresh rollouts were asked from
+	NewVersion    int64         `msgpack:"nver"` // version published after the update
+	Pass1         float64       `msgpack:"pass1"`
+	Mixed         bool          `msgpack:"mixed"` // this step trained in mixed mode (collection on; ALGORITHM.md E5)
+	Groups        []GroupReport `msgpack:"groups"`
+	Loss          float64       `msgpack:"loss"`
+	GradNorm      float64       `msgpack:"gnorm"`
+	Skipped       bool          `msgpack:"skip"`
+	Entropy       float64       `msgpack:"ent"` // mean token entropy of the step's rollouts
+	StaleDropped  int           `msgpack:"stale"`
+	StepMicros    int64         `msgpack:"us"`
+	UnixMs        int64         `msgpack:"t"`
+}
+
+// Experience is one stored successful trajectory (EXPERIENCE stream, subject
+// per question). ALGORITHM.md E1: token ids, never re-tokenised text.
+type Experience struct {
+	V             uint16   `msgpack:"v"`
+	RunID         string   `msgpack:"run"`
+	QuestionID    string   `msgpack:"q"`
+	TrajectoryID  string   `msgpack:"id"`
+	Step          int64    `msgpack:"step"`
+	PolicyVersion int64    `msgpack:"ver"`
+	PromptTokens  Int32s   `msgpack:"pt"`
+	Tokens        Int32s   `msgpack:"tok"`
+	LogProbs      Float32s `msgpack:"lp"`
+	Text          string   `msgpack:"text"`
+}
+
+// SampleRequest asks the replay service for n_exp pool questions (ALGORITHM.md E6).
+type SampleRequest struct {
+	V     uint16 `msgpack:"v"`
+	RunID string `msgpack:"run"`
+	Step  int64  `msgpack:"step"`
+	N     int    `msgpack:"n"`
+	Seed  int64  `msgpack:"seed"`
+	// AfterStep: the reply must reflect every step report up to and including it.
+	AfterStep int64 `msgpack:"after"`
+}
+
+// SampledQuestion is one question drawn from the pool.
+type SampledQuestion struct {
+	QuestionID string   `msgpack:"q"`
+	Bucket     int      `msgpack:"k"`
+	Candidates []string `msgpack:"ids"` // stored trajectory ids, oldest first, capped (ALGORITHM.md E7)
+}
+
+// SampleReply answers a SampleRequest. Error is set instead of Questions when
+// the request could not be served.
+type SampleReply struct {
+	V         uint16            `msgpack:"v"`
+	Step      int64             `msgpack:"step"`
+	Questions []SampledQuestion `msgpack:"qs"`
+	Error     string            `msgpack:"err,omitempty"`
+}
+
+// DeadLetter records a message that could not be processed (DEAD stream).
+type DeadLetter struct {
+	V          uint16 `msgpack:"v"`
+	RunID      string `msgpack:"run"`
+	Stream     string `msgpack:"stream"`
+	Subject    string `msgpack:"subj"`
+	Sequence   uint64 `msgpack:"seq"`
+	Role       string `msgpack:"role"`
+	Reason     string `msgpack:"why"`
+	Deliveries uint64 `msgpack:"dlv"`
+	Data       []byte `msgpack:"data"` // the original payload, truncated to 64 KiB
+	UnixMs     int64  `msgpack:"t"`
+}
+
+func (m *Task) schema() (string, uint16, uint16)       { return "task", TaskSchema, m.V }
+func (m *Trajectory) schema() (string, uint16, uint16) { return "trajectory", TrajectorySchema, m.V }
+func (m *Scored) schema() (string, uint16, uint16)     { return "scored", ScoredSchema, m.V }
+func (m *StepReport) schema() (string, uint16, uint16) { return "step report", StepReportSchema, m.V }
+func (m *Experience) schema() (string, uint16, uint16) { return "experience", ExperienceSchema, m.V }
+func (m *SampleRequest) schema() (string, uint16, uint16) {
+	return "sample request", SampleRequestSchema, m.V
+}
+func (m *SampleReply) schema() (string, uint16, uint16) {
+	return "sample reply", SampleReplySchema, m.V
+}
+func (m *DeadLetter) schema() (string, uint16, uint16) { return "dead letter", DeadLetterSchema, m.V }
+
+// Stamp sets the schema version of a message about to be encoded; encoders
+// call it so that a zero-valued V never leaves the process.
+func Stamp(m Message) {
+	switch x := m.(type) {
+	case *Task:
+		x.V = TaskSchema
+	case *Trajectory:
+		x.V = TrajectorySchema
+	case *Scored:
+		x.V = ScoredSchema
+		x.Traj.V = TrajectorySchema
+	case *StepReport:
+		x.V = StepReportSchema
+	case *Experience:
+		x.V = ExperienceSchema
+	case *SampleRequest:
+		x.V = SampleRequestSchema
+	case *SampleReply:
+		x.V = SampleReplySchema
+	case *DeadLetter:
+		x.V = DeadLetterSchema
+	}
+}
