@@ -24,6 +24,9 @@ type node struct {
 // usual precedence and left associativity. Operands are non-negative integer
 // literals; there is no unary minus (the generators never write one).
 func parseExpr(s string) (*node, error) {
+	if len(s) > maxExprChars {
+		return nil, fmt.Errorf("%w: expression of %d chars (max %d)", ErrExpr, len(s), maxExprChars)
+	}
 	p := exprParser{s: s}
 	n, err := p.sum()
 	if err != nil {
@@ -74,8 +77,14 @@ func (p *exprParser) product() (*node, error) {
 	return l, nil
 }
 
-// maxLiteralDigits bounds operand literals so that no parse can overflow.
-const maxLiteralDigits = 9
+// Bounds that keep parsing shallow and arithmetic exact: literals have at
+// most 9 digits and every intermediate value is at most maxValue in absolute
+// value, so no sum or product of two of them overflows int64.
+const (
+	maxExprChars     = 4096
+	maxLiteralDigits = 9
+	maxValue         = 1_000_000_000
+)
 
 func (p *exprParser) atom() (*node, error) {
 	if p.i >= len(p.s) {
@@ -113,14 +122,18 @@ func (p *exprParser) atom() (*node, error) {
 // step is one line of a worked solution: l op r = v.
 type step struct {
 	l, r, v int64
-	op       byte
+	op      byte
 }
 
 // evalSteps evaluates n in post-order, left subtree first, appending one step
 // per operation. That order is what a person does: innermost parentheses
 // first, then products left to right, then sums left to right. Every
-// intermediate value must satisfy |v| <= maxAbs (maxAbs <= 0: no bound).
+// intermediate value must satisfy |v| <= maxAbs (maxAbs <= 0 or above
+// maxValue: maxValue).
 func evalSteps(n *node, maxAbs int64, steps []step) (int64, []step, error) {
+	if maxAbs <= 0 || maxAbs > maxValue {
+		maxAbs = maxValue
+	}
 	if n.op == 0 {
 		return n.val, steps, nil
 	}
@@ -151,7 +164,7 @@ func evalSteps(n *node, maxAbs int64, steps []step) (int64, []step, error) {
 	default:
 		return 0, steps, fmt.Errorf("%w: operator %q", ErrExpr, n.op)
 	}
-	if maxAbs > 0 && (v > maxAbs || v < -maxAbs) {
+	if v > maxAbs || v < -maxAbs {
 		return 0, steps, fmt.Errorf("%w: intermediate %d exceeds %d", ErrExpr, v, maxAbs)
 	}
 	return v, append(steps, step{l: l, r: r, v: v, op: n.op}), nil
@@ -162,7 +175,8 @@ func evalSteps(n *node, maxAbs int64, steps []step) (int64, []step, error) {
 // policy is taught to write: one "a op b = v" step per operation, separated
 // by commas, then the answer in \boxed{}. For example "7-2*3+4" gives
 // "2*3=6,7-6=1,1+4=5,\boxed{5}". Every intermediate value must satisfy
-// |v| <= maxAbs (maxAbs <= 0: no bound); a division must be exact.
+// |v| <= maxAbs (maxAbs <= 0: the overflow guard 10^9 only); a division
+// must be exact.
 func Solve(expr string, maxAbs int64) (answer int64, solution string, err error) {
 	n, err := parseExpr(expr)
 	if err != nil {
