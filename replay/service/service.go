@@ -1,0 +1,644 @@
+// Package service is the replay role: it drives the pure experience pool
+// (package replay) from JetStream.
+//
+// It reads the learner's step reports from CONTROL and the scored
+// trajectories they name from SCORED (one durable consumer on each, both
+// named Config.Durable), folds each report into the pool in stream order,
+// writes newly stored trajectories to EXPERIENCE (one subject per question),
+// purges a retired question's subject, and answers the learner's sample
+// requests on exgrpo.<run>.replay.sample once the fold has reached the step
+// the request names (ALGORITHM.md E1-E7).
+//
+// Durability: the pool is a deterministic fold of the reports, so after each
+// report the service writes a snapshot (the pool plus the scored trajectories
+// it holds for later reports) to its own Object Store bucket, and only then
+// acknowledges the messages folded into it. A restarted service restores the
+// snapshot and continues with the unacknowledged messages; a redelivered
+// report the snapshot already holds is skipped (replay.ErrStaleReport). The
+// state after a restart is therefore the state of the uninterrupted fold.
+package service
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/replay"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmihailenco/msgpack/v5"
+	"go.uber.org/zap"
+)
+
+// ErrConfig marks an invalid Config.
+var ErrConfig = errors.New("replay service: invalid config")
+
+// Config configures the replay role.
+type Config struct {
+	// Pool is the experience pool's configuration (K, mu, sigma, selection,
+	// candidates per question). K must equal the learner's K.
+	Pool replay.Config
+	// Durable names the service's consumers on CONTROL and SCORED. Default "replay".
+	Durable string
+	// AckWait of those consumers; it must exceed FlushInterval plus a fold.
+	// Default 2m.
+	AckWait time.Duration
+	// FlushInterval: scored trajectories waiting for their report are made
+	// durable (snapshot) and acknowledged at least this often. Default 10s.
+	FlushInterval time.Duration
+	// MaxBuffered bounds the scored trajectories held for reports not yet
+	// folded; beyond it the SCORED consumer waits (back-pressure). Default 65536.
+	MaxBuffered int
+	// ReportWait bounds how long a report waits for a trajectory it names;
+	// after it the report is folded without the missing ones (counted in
+	// the metrics and logged). Default 2m.
+	ReportWait time.Duration
+	// SampleTimeout drops a sample request still waiting for its step after
+	// this long (the learner has given up and retried). Default 2m.
+	SampleTimeout time.Duration
+	// Snapshots turns the per-report snapshot on (default true through
+	// DefaultConfig). Without it a restart folds CONTROL from its start.
+	Snapshots bool
+}
+
+// DefaultConfig returns the defaults above with the paper's pool.
+func DefaultConfig() Config {
+	return Config{Pool: replay.DefaultConfig(), Durable: "replay", AckWait: 2 * time.Minute,
+		FlushInterval: 10 * time.Second, MaxBuffered: 1 << 16, ReportWait: 2 * time.Minute,
+		SampleTimeout: 2 * time.Minute, Snapshots: true}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if err := c.Pool.Validate(); err != nil {
+		return fmt.Errorf("replay service: %w", err)
+	}
+	switch {
+	case c.Durable == "" || strings.ContainsAny(c.Durable, ". *>"):
+		return fmt.Errorf("%w: Durable %q must be a non-empty name without dots, spaces or wildcards", ErrConfig, c.Durable)
+	case c.AckWait <= 0 || c.FlushInterval <= 0 || c.ReportWait <= 0 || c.SampleTimeout <= 0:
+		return fmt.Errorf("%w: AckWait, FlushInterval, ReportWait and SampleTimeout must be positive (start from DefaultConfig)", ErrConfig)
+	case c.FlushInterval >= c.AckWait:
+		return fmt.Errorf("%w: FlushInterval %v must be below AckWait %v, or buffered messages are redelivered before they are acknowledged", ErrConfig, c.FlushInterval, c.AckWait)
+	case c.MaxBuffered < 1:
+		return fmt.Errorf("%w: MaxBuffered %d must be >= 1", ErrConfig, c.MaxBuffered)
+	}
+	return nil
+}
+
+// SnapshotBucket is the Object Store bucket of a run's replay snapshots.
+func SnapshotBucket(n bus.Names) string {
+	return strings.Replace(n.StateBucket(), "_STATE", "_REPLAY", 1)
+}
+
+const snapshotObject = "replay.snapshot"
+
+// durableState is what a snapshot holds: the pool and the trajectories it
+// holds for reports not yet folded (their messages are acknowledged once the
+// snapshot is written).
+type durableState struct {
+	V       uint16        `msgpack:"v"`
+	Pool    []byte        `msgpack:"pool"`
+	Pending []wire.Scored `msgpack:"pending"`
+}
+
+const durableStateVersion = 1
+
+// Service is the replay role. Build with New, run with Run (once).
+type Service struct {
+	cfg  Config
+	bus  *bus.Bus
+	log  *zap.Logger
+	met  *Metrics
+	pub  *bus.Publisher
+	snap jetstream.ObjectStore
+
+	pool     *replay.Pool
+	buffer   map[string]*wire.Scored // scored trajectories awaiting their report, by id
+	unacked  []jetstream.Msg         // SCORED messages buffered but not yet in a snapshot
+	reports  []pendingReport         // CONTROL messages in stream order, not yet folded
+	samples  []pendingSample
+	queries  chan query
+	dirtyAt  time.Time // when the first unacked message arrived
+	lastStep int64     // last folded step, -1 before any
+}
+
+type pendingReport struct {
+	msg     jetstream.Msg
+	rep     wire.StepReport
+	arrived time.Time
+}
+
+type pendingSample struct {
+	req     wire.SampleRequest
+	msg     *nats.Msg
+	arrived time.Time
+}
+
+// query runs fn inside the service loop (for tests and inspection).
+type query struct {
+	fn   func(*replay.Pool, int64)
+	done chan struct{}
+}
+
+// New builds the service on an open bus. metrics may be nil.
+func New(cfg Config, b *bus.Bus, metrics *Metrics, log *zap.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if metrics == nil {
+		metrics = NewMetrics(nil)
+	}
+	pool, err := replay.New(cfg.Pool)
+	if err != nil {
+		return nil, fmt.Errorf("replay service: %w", err)
+	}
+	return &Service{cfg: cfg, bus: b, log: log, met: metrics, pool: pool,
+		buffer: map[string]*wire.Scored{}, queries: make(chan query), lastStep: -1}, nil
+}
+
+// Inspect runs fn on the pool inside the service loop, with the last folded
+// step (-1 before any), and returns when it has run. fn must not keep the
+// pool. It fails when ctx ends or the service is not running.
+func (s *Service) Inspect(ctx context.Context, fn func(p *replay.Pool, lastStep int64)) error {
+	q := query{fn: fn, done: make(chan struct{})}
+	select {
+	case s.queries <- q:
+	case <-ctx.Done():
+		return fmt.Errorf("replay service: inspect: %w", ctx.Err())
+	}
+	select {
+	case <-q.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("replay service: inspect: %w", ctx.Err())
+	}
+}
+
+// Run serves until ctx ends (then it returns nil) or a fatal error.
+func (s *Service) Run(ctx context.Context) error {
+	var err error
+	if s.pub, err = s.bus.NewPublisher(bus.DefaultPublisherConfig()); err != nil {
+		return fmt.Errorf("replay service: %w", err)
+	}
+	defer s.pub.Close()
+	if s.cfg.Snapshots {
+		if err := s.restore(ctx); err != nil {
+			return err
+		}
+	}
+	s.log.Info("replay service starting", zap.Int64("last_step", s.lastStep), zap.Int("pool", s.pool.Len()),
+		zap.Int("buffered", len(s.buffer)))
+	s.observe()
+
+	ropts := bus.ReaderOptions{AckWait: s.cfg.AckWait, MaxAckPending: s.cfg.MaxBuffered}
+	ctrlCons, err := s.bus.Reader(ctx, bus.Control, s.cfg.Durable, ropts)
+	if err != nil {
+		return fmt.Errorf("replay service: %w", err)
+	}
+	scoredCons, err := s.bus.Reader(ctx, bus.Scored, s.cfg.Durable, ropts)
+	if err != nil {
+		return fmt.Errorf("replay service: %w", err)
+	}
+
+	ctrlCh := make(chan jetstream.Msg, 64)
+	scoredCh := make(chan jetstream.Msg, 1024)
+	sampleCh := make(chan *nats.Msg, 64)
+	forward := func(ch chan jetstream.Msg) jetstream.MessageHandler {
+		return func(m jetstream.Msg) {
+			select {
+			case ch <- m:
+			case <-ctx.Done():
+			}
+		}
+	}
+	cc, err := ctrlCons.Consume(forward(ctrlCh), jetstream.PullMaxMessages(64))
+	if err != nil {
+		return fmt.Errorf("replay service: consume control: %w", err)
+	}
+	defer cc.Stop()
+	sc, err := scoredCons.Consume(forward(scoredCh), jetstream.PullMaxMessages(512))
+	if err != nil {
+		return fmt.Errorf("replay service: consume scored: %w", err)
+	}
+	defer sc.Stop()
+	sub, err := s.bus.NC.Subscribe(s.bus.Names.SampleSubject(), func(m *nats.Msg) {
+		select {
+		case sampleCh <- m:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("replay service: subscribe %s: %w", s.bus.Names.SampleSubject(), err)
+	}
+	defer sub.Unsubscribe()
+
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		// Stop reading SCORED while the buffer is full; reports still flow.
+		in := scoredCh
+		if len(s.buffer) >= s.cfg.MaxBuffered {
+			in = nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-ctrlCh:
+			s.onReport(ctx, m)
+		case m := <-in:
+			s.onScored(ctx, m)
+		case m := <-sampleCh:
+			s.onSample(m)
+		case q := <-s.queries:
+			q.fn(s.pool, s.lastStep)
+			close(q.done)
+			continue
+		case <-tick.C:
+		}
+		if err := s.advance(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// onReport queues a step report in stream order.
+func (s *Service) onReport(ctx context.Context, m jetstream.Msg) {
+	var rep wire.StepReport
+	if err := wire.Decode(m.Data(), &rep); err != nil {
+		s.dead(ctx, bus.Control, m, err)
+		return
+	}
+	if rep.Step <= s.lastStep {
+		_ = m.Ack() // a redelivery of a report the snapshot already holds
+		return
+	}
+	s.reports = append(s.reports, pendingReport{msg: m, rep: rep, arrived: time.Now()})
+}
+
+// onScored buffers a scored trajectory until the report that names it.
+func (s *Service) onScored(ctx context.Context, m jetstream.Msg) {
+	var sc wire.Scored
+	if err := wire.Decode(m.Data(), &sc); err != nil {
+		s.dead(ctx, bus.Scored, m, err)
+		return
+	}
+	if _, ok := s.buffer[sc.Traj.ID]; ok || sc.Traj.Step <= s.lastStep {
+		// Already durable in the snapshot, or for a step already folded
+		// (a stale or unused rollout): nothing to keep.
+		_ = m.Ack()
+		return
+	}
+	s.buffer[sc.Traj.ID] = &sc
+	if len(s.unacked) == 0 {
+		s.dirtyAt = time.Now()
+	}
+	s.unacked = append(s.unacked, m)
+	s.met.Buffered.Set(float64(len(s.buffer)))
+}
+
+func (s *Service) onSample(m *nats.Msg) {
+	var req wire.SampleRequest
+	if err := wire.Decode(m.Data, &req); err != nil {
+		s.reply(m, wire.SampleReply{Error: fmt.Sprintf("replay: bad sample request: %v", err)})
+		return
+	}
+	s.met.SampleRequests.Inc()
+	s.samples = append(s.samples, pendingSample{req: req, msg: m, arrived: time.Now()})
+}
+
+// advance folds every report whose trajectories are all here, answers the
+// sample requests that became answerable, and flushes buffered acks.
+func (s *Service) advance(ctx context.Context) error {
+	for len(s.reports) > 0 {
+		pr := s.reports[0]
+		r, missing := s.assemble(&pr.rep)
+		if len(missing) > 0 {
+			if time.Since(pr.arrived) < s.cfg.ReportWait {
+				break
+			}
+			s.met.MissingTrajectories.Add(float64(len(missing)))
+			s.log.Warn("folding a step report without trajectories it names",
+				zap.Int64("step", pr.rep.Step), zap.Strings("missing", missing))
+		}
+		if err := s.fold(ctx, pr, r); err != nil {
+			return err
+		}
+		s.reports = s.reports[1:]
+	}
+	s.answer()
+	if len(s.unacked) > 0 && time.Since(s.dirtyAt) >= s.cfg.FlushInterval {
+		if err := s.persist(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// assemble builds the pool's view of a report. Only a mixed-mode report's
+// correct fresh rollouts can be stored (ALGORITHM.md E1, E2, E5), so only
+// those are needed; the replayed trajectory is already in the pool.
+func (s *Service) assemble(rep *wire.StepReport) (replay.Report, []string) {
+	r := replay.Report{Step: rep.Step, Mixed: rep.Mixed, Groups: make([]replay.Group, 0, len(rep.Groups))}
+	var missing []string
+	for _, g := range rep.Groups {
+		rg := replay.Group{QuestionID: g.QuestionID, Size: g.Size, Correct: g.Correct}
+		if rep.Mixed {
+			for i, id := range g.TrajectoryIDs {
+				if i >= len(g.Rewards) || g.Rewards[i] != 1 || (g.Replayed && id == g.ReplayedID) {
+					continue
+				}
+				sc, ok := s.buffer[id]
+				if !ok {
+					missing = append(missing, id)
+					continue
+				}
+				t := &sc.Traj
+				rg.Successes = append(rg.Successes, replay.Trajectory{ID: t.ID, PolicyVersion: t.PolicyVersion,
+					Step: rep.Step, PromptTokens: t.PromptTokens, Tokens: t.Tokens, LogProbs: t.LogProbs})
+			}
+		}
+		r.Groups = append(r.Groups, rg)
+	}
+	return r, missing
+}
+
+// fold applies one report, publishes its new experience, purges retired
+// questions, persists, then acknowledges (ARCHITECTURE.md: ack only after
+// the effect is durable).
+func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) error {
+	start := time.Now()
+	wasRetired := make(map[string]bool, len(r.Groups))
+	for _, g := range r.Groups {
+		wasRetired[g.QuestionID] = s.pool.Retired(g.QuestionID)
+	}
+	if err := s.pool.Apply(r); err != nil {
+		if errors.Is(err, replay.ErrStaleReport) {
+			_ = pr.msg.Ack()
+			return nil
+		}
+		s.dead(ctx, bus.Control, pr.msg, err)
+		return nil
+	}
+	s.lastStep = r.Step
+	batch := s.pub.Batch()
+	added := 0
+	for _, g := range r.Groups {
+		if len(g.Successes) == 0 {
+			continue
+		}
+		stored := map[string]bool{}
+		for _, c := range s.pool.Candidates(g.QuestionID) {
+			stored[c.ID] = true
+		}
+		for _, t := range g.Successes {
+			if !stored[t.ID] {
+				continue // a duplicate of a stored token sequence (E2)
+			}
+			sc := s.buffer[t.ID]
+			exp := wire.Experience{RunID: s.bus.Names.Run, QuestionID: g.QuestionID, TrajectoryID: t.ID,
+				Step: r.Step, PolicyVersion: t.PolicyVersion, PromptTokens: t.PromptTokens,
+				Tokens: t.Tokens, LogProbs: t.LogProbs, Text: sc.Traj.Text}
+			data, err := wire.Encode(&exp)
+			if err != nil {
+				return fmt.Errorf("replay service: %w", err)
+			}
+			if err := batch.Add(ctx, s.bus.Names.ExperienceSubject(g.QuestionID), t.ID, data); err != nil {
+				return fmt.Errorf("replay service: %w", err)
+			}
+			added++
+		}
+	}
+	if err := batch.Wait(ctx); err != nil {
+		return fmt.Errorf("replay service: publish experience of step %d: %w", r.Step, err)
+	}
+	for _, g := range r.Groups {
+		if !wasRetired[g.QuestionID] && s.pool.Retired(g.QuestionID) {
+			if err := s.bus.PurgeExperience(ctx, g.QuestionID); err != nil {
+				return fmt.Errorf("replay service: %w", err)
+			}
+		}
+	}
+	for id, sc := range s.buffer {
+		if sc.Traj.Step <= r.Step {
+			delete(s.buffer, id)
+		}
+	}
+	if err := s.persist(ctx); err != nil {
+		return err
+	}
+	if err := pr.msg.Ack(); err != nil {
+		s.log.Debug("ack step report", zap.Error(err))
+	}
+	s.met.Folded.Inc()
+	s.met.Added.Add(float64(added))
+	s.met.FoldSeconds.Observe(time.Since(start).Seconds())
+	s.observe()
+	s.log.Debug("folded step report", zap.Int64("step", r.Step), zap.Bool("mixed", r.Mixed),
+		zap.Int("added", added), zap.Int("pool", s.pool.Len()))
+	return nil
+}
+
+// persist writes the snapshot (when enabled) and acknowledges the buffered
+// SCORED messages it now holds.
+func (s *Service) persist(ctx context.Context) error {
+	if s.cfg.Snapshots {
+		st := durableState{V: durableStateVersion, Pool: s.pool.Snapshot(), Pending: make([]wire.Scored, 0, len(s.buffer))}
+		for _, sc := range s.buffer {
+			st.Pending = append(st.Pending, *sc)
+		}
+		// Deterministic bytes: pending trajectories in id order.
+		sortScored(st.Pending)
+		data, err := msgpack.Marshal(&st)
+		if err != nil {
+			return fmt.Errorf("replay service: encode snapshot: %w", err)
+		}
+		if err := s.putSnapshot(ctx, data); err != nil {
+			return err
+		}
+		s.met.SnapshotBytes.Set(float64(len(data)))
+	}
+	for _, m := range s.unacked {
+		_ = m.Ack()
+	}
+	s.unacked = s.unacked[:0]
+	return nil
+}
+
+func (s *Service) snapshotStore(ctx context.Context) (jetstream.ObjectStore, error) {
+	if s.snap != nil {
+		return s.snap, nil
+	}
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	storage := jetstream.FileStorage
+	if s.bus.Config.Memory {
+		storage = jetstream.MemoryStorage
+	}
+	obs, err := s.bus.JS.CreateOrUpdateObjectStore(octx, jetstream.ObjectStoreConfig{
+		Bucket: SnapshotBucket(s.bus.Names), Description: "exgrpo replay pool snapshot",
+		Storage: storage, Replicas: s.bus.Config.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("replay service: snapshot bucket: %w", err)
+	}
+	s.snap = obs
+	return obs, nil
+}
+
+func (s *Service) putSnapshot(ctx context.Context, data []byte) error {
+	obs, err := s.snapshotStore(ctx)
+	if err != nil {
+		return err
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second+time.Duration(len(data)>>20)*time.Second)
+	defer cancel()
+	if _, err := obs.Put(octx, jetstream.ObjectMeta{Name: snapshotObject}, bytes.NewReader(data)); err != nil {
+		return fmt.Errorf("replay service: write snapshot: %w", err)
+	}
+	return nil
+}
+
+// ReadSnapshot returns the pool and pending trajectories of the last snapshot
+// written for b's run (nil pool, nil error when there is none).
+func ReadSnapshot(ctx context.Context, b *bus.Bus, cfg replay.Config) (*replay.Pool, []wire.Scored, error) {
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	obs, err := b.JS.ObjectStore(octx, SnapshotBucket(b.Names))
+	cancel()
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("replay service: snapshot bucket: %w", err)
+	}
+	octx, cancel = context.WithTimeout(ctx, 10*time.Second)
+	info, err := obs.GetInfo(octx, snapshotObject)
+	cancel()
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("replay service: snapshot info: %w", err)
+	}
+	octx, cancel = context.WithTimeout(ctx, 30*time.Second+time.Duration(info.Size>>20)*time.Second)
+	defer cancel()
+	r, err := obs.Get(octx, snapshotObject)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replay service: read snapshot: %w", err)
+	}
+	defer r.Close()
+	buf := bytes.NewBuffer(make([]byte, 0, info.Size))
+	if _, err := buf.ReadFrom(r); err != nil {
+		return nil, nil, fmt.Errorf("replay service: read snapshot: %w", err)
+	}
+	var st durableState
+	if err := msgpack.Unmarshal(buf.Bytes(), &st); err != nil {
+		return nil, nil, fmt.Errorf("replay service: decode snapshot: %w", err)
+	}
+	if st.V != durableStateVersion {
+		return nil, nil, fmt.Errorf("replay service: snapshot version %d, this build reads %d", st.V, durableStateVersion)
+	}
+	pool, err := replay.Restore(cfg, st.Pool)
+	if err != nil {
+		return nil, nil, fmt.Errorf("replay service: %w", err)
+	}
+	return pool, st.Pending, nil
+}
+
+func (s *Service) restore(ctx context.Context) error {
+	pool, pending, err := ReadSnapshot(ctx, s.bus, s.cfg.Pool)
+	if err != nil || pool == nil {
+		return err
+	}
+	s.pool = pool
+	if st := pool.Stats(); st.HasStep {
+		s.lastStep = st.Step
+	}
+	for i := range pending {
+		s.buffer[pending[i].Traj.ID] = &pending[i]
+	}
+	return nil
+}
+
+// answer replies to every sample request whose step the fold has reached,
+// and drops requests that waited too long.
+func (s *Service) answer() {
+	keep := s.samples[:0]
+	for _, ps := range s.samples {
+		switch {
+		case ps.req.AfterStep <= s.lastStep:
+			s.reply(ps.msg, s.sample(ps.req))
+		case time.Since(ps.arrived) > s.cfg.SampleTimeout:
+			s.met.SampleExpired.Inc()
+		default:
+			keep = append(keep, ps)
+		}
+	}
+	s.samples = keep
+}
+
+// sample draws n_exp questions (ALGORITHM.md E6) with the request's seed, so
+// that a retried request gets the same answer, and lists each question's
+// candidates, oldest first (E7).
+func (s *Service) sample(req wire.SampleRequest) wire.SampleReply {
+	rng := rand.New(rand.NewPCG(uint64(req.Seed), uint64(req.Step)))
+	picks := s.pool.Sample(req.N, rng)
+	out := wire.SampleReply{Step: req.Step, Questions: make([]wire.SampledQuestion, 0, len(picks))}
+	for _, p := range picks {
+		q := wire.SampledQuestion{QuestionID: p.QuestionID, Bucket: p.Bucket}
+		for _, c := range s.pool.Candidates(p.QuestionID) {
+			q.Candidates = append(q.Candidates, c.ID)
+		}
+		out.Questions = append(out.Questions, q)
+	}
+	return out
+}
+
+func (s *Service) reply(m *nats.Msg, r wire.SampleReply) {
+	if m.Reply == "" {
+		return
+	}
+	data, err := wire.Encode(&r)
+	if err != nil {
+		data, _ = wire.Encode(&wire.SampleReply{Step: r.Step, Error: err.Error()})
+	}
+	if err := m.Respond(data); err != nil {
+		s.log.Debug("sample reply", zap.Error(err))
+	}
+}
+
+// dead sends an unprocessable message to DEAD with the reason and
+// terminates it, so it is never redelivered.
+func (s *Service) dead(ctx context.Context, from bus.Kind, m jetstream.Msg, reason error) {
+	s.met.Dead.Inc()
+	s.log.Warn("message to DEAD", zap.String("stream", string(from)), zap.Error(reason))
+	if err := deadLetter(ctx, s.bus, s.pub, "replay", from, m, reason); err != nil {
+		s.log.Error("dead letter", zap.Error(err))
+		return // not acknowledged: redelivered, and retried then
+	}
+	_ = m.Term()
+}
+
+func (s *Service) observe() {
+	st := s.pool.Stats()
+	s.met.PoolQuestions.Set(float64(st.Questions))
+	s.met.PoolTrajectories.Set(float64(st.Trajectories))
+	s.met.Retired.Set(float64(st.Retired))
+	s.met.LastStep.Set(float64(s.lastStep))
+	s.met.Buffered.Set(float64(len(s.buffer)))
+	for k := 1; k < len(st.Buckets); k++ {
+		s.met.Bucket.WithLabelValues(fmt.Sprint(k)).Set(float64(st.Buckets[k]))
+	}
+}
