@@ -111,9 +111,9 @@ func PaperConfig() Config {
 	}
 }
 
-// DefaultLMax is the response cap of the built-in tiny task, in tokens: the
-// longest answer plus its EOS fits well inside it.
-const DefaultLMax = 32
+// DefaultLMax is the response cap of the built-in task during RL, in tokens
+// (task.TrainMaxNew: the longest training solution, 47 characters, plus EOS).
+const DefaultLMax = 48
 
 // DefaultConfig returns the settings for the built-in tiny task. It differs
 // from the paper in three places, all because the policy is a small

@@ -2,7 +2,7 @@ package learner
 
 import (
 	"math"
-	"math/rand"
+	"math/rand/v2"
 	"sort"
 )
 
@@ -55,7 +55,7 @@ func Rank(sel Selection, cands []Ranked, rng *rand.Rand) (chosen int, ranking []
 		}
 	})
 	if sel == SelectRandom {
-		return rng.Intn(len(cands)), ranking
+		return rng.IntN(len(cands)), ranking
 	}
 	for i, c := range cands {
 		if c.Index == ranking[0].Index {

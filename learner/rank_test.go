@@ -2,7 +2,7 @@ package learner
 
 import (
 	"math"
-	"math/rand"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -53,7 +53,7 @@ func TestRankE7(t *testing.T) {
 // over 3 candidates: each frequency within 0.02 of 1/3 (about 6 standard
 // deviations of 0.0027).
 func TestRankRandomE7(t *testing.T) {
-	rng := rand.New(rand.NewSource(5))
+	rng := rand.New(rand.NewPCG(5, 0))
 	c := []Ranked{{ID: "a", Index: 0, Entropy: 0.1}, {ID: "b", Index: 1, Entropy: 0.2}, {ID: "c", Index: 2, Entropy: 0.3}}
 	var n [3]int
 	const draws = 30000

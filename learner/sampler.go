@@ -2,7 +2,7 @@ package learner
 
 import (
 	"fmt"
-	"math/rand"
+	"math/rand/v2"
 )
 
 // FreshSampler draws a step's fresh questions from a dataset, epoch by epoch.
