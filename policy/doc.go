@@ -1,0 +1,38 @@
+// Package policy is the built-in policy of exgrpo: a small decoder-only
+// transformer (GPT-2 style, after llm.c's train_gpt2.c) written in plain Go,
+// with everything the RL loop needs from a language model and nothing else.
+//
+//   - Sample draws responses for a batch of prompts with a KV cache, at a
+//     sampling temperature and optional top-p, and records for every
+//     generated token the log-probability of that token and the entropy of
+//     the whole next-token distribution, both under the temperature-1
+//     distribution (the model's own softmax, whatever temperature was used
+//     for drawing).
+//   - Score recomputes exactly those records for given prompt+response
+//     sequences (no gradients).
+//   - Forward / Pass.Backward differentiate any token-level loss: the
+//     caller supplies dL/dlogp and dL/dentropy per response token and the
+//     gradients accumulate into Model.Grads.
+//   - AdamW with global-norm clipping and skip-on-bad-gradient steps.
+//   - A character tokenizer and safetensors checkpoints.
+//
+// Architecture: token + position embeddings, Layers pre-LayerNorm blocks of
+// causal multi-head self-attention and a GELU (tanh) MLP of width 4C, final
+// LayerNorm, and an output projection that is either tied to the token
+// embedding or a separate (V, C) matrix. All parameters live in one flat
+// float32 slice (Model.Params) with named views; gradients mirror it.
+//
+// Dimension letters in shape comments: V vocabulary, C width, NH heads,
+// HS = C/NH head size, L layers, T sequence length, N the number of tokens of
+// a packed batch (sequences of different lengths are concatenated, never
+// padded), M the number of predicted (response) tokens, B sequences.
+//
+// Concurrency: a Model is safe for use by one goroutine at a time; use Clone
+// to give another goroutine its own copy. Internally the maths kernels may
+// split work over GOMAXPROCS goroutines (matrix products, attention per
+// sequence); they finish before the call returns and never change results,
+// so everything is deterministic given the *rand.Rand passed in.
+//
+// Matrix products go through sgemm: by default gonum's pure-Go BLAS (the
+// static CGO_ENABLED=0 build); with the build tag openblas and cgo, OpenBLAS.
+package policy

@@ -1,0 +1,304 @@
+package policy
+
+import (
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// This file holds the layer kernels shared by training and inference, in
+// llm.c's style: plain loops over row-major buffers, forward and backward side
+// by side. Rows are tokens of a packed batch.
+
+// workers is how many goroutines a kernel may use.
+func workers() int { return runtime.GOMAXPROCS(0) }
+
+// parallelFor runs fn(i) for i in [0, n) on up to workers() goroutines,
+// handing out indices dynamically (work items may differ in cost). Each
+// index runs exactly once, so results do not depend on the schedule as long
+// as items write disjoint memory.
+func parallelFor(n int, fn func(i int)) {
+	w := min(workers(), n)
+	if w <= 1 {
+		for i := 0; i < n; i++ {
+			fn(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(w)
+	for range w {
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				fn(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// parallelRange splits [0, n) into contiguous chunks, at least minChunk
+// long, one per worker, and runs fn(lo, hi) on each.
+func parallelRange(n, minChunk int, fn func(lo, hi int)) {
+	w := min(workers(), n/max(minChunk, 1))
+	if w <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(w)
+	for i := range w {
+		lo, hi := i*n/w, (i+1)*n/w
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
+// sgemmParallelFlops is the size (2·m·n·k) below which a product runs on one
+// goroutine: splitting smaller ones costs more than it saves.
+const sgemmParallelFlops = 1 << 18
+
+// sgemm computes c = op(a)·op(b) + beta·c, row-major, where op(a) is (m, k)
+// and op(b) is (k, n); tA means a is stored (k, m), tB that b is stored
+// (n, k). Large products are split into one slab of output rows (or columns,
+// when there are few rows) per worker; every output element is computed by
+// one slab in a fixed order, so the result does not depend on the schedule.
+func sgemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	w := workers()
+	if w <= 1 || 2*m*n*k < sgemmParallelFlops || (m < 16 && n < 16) {
+		sgemmPart(tA, tB, m, n, k, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(w)
+	if m >= n || m >= 64 {
+		for i := range w {
+			lo, hi := i*m/w, (i+1)*m/w
+			go func() {
+				defer wg.Done()
+				if hi == lo {
+					return
+				}
+				ao := lo * lda
+				if tA {
+					ao = lo
+				}
+				sgemmPart(tA, tB, hi-lo, n, k, a[ao:], lda, b, ldb, beta, c[lo*ldc:], ldc)
+			}()
+		}
+	} else {
+		for i := range w {
+			lo, hi := i*n/w, (i+1)*n/w
+			go func() {
+				defer wg.Done()
+				if hi == lo {
+					return
+				}
+				bo := lo
+				if tB {
+					bo = lo * ldb
+				}
+				sgemmPart(tA, tB, m, hi-lo, k, a, lda, b[bo:], ldb, beta, c[lo:], ldc)
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+// matmulForward: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ + bias (OC, may be nil).
+func matmulForward(out, inp, w, bias []float32, n, ic, oc int) {
+	if n == 0 {
+		return
+	}
+	sgemm(false, true, n, oc, ic, inp, ic, w, ic, 0, out, oc)
+	if bias != nil {
+		for r := 0; r < n; r++ {
+			row := out[r*oc : r*oc+oc]
+			for j, b := range bias {
+				row[j] += b
+			}
+		}
+	}
+}
+
+// matmulBackward: dinp (N, IC) = dout (N, OC) · w (OC, IC) (overwritten, or
+// accumulated when accumulate is set), dw (OC, IC) += doutᵀ · inp,
+// dbias (OC, may be nil) += column sums of dout.
+func matmulBackward(dinp, dw, dbias, dout, inp, w []float32, n, ic, oc int, accumulate bool) {
+	if n == 0 {
+		return
+	}
+	beta := float32(0)
+	if accumulate {
+		beta = 1
+	}
+	if dinp != nil {
+		sgemm(false, false, n, ic, oc, dout, oc, w, ic, beta, dinp, ic)
+	}
+	sgemm(true, false, oc, ic, n, dout, oc, inp, ic, 1, dw, ic)
+	if dbias != nil {
+		for r := 0; r < n; r++ {
+			row := dout[r*oc : r*oc+oc]
+			for j, d := range row {
+				dbias[j] += d
+			}
+		}
+	}
+}
+
+const lnEps = 1e-5
+
+// layernormForward normalises each row of inp (N, C) to out (N, C) with gain
+// w (C) and shift b (C), keeping mean (N) and rstd (N) for the backward pass
+// (either may be nil when not needed).
+func layernormForward(out, mean, rstd, inp, w, b []float32, n, c int) {
+	for r := 0; r < n; r++ {
+		x := inp[r*c : r*c+c]
+		var s float32
+		for _, v := range x {
+			s += v
+		}
+		mu := s / float32(c)
+		var vs float32
+		for _, v := range x {
+			d := v - mu
+			vs += d * d
+		}
+		rs := float32(1 / math.Sqrt(float64(vs/float32(c))+lnEps))
+		o := out[r*c : r*c+c]
+		for i, v := range x {
+			o[i] = (v-mu)*rs*w[i] + b[i]
+		}
+		if mean != nil {
+			mean[r], rstd[r] = mu, rs
+		}
+	}
+}
+
+// layernormBackwardRow accumulates one row: dinp (C) += ..., dw, db (C) +=
+// ..., given dout (C), the row's input inp (C) and its saved mean and rstd.
+func layernormBackwardRow(dinp, dw, db, dout, inp, w []float32, mean, rstd float32) {
+	c := len(inp)
+	var dnormMean, dnormNormMean float32
+	for i := 0; i < c; i++ {
+		norm := (inp[i] - mean) * rstd
+		dnorm := w[i] * dout[i]
+		dnormMean += dnorm
+		dnormNormMean += dnorm * norm
+	}
+	dnormMean /= float32(c)
+	dnormNormMean /= float32(c)
+	for i := 0; i < c; i++ {
+		norm := (inp[i] - mean) * rstd
+		dnorm := w[i] * dout[i]
+		db[i] += dout[i]
+		dw[i] += norm * dout[i]
+		dinp[i] += (dnorm - dnormMean - norm*dnormNormMean) * rstd
+	}
+}
+
+// layernormBackward runs layernormBackwardRow over N rows of (N, C) buffers.
+func layernormBackward(dinp, dw, db, dout, inp, w, mean, rstd []float32, n, c int) {
+	for r := 0; r < n; r++ {
+		layernormBackwardRow(dinp[r*c:r*c+c], dw, db, dout[r*c:r*c+c], inp[r*c:r*c+c], w, mean[r], rstd[r])
+	}
+}
+
+// geluScale is sqrt(2/π) of the tanh approximation of GELU (GPT-2's).
+const geluScale = 0.7978845608028654
+
+// tanh32 is tanh for float32 arguments via one exponential, accurate to a
+// few ulps of float32 (math.Tanh in float64 costs several times more).
+func tanh32(x float32) float32 {
+	if x > 9 {
+		return 1
+	}
+	if x < -9 {
+		return -1
+	}
+	e := float32(math.Exp(float64(2 * x)))
+	return (e - 1) / (e + 1)
+}
+
+// geluForward: out (N) = x·½(1 + tanh(√(2/π)(x + 0.044715x³))) elementwise.
+func geluForward(out, inp []float32) {
+	parallelRange(len(inp), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			x := inp[i]
+			u := geluScale * (x + 0.044715*x*x*x)
+			out[i] = 0.5 * x * (1 + tanh32(u))
+		}
+	})
+}
+
+// geluBackward: dinp (N) = GELU'(inp)·dout, elementwise (dinp may alias dout).
+func geluBackward(dinp, inp, dout []float32) {
+	parallelRange(len(inp), 1<<14, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			x := inp[i]
+			u := geluScale * (x + 0.044715*x*x*x)
+			th := tanh32(u)
+			sech2 := 1 - th*th
+			grad := 0.5*(1+th) + 0.5*x*sech2*geluScale*(1+3*0.044715*x*x)
+			dinp[i] = grad * dout[i]
+		}
+	})
+}
+
+// dot is the inner product of two equal-length vectors.
+func dot(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// axpy: y += alpha·x.
+func axpy(alpha float32, x, y []float32) {
+	y = y[:len(x)]
+	for i, v := range x {
+		y[i] += alpha * v
+	}
+}
+
+// softmaxStats returns the log-sum-exp of logits z (V) and, for token y, its
+// log-probability, plus the entropy of softmax(z), all at temperature 1.
+// Sums run in float64 so that training, scoring and sampling agree closely.
+func softmaxStats(z []float32, y int) (logp, ent float32, lse float64) {
+	mx := z[0]
+	for _, v := range z[1:] {
+		mx = max(mx, v)
+	}
+	var s, sz float64
+	for _, v := range z {
+		e := math.Exp(float64(v - mx))
+		s += e
+		sz += e * float64(v)
+	}
+	lse = float64(mx) + math.Log(s)
+	// H = lse − E_p[z]
+	ent = float32(lse - sz/s)
+	if y >= 0 {
+		logp = float32(float64(z[y]) - lse)
+	}
+	return logp, ent, lse
+}
