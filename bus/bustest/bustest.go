@@ -1,0 +1,64 @@
+// Package bustest starts a real embedded JetStream server for tests: a
+// random port, a t.TempDir() store, shut down by t.Cleanup.
+package bustest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+)
+
+// Server starts an embedded server on a random port with its store in a
+// temporary directory.
+func Server(t testing.TB) *bus.Server {
+	t.Helper()
+	cfg := bus.DefaultServerConfig(t.TempDir())
+	cfg.Port = -1
+	s, err := bus.StartServer(cfg, zap.NewNop())
+	if err != nil {
+		t.Fatalf("start server: %v", err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// Conn connects to s; closed by t.Cleanup.
+func Conn(t testing.TB, s *bus.Server, name string) *nats.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: s.ClientURL(), Name: name}, zap.NewNop())
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Open connects to s and opens the run's topology with cfg.
+func Open(t testing.TB, s *bus.Server, cfg bus.Config) *bus.Bus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	b, err := bus.Open(ctx, Conn(t, s, "test"), cfg, zap.NewNop())
+	if err != nil {
+		t.Fatalf("open bus: %v", err)
+	}
+	return b
+}
+
+// Eventually polls cond every 10ms until it holds or the deadline passes.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

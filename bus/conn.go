@@ -1,0 +1,105 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+)
+
+// ConnConfig says how a role reaches NATS.
+type ConnConfig struct {
+	URL       string // comma-separated server URLs; default nats.DefaultURL
+	CredsFile string // a .creds file (JWT + nkey), optional
+	User      string // user/password auth, optional (not with CredsFile)
+	Password  string
+	Token     string // token auth, optional
+	Name      string // connection name shown in server monitoring, e.g. "actor-3"
+	// ReconnectWait between reconnect attempts; default 500ms. Reconnects
+	// never give up: roles outlive server restarts.
+	ReconnectWait time.Duration
+}
+
+// Validate reports contradictions.
+func (c ConnConfig) Validate() error {
+	if c.CredsFile != "" && (c.User != "" || c.Token != "") {
+		return fmt.Errorf("%w: give either a creds file or user/password or a token, not several", ErrConfig)
+	}
+	if c.Password != "" && c.User == "" {
+		return fmt.Errorf("%w: password given without a user", ErrConfig)
+	}
+	return nil
+}
+
+// Connect dials NATS, retrying the first connection until ctx ends, and
+// reconnects forever afterwards. Connection events are logged on log.
+// The caller closes the connection (Drain or Close).
+func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	url := cfg.URL
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	wait := cfg.ReconnectWait
+	if wait <= 0 {
+		wait = 500 * time.Millisecond
+	}
+	opts := []nats.Option{
+		nats.Name(cfg.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(wait),
+		nats.ReconnectBufSize(64 << 20),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", zap.Error(err))
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", c.ConnectedUrl())) }),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			subj := ""
+			if s != nil {
+				subj = s.Subject
+			}
+			log.Warn("nats async error", zap.String("subject", subj), zap.Error(err))
+		}),
+	}
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.User != "" {
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	}
+	if cfg.Token != "" {
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	backoff := 100 * time.Millisecond
+	for {
+		nc, err := nats.Connect(url, opts...)
+		if err == nil {
+			return nc, nil
+		}
+		if isAuthError(err) {
+			return nil, fmt.Errorf("bus: connect %s: %w", url, err)
+		}
+		log.Debug("nats connect failed, retrying", zap.String("url", url), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("bus: connect %s: %w (last error: %v)", url, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		if backoff < 2*time.Second {
+			backoff *= 2
+		}
+	}
+}
+
+func isAuthError(err error) bool {
+	return err == nats.ErrAuthorization || err == nats.ErrAuthExpired || err == nats.ErrAuthRevoked
+}
