@@ -1,0 +1,193 @@
+package auth
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestEachRoleDoesItsJob walks one step of the data path of ARCHITECTURE.md
+// with each role on its own credentials: every operation must succeed.
+func TestEachRoleDoesItsJob(t *testing.T) {
+	s, dir := startServer(t)
+	n, _ := newRunNames(testRun)
+	lnc, ljs := connect(t, s.ClientURL(), dir, Learner)
+	topology(t, lnc, ljs, n)
+	anc, ajs := connect(t, s.ClientURL(), dir, Actor)
+	vnc, vjs := connect(t, s.ClientURL(), dir, Verifier)
+	rnc, rjs := connect(t, s.ClientURL(), dir, Replay)
+	inc, ijs := connect(t, s.ClientURL(), dir, Inspect)
+	ctx := ctxT(t, 60*time.Second)
+	must := func(nc *nats.Conn, what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, Explain(nc, "", err))
+		}
+	}
+	pub := func(nc *nats.Conn, js jetstream.JetStream, subj, id string, data []byte) {
+		t.Helper()
+		_, err := js.Publish(ctx, subj, data, jetstream.WithMsgID(id))
+		must(nc, "publish "+subj, err)
+	}
+	fetchOne := func(nc *nats.Conn, cons jetstream.Consumer, ack bool) jetstream.Msg {
+		t.Helper()
+		b, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+		must(nc, "fetch", err)
+		var got jetstream.Msg
+		for m := range b.Messages() {
+			got = m
+		}
+		must(nc, "fetch", b.Error())
+		if got == nil {
+			t.Fatal("fetch: no message")
+		}
+		if ack {
+			must(nc, "ack", got.DoubleAck(ctx))
+		}
+		return got
+	}
+	weights := bytes.Repeat([]byte{7}, 300<<10) // several chunks
+
+	// Learner: weights v1, the version key, one task.
+	lobs, err := ljs.ObjectStore(ctx, n.objBucket())
+	must(lnc, "learner object store", err)
+	_, err = lobs.PutBytes(ctx, "v1", weights)
+	must(lnc, "learner puts weights", err)
+	lkv, err := ljs.KeyValue(ctx, n.kvBucket())
+	must(lnc, "learner kv", err)
+	_, err = lkv.Put(ctx, versionKey, []byte("1"))
+	must(lnc, "learner puts version", err)
+	pub(lnc, ljs, n.subject(kTasks), "0/q1", []byte("task"))
+
+	// Actor: watches the version, fetches the weights, takes the task,
+	// publishes a rollout.
+	akv, err := ajs.KeyValue(ctx, n.kvBucket())
+	must(anc, "actor kv", err)
+	w, err := akv.Watch(ctx, versionKey)
+	must(anc, "actor watches version", err)
+	select {
+	case e := <-w.Updates():
+		if e == nil || string(e.Value()) != "1" {
+			t.Fatalf("actor's version watch: got %v", e)
+		}
+	case <-ctx.Done():
+		t.Fatal("actor's version watch: nothing")
+	}
+	must(anc, "actor stops watch", w.Stop())
+	aobs, err := ajs.ObjectStore(ctx, n.objBucket())
+	must(anc, "actor object store", err)
+	got, err := aobs.GetBytes(ctx, "v1")
+	must(anc, "actor gets weights", err)
+	if !bytes.Equal(got, weights) {
+		t.Fatal("actor got different weights")
+	}
+	acons, err := ajs.Consumer(ctx, n.stream(kTasks), actorsConsumer)
+	must(anc, "actor looks up the tasks consumer", err)
+	task := fetchOne(anc, acons, false)
+	must(anc, "actor marks in progress", task.InProgress())
+	pub(anc, ajs, n.subject(kRollouts), "0/q1/0", []byte("rollout"))
+	must(anc, "actor acks task", task.DoubleAck(ctx))
+	pub(anc, ajs, n.subject(kDead)+".tasks", "dead-a", []byte("dead letter"))
+
+	// Verifier: takes the rollout, publishes it scored.
+	vcons, err := vjs.Consumer(ctx, n.stream(kRollouts), verifiersConsumer)
+	must(vnc, "verifier looks up its consumer", err)
+	fetchOne(vnc, vcons, false).DoubleAck(ctx)
+	pub(vnc, vjs, n.subject(kScored), "0/q1/0", []byte("scored"))
+
+	// Learner and replay each read SCORED with their own durable.
+	for _, r := range []struct {
+		nc   *nats.Conn
+		js   jetstream.JetStream
+		name string
+	}{{lnc, ljs, "learner"}, {rnc, rjs, "replay"}} {
+		c, err := r.js.CreateOrUpdateConsumer(ctx, n.stream(kScored), jetstream.ConsumerConfig{Durable: r.name, AckPolicy: jetstream.AckExplicitPolicy})
+		must(r.nc, r.name+" creates its SCORED reader", err)
+		fetchOne(r.nc, c, true)
+	}
+
+	// Replay serves sample requests; the learner asks.
+	sub, err := rnc.Subscribe(n.sample(), func(m *nats.Msg) { _ = m.Respond([]byte("q1")) })
+	must(rnc, "replay subscribes to sample requests", err)
+	defer sub.Unsubscribe()
+	must(rnc, "replay flush", rnc.Flush())
+	reply, err := lnc.RequestWithContext(ctx, n.sample(), []byte("n=1"))
+	must(lnc, "learner requests a sample", err)
+	if string(reply.Data) != "q1" {
+		t.Fatalf("sample reply %q", reply.Data)
+	}
+
+	// Learner: the step report; replay folds it and stores experience.
+	pub(lnc, ljs, n.subject(kControl), "step/0", []byte("report"))
+	rc, err := rjs.CreateOrUpdateConsumer(ctx, n.stream(kControl), jetstream.ConsumerConfig{Durable: "replay", AckPolicy: jetstream.AckExplicitPolicy})
+	must(rnc, "replay creates its CONTROL reader", err)
+	fetchOne(rnc, rc, true)
+	expSubj := n.subject(kExperience) + ".q1"
+	pub(rnc, rjs, expSubj, "0/q1/0", []byte("experience"))
+	rkv, err := rjs.KeyValue(ctx, n.kvBucket())
+	must(rnc, "replay kv", err)
+	_, err = rkv.Put(ctx, "replay.q1", []byte("bucket 1"))
+	must(rnc, "replay writes its state", err)
+
+	// Learner fetches the experience by subject (direct get).
+	lexp, err := ljs.Stream(ctx, n.stream(kExperience))
+	must(lnc, "learner experience stream", err)
+	m, err := lexp.GetLastMsgForSubject(ctx, expSubj)
+	must(lnc, "learner gets experience", err)
+	if string(m.Data) != "experience" {
+		t.Fatalf("experience %q", m.Data)
+	}
+
+	// Inspect reads every stream with an ordered consumer, and the state.
+	for _, k := range streamKinds {
+		if k == kTasks || k == kRollouts {
+			// Work queues admit only explicit-ack consumers; inspect reads
+			// their state and single messages instead.
+			st, err := ijs.Stream(ctx, n.stream(k))
+			must(inc, "inspect stream info "+k, err)
+			if st.CachedInfo().State.FirstSeq > 0 {
+				_, err = st.GetMsg(ctx, st.CachedInfo().State.FirstSeq)
+				if err != nil && err != jetstream.ErrMsgNotFound {
+					must(inc, "inspect gets a message of "+k, err)
+				}
+			}
+			continue
+		}
+		oc, err := ijs.OrderedConsumer(ctx, n.stream(k), jetstream.OrderedConsumerConfig{})
+		must(inc, "inspect reads "+k, err)
+		info, err := oc.Info(ctx)
+		must(inc, "inspect consumer info "+k, err)
+		if k != kTasks && k != kRollouts && info.NumPending == 0 {
+			t.Errorf("inspect sees %s empty", k)
+		}
+	}
+	names := ijs.StreamNames(ctx)
+	cnt := 0
+	for range names.Name() {
+		cnt++
+	}
+	must(inc, "inspect lists streams", names.Err())
+	if cnt != len(n.allStreams()) {
+		t.Errorf("inspect lists %d streams, want %d", cnt, len(n.allStreams()))
+	}
+	ikv, err := ijs.KeyValue(ctx, n.kvBucket())
+	must(inc, "inspect kv", err)
+	_, err = ikv.Get(ctx, versionKey)
+	must(inc, "inspect reads the version", err)
+
+	// Replay retires the question: purges its experience.
+	must(rnc, "replay purges", func() error {
+		st, err := rjs.Stream(ctx, n.stream(kExperience))
+		if err != nil {
+			return err
+		}
+		return st.Purge(ctx, jetstream.WithPurgeSubject(expSubj))
+	}())
+	// The learner replaces old weights (the Object Store purges chunks).
+	_, err = lobs.PutBytes(ctx, "v1", weights[:1000])
+	must(lnc, "learner replaces weights", err)
+	must(lnc, "learner deletes weights", lobs.Delete(ctx, "v1"))
+}
