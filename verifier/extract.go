@@ -92,22 +92,29 @@ func matchBrace(s string, open int) (int, bool) {
 // "\boxed{(2,2)} \quad \text{and} \quad \boxed{(6,2)}"): such runs are one
 // answer given as several boxes. The joined content is a comma list.
 func lastBoxes(s string) (string, bool) {
+	b, _, ok := lastBoxesEnd(s)
+	return b, ok
+}
+
+// lastBoxesEnd is lastBoxes that also returns where the last box ends.
+func lastBoxesEnd(s string) (string, int, bool) {
 	bs := findBoxes(s)
 	if len(bs) == 0 {
-		return "", false
+		return "", -1, false
 	}
 	first := len(bs) - 1
 	for first > 0 && isConnectorGap(s[bs[first-1].end:bs[first].start]) {
 		first--
 	}
+	end := bs[len(bs)-1].end
 	if first == len(bs)-1 {
-		return bs[first].inner, true
+		return bs[first].inner, end, true
 	}
 	parts := make([]string, 0, len(bs)-first)
 	for _, b := range bs[first:] {
 		parts = append(parts, b.inner)
 	}
-	return strings.Join(parts, ", "), true
+	return strings.Join(parts, ", "), end, true
 }
 
 // isConnectorGap reports whether the text between two boxes only joins them:
@@ -126,6 +133,9 @@ func isConnectorGap(g string) bool {
 	}
 	if strings.ContainsAny(g, ",;") {
 		return true
+	}
+	if !strings.ContainsFunc(g, func(r rune) bool { return r < 128 && (isLetter(byte(r)) || isDigit(byte(r))) }) {
+		return true // only symbols between the boxes
 	}
 	for _, w := range strings.Fields(strings.ToLower(g)) {
 		if w == "and" || w == "or" || w == "&" {
