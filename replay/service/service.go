@@ -47,17 +47,20 @@ type Config struct {
 	// Durable names the service's consumers on CONTROL and SCORED. Default "replay".
 	Durable string
 	// AckWait of those consumers; it must exceed FlushInterval plus a fold.
-	// Default 2m.
+	// After a crash, what the old process held unacknowledged comes back
+	// after it. Default 30s.
 	AckWait time.Duration
 	// FlushInterval: scored trajectories waiting for their report are made
-	// durable (snapshot) and acknowledged at least this often. Default 10s.
+	// durable (snapshot) and acknowledged at least this often. Default 5s.
 	FlushInterval time.Duration
 	// MaxBuffered bounds the scored trajectories held for reports not yet
 	// folded; beyond it the SCORED consumer waits (back-pressure). Default 65536.
 	MaxBuffered int
 	// ReportWait bounds how long a report waits for a trajectory it names;
 	// after it the report is folded without the missing ones (counted in
-	// the metrics and logged). Default 2m.
+	// the metrics and logged). It must exceed AckWait, so that a restarted
+	// service gets its predecessor's unacknowledged trajectories back first.
+	// Default 3m.
 	ReportWait time.Duration
 	// SampleTimeout drops a sample request still waiting for its step after
 	// this long (the learner has given up and retried). Default 2m.
@@ -69,8 +72,8 @@ type Config struct {
 
 // DefaultConfig returns the defaults above with the paper's pool.
 func DefaultConfig() Config {
-	return Config{Pool: replay.DefaultConfig(), Durable: "replay", AckWait: 2 * time.Minute,
-		FlushInterval: 10 * time.Second, MaxBuffered: 1 << 16, ReportWait: 2 * time.Minute,
+	return Config{Pool: replay.DefaultConfig(), Durable: "replay", AckWait: 30 * time.Second,
+		FlushInterval: 5 * time.Second, MaxBuffered: 1 << 16, ReportWait: 3 * time.Minute,
 		SampleTimeout: 2 * time.Minute, Snapshots: true}
 }
 
@@ -86,6 +89,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: AckWait, FlushInterval, ReportWait and SampleTimeout must be positive (start from DefaultConfig)", ErrConfig)
 	case c.FlushInterval >= c.AckWait:
 		return fmt.Errorf("%w: FlushInterval %v must be below AckWait %v, or buffered messages are redelivered before they are acknowledged", ErrConfig, c.FlushInterval, c.AckWait)
+	case c.ReportWait <= c.AckWait:
+		return fmt.Errorf("%w: ReportWait %v must exceed AckWait %v, or a restarted service folds reports before their trajectories are redelivered", ErrConfig, c.ReportWait, c.AckWait)
 	case c.MaxBuffered < 1:
 		return fmt.Errorf("%w: MaxBuffered %d must be >= 1", ErrConfig, c.MaxBuffered)
 	}
@@ -242,7 +247,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer sub.Unsubscribe()
 
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(min(time.Second, s.cfg.FlushInterval/2))
 	defer tick.Stop()
 	for {
 		// Stop reading SCORED while the buffer is full; reports still flow.
@@ -624,11 +629,9 @@ func (s *Service) reply(m *nats.Msg, r wire.SampleReply) {
 func (s *Service) dead(ctx context.Context, from bus.Kind, m jetstream.Msg, reason error) {
 	s.met.Dead.Inc()
 	s.log.Warn("message to DEAD", zap.String("stream", string(from)), zap.Error(reason))
-	if err := deadLetter(ctx, s.bus, s.pub, "replay", from, m, reason); err != nil {
-		s.log.Error("dead letter", zap.Error(err))
-		return // not acknowledged: redelivered, and retried then
+	if err := s.bus.DeadLetter(ctx, "replay", m, reason.Error()); err != nil {
+		s.log.Error("dead letter", zap.Error(err)) // not acknowledged: redelivered, and retried then
 	}
-	_ = m.Term()
 }
 
 func (s *Service) observe() {
