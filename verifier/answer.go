@@ -123,6 +123,10 @@ func fromRemainder(rem string) (string, bool) {
 	if rem == "" {
 		return "", false
 	}
+	// "$12$ and $13$": several regions joined by connectors are one answer
+	if whole := strings.NewReplacer("$", " ", `\"`, " ", `"`, " ").Replace(rem); strings.Count(rem, "$") >= 4 && !isProse(whole) {
+		return whole, true
+	}
 	if region, _, ok := lastMathRegion(rem); ok {
 		return region, true
 	}

@@ -286,6 +286,15 @@ func (c *comparer) same(g, p *node) bool {
 		return c.setSame(gi, pi)
 	}
 	if g.op == opMatrix || p.op == opMatrix {
+		if g.op != opMatrix {
+			g = matEval(g, 0)
+		}
+		if p.op != opMatrix {
+			p = matEval(p, 0)
+		}
+		if g == nil || p == nil || g.rows != p.rows || g.cols != p.cols {
+			return false
+		}
 		if g.op != p.op || g.rows != p.rows || g.cols != p.cols {
 			return false
 		}
@@ -601,3 +610,86 @@ func (c *comparer) symbolic(g, p *node) bool {
 	return true
 }
 
+// matEval evaluates sums, differences and products of matrices (and
+// scalar multiples) into one matrix of cell expressions, or returns nil.
+func matEval(n *node, depth int) *node {
+	if n == nil || depth > maxDepth {
+		return nil
+	}
+	switch n.op {
+	case opMatrix:
+		return n
+	case opNeg:
+		a := matEval(n.kids[0], depth+1)
+		if a == nil {
+			return nil
+		}
+		out := &node{op: opMatrix, rows: a.rows, cols: a.cols}
+		for _, k := range a.kids {
+			out.kids = append(out.kids, &node{op: opNeg, kids: []*node{k}})
+		}
+		return out
+	case opAdd, opSub:
+		a, b := matEval(n.kids[0], depth+1), matEval(n.kids[1], depth+1)
+		if a == nil || b == nil || a.rows != b.rows || a.cols != b.cols {
+			return nil
+		}
+		out := &node{op: opMatrix, rows: a.rows, cols: a.cols}
+		for i := range a.kids {
+			out.kids = append(out.kids, &node{op: n.op, kids: []*node{a.kids[i], b.kids[i]}})
+		}
+		return out
+	case opMul:
+		a, b := matEval(n.kids[0], depth+1), matEval(n.kids[1], depth+1)
+		switch {
+		case a != nil && b != nil:
+			if a.cols != b.rows || a.rows*b.cols*a.cols > maxItems*4 {
+				return nil
+			}
+			out := &node{op: opMatrix, rows: a.rows, cols: b.cols}
+			for i := 0; i < a.rows; i++ {
+				for j := 0; j < b.cols; j++ {
+					var sum *node
+					for k := 0; k < a.cols; k++ {
+						t := &node{op: opMul, kids: []*node{a.kids[i*a.cols+k], b.kids[k*b.cols+j]}}
+						if sum == nil {
+							sum = t
+						} else {
+							sum = &node{op: opAdd, kids: []*node{sum, t}}
+						}
+					}
+					out.kids = append(out.kids, sum)
+				}
+			}
+			return out
+		case a != nil && !hasMatrix(n.kids[1]):
+			return scaleMatrix(a, n.kids[1])
+		case b != nil && !hasMatrix(n.kids[0]):
+			return scaleMatrix(b, n.kids[0])
+		}
+	}
+	return nil
+}
+
+func scaleMatrix(m, s *node) *node {
+	out := &node{op: opMatrix, rows: m.rows, cols: m.cols}
+	for _, k := range m.kids {
+		out.kids = append(out.kids, &node{op: opMul, kids: []*node{s, k}})
+	}
+	return out
+}
+
+func hasMatrix(n *node) bool {
+	if n == nil {
+		return false
+	}
+	if n.op == opMatrix {
+		return true
+	}
+	for _, k := range n.kids {
+		if hasMatrix(k) {
+			return true
+		}
+	}
+	return false
+}

@@ -10,9 +10,9 @@ import (
 // Limits on exact arithmetic: results beyond them fall back to floating
 // point (and, beyond float range, to "cannot decide by value").
 const (
-	maxExactBits = 1 << 16 // bits of a numerator or denominator
-	maxFactorial = 3000    // largest n for which n! is computed exactly
-	maxPMVariants = 16     // ± expansions per answer
+	maxExactBits  = 1 << 16 // bits of a numerator or denominator
+	maxFactorial  = 3000    // largest n for which n! is computed exactly
+	maxPMVariants = 16      // ± expansions per answer
 )
 
 // exact evaluates n to an exact rational when it has no variables and only
@@ -171,7 +171,7 @@ func (pt point) value(name string) complex128 {
 	h.Write(b[:])
 	h.Write([]byte(name))
 	u := float64(h.Sum64()>>11) / float64(1<<53) // [0,1)
-	v := 0.6 + 1.8*u                              // [0.6, 2.4): away from 0, 1 and branch cuts
+	v := 0.6 + 1.8*u                             // [0.6, 2.4): away from 0, 1 and branch cuts
 	if pt.neg {
 		v = -v
 	}
@@ -210,8 +210,19 @@ func evalC(n *node, pt point, bud *budget) (complex128, bool) {
 			return 0, false
 		}
 		if n.op == opPow {
-			if e := exact(n.kids[1], bud); e != nil && e.IsInt() && e.Num().IsInt64() && absI64(e.Num().Int64()) <= 64 {
-				return ipow(a, e.Num().Int64()), true
+			if e := exact(n.kids[1], bud); e != nil && e.Num().IsInt64() && e.Denom().IsInt64() {
+				num, den := e.Num().Int64(), e.Denom().Int64()
+				if den == 1 && absI64(num) <= 64 {
+					return ipow(a, num), true
+				}
+				if den%2 == 1 && imag(a) == 0 && real(a) < 0 {
+					// odd roots of negative reals are real: (-8)^(2/3) = 4
+					r := math.Pow(-real(a), float64(num)/float64(den))
+					if num%2 != 0 {
+						r = -r
+					}
+					return complex(r, 0), true
+				}
 			}
 		}
 		b, ok := evalC(n.kids[1], pt, bud)

@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"regexp"
+	"sort"
 	"strings"
 )
 
@@ -72,6 +73,7 @@ func normalize(s string) normalized {
 	s = degreeReplacer.Replace(s)
 	s = currencyReplacer.Replace(s)
 	s = unwrapText(s)
+	s = dropUnits(s)
 	s, pct := dropWords(s)
 	n.percent = n.percent || pct
 	s = reWordOr.ReplaceAllString(s, "$1,$2")
@@ -145,6 +147,7 @@ var unicodeReplacer = strings.NewReplacer(
 )
 
 var delimiterReplacer = strings.NewReplacer(
+	`\\`, `\\`, // a row separator stays whole
 	`\$`, " ", "$", " ", `\(`, " ", `\)`, " ", `\[`, " ", `\]`, " ",
 	`\displaystyle`, " ", `\!`, "", `\,`, " ", `\;`, " ", `\:`, " ", `\quad`, " ", `\qquad`, " ",
 	`\ `, " ", "~", " ", `\limits`, "",
@@ -332,4 +335,25 @@ func dropWords(s string) (string, bool) {
 	}
 	r = strings.ReplaceAll(r, ",,", ",")
 	return r, pct
+}
+
+var reUnitAfterNumber *regexp.Regexp
+
+func init() {
+	var words []string
+	for w, ok := range unitWords {
+		if ok && !strings.ContainsAny(w, " /^") {
+			words = append(words, w)
+		}
+	}
+	sort.Slice(words, func(i, j int) bool { return len(words[i]) > len(words[j]) })
+	reUnitAfterNumber = regexp.MustCompile(`(\d)\s*(?:` + strings.Join(words, "|") + `)(?:\^\{?[23]\}?)?\b`)
+}
+
+// dropUnits removes a unit word right after a number ("35 cm", "3 cm^2").
+func dropUnits(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return r < 128 && isLetter(byte(r)) }) {
+		return s
+	}
+	return reUnitAfterNumber.ReplaceAllString(s, "$1")
 }

@@ -211,6 +211,8 @@ func (p *parser) list(open byte, closeCmd string) (*node, error) {
 	}
 	defer p.leave()
 	var items []*node
+	var semis []int // item counts at each ';'
+	commas := false
 	for {
 		if p.atListEnd(closeCmd) {
 			break
@@ -221,6 +223,11 @@ func (p *parser) list(open byte, closeCmd string) (*node, error) {
 		}
 		items = append(items, it)
 		if p.isP(",") || p.isP(";") {
+			if p.isP(";") {
+				semis = append(semis, len(items))
+			} else {
+				commas = true
+			}
 			p.next()
 			continue
 		}
@@ -228,6 +235,24 @@ func (p *parser) list(open byte, closeCmd string) (*node, error) {
 	}
 	if len(items) == 1 && open == 0 {
 		return items[0], nil
+	}
+	if open == 0 && commas && len(semis) > 0 {
+		// "p=5,q=2; p=7,q=2": ';' separates answers, ',' their components
+		var groups []*node
+		start := 0
+		for _, end := range append(semis, len(items)) {
+			if end <= start {
+				continue
+			}
+			g := items[start:end]
+			if len(g) == 1 {
+				groups = append(groups, g[0])
+			} else {
+				groups = append(groups, &node{op: opSeq, open: '(', close: ')', kids: g})
+			}
+			start = end
+		}
+		return &node{op: opSeq, kids: groups}, nil
 	}
 	return &node{op: opSeq, kids: items}, nil
 }
