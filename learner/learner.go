@@ -1,0 +1,226 @@
+package learner
+
+import (
+	"fmt"
+	"math/rand/v2"
+
+	"github.com/exgrpo/exgrpo/policy"
+)
+
+// AdamW returns the optimiser settings of E14.
+func (c Config) AdamW() policy.AdamWConfig {
+	return policy.AdamWConfig{
+		LR: c.LR, Beta1: c.Beta1, Beta2: c.Beta2, Eps: c.AdamEps, WeightDecay: c.WeightDecay,
+		ClipNorm: c.ClipNorm, SkipNorm: c.SkipNorm,
+	}
+}
+
+// Learner owns the policy being trained and its optimiser, and performs the
+// update of one step. It is not safe for concurrent use: like the policy it
+// wraps, one goroutine drives it.
+type Learner struct {
+	cfg   Config
+	model *policy.Model
+	opt   *policy.AdamW
+}
+
+// New returns a learner training model. opt may be nil for a fresh AdamW
+// built from cfg, or an optimiser restored from a checkpoint.
+func New(cfg Config, model *policy.Model, opt *policy.AdamW) (*Learner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if model == nil {
+		return nil, fmt.Errorf("%w: nil model", ErrConfig)
+	}
+	if opt == nil {
+		var err error
+		if opt, err = policy.NewAdamW(cfg.AdamW(), model); err != nil {
+			return nil, fmt.Errorf("learner: optimiser: %w", err)
+		}
+	}
+	return &Learner{cfg: cfg, model: model, opt: opt}, nil
+}
+
+// Config returns the learner's configuration.
+func (l *Learner) Config() Config { return l.cfg }
+
+// Model returns the policy being trained. The caller may read it (to
+// publish weights, or Clone it for sampling) between steps.
+func (l *Learner) Model() *policy.Model { return l.model }
+
+// Optimizer returns the AdamW state, for checkpoints.
+func (l *Learner) Optimizer() *policy.AdamW { return l.opt }
+
+// SelectTrajectory runs E7 with the current policy; see the function of the
+// same name.
+func (l *Learner) SelectTrajectory(cands []Rollout, rng *rand.Rand) (chosen int, ranking []Ranked, err error) {
+	return SelectTrajectory(l.model, l.cfg, cands, rng)
+}
+
+// StepInput is what one step trains on.
+type StepInput struct {
+	Step          int64 // learner step number
+	PolicyVersion int64 // version the step's fresh rollouts were asked from
+	// Mixed is this step's mode (E5): InitialMixed for step 0, then the
+	// previous summary's NextMixed.
+	Mixed bool
+	// Groups are the step's complete groups (NewGroup), fresh and replayed.
+	Groups []Group
+	// StaleDropped is how many fresh rollouts FilterStale dropped while the
+	// step's groups were gathered; it is passed through to the summary.
+	StaleDropped int
+}
+
+// GroupSummary is one group of a step as the step report records it (the
+// service copies it into wire.GroupReport; the replay pool folds it, E2-E4).
+type GroupSummary struct {
+	QuestionID    string
+	Size          int  // K
+	Correct       int  // k, the replayed trajectory included (E2)
+	Replayed      bool // the group holds replayed experience
+	ReplayedID    string
+	TrajectoryIDs []string // replayed first when present
+	Rewards       []float32
+	Advantages    []float32
+	Reasons       []string
+	Candidates    []Ranked // E7 ranking of the replayed question's candidates
+}
+
+// StepSummary is the outcome of one step: its figures and groups, and the
+// mode of the next step.
+type StepSummary struct {
+	Step          int64
+	PolicyVersion int64
+	Pass1         float64 // batch Pass@1 over fresh rollouts (E5)
+	Mixed         bool    // this step trained in mixed mode; collection on (E5)
+	NextMixed     bool    // the next step's mode (E5)
+	Groups        []GroupSummary
+	// Loss, PolicyLoss and EntropyTerm average the mini-batches' values,
+	// each taken before its own update.
+	Loss, PolicyLoss, EntropyTerm float64
+	Entropy                       float64 // mean token entropy over the step's response tokens
+	GradNorm                      float64 // largest pre-clip gradient norm of the step's updates
+	Skipped                       int     // updates skipped for a non-finite or too large norm (E14)
+	Updates                       []policy.StepInfo
+	Tokens, ReplayedTokens        int
+	Clipped                       int // fresh tokens on the PPO clipped branch (before the delayed start)
+	StaleDropped                  int
+}
+
+// Retired returns the questions whose group was all correct (E4): the
+// caller retires them from the fresh sampler, and the replay pool does so
+// when it folds the report. Before the delayed start nothing is collected or
+// retired (E5), as in the replay pool's fold, so it returns nil then.
+func (s StepSummary) Retired() []string {
+	if !s.Mixed {
+		return nil
+	}
+	var out []string
+	for _, g := range s.Groups {
+		if g.Correct == g.Size {
+			out = append(out, g.QuestionID)
+		}
+	}
+	return out
+}
+
+// Step trains on one step's groups (ALGORITHM.md E10-E14): the groups are
+// split into cfg.MiniBatches consecutive mini-batches of nearly equal size
+// (fewer when there are fewer groups); for each, one forward pass gives the
+// current log-probs and entropies, Objective their derivatives, one backward
+// pass the parameter gradients, and AdamW one update (clipped, or skipped on
+// a bad norm). Mini-batches after the first see the policy moved by the
+// earlier ones, which is what the ratio w corrects.
+func (l *Learner) Step(in StepInput) (StepSummary, error) {
+	cfg := l.cfg
+	sum := StepSummary{
+		Step: in.Step, PolicyVersion: in.PolicyVersion, Mixed: in.Mixed,
+		Pass1: Pass1(in.Groups), StaleDropped: in.StaleDropped,
+	}
+	if cfg.OnPolicyOnly && in.Mixed {
+		return sum, fmt.Errorf("%w: step %d asks for mixed mode in the on-policy baseline", ErrConfig, in.Step)
+	}
+	for _, g := range in.Groups {
+		if len(g.Rollouts) != cfg.K || len(g.Advantages) != cfg.K {
+			return sum, fmt.Errorf("%w: question %q has %d rollouts, want K = %d (build groups with NewGroup)", ErrGroup, g.QuestionID, len(g.Rollouts), cfg.K)
+		}
+		if g.Replayed() && !in.Mixed {
+			return sum, fmt.Errorf("%w: question %q replays experience before the delayed start (E5)", ErrGroup, g.QuestionID)
+		}
+		sum.Groups = append(sum.Groups, summarise(g))
+	}
+	sum.NextMixed = NextMixed(cfg, in.Mixed, sum.Pass1)
+	if len(in.Groups) == 0 {
+		return sum, nil
+	}
+
+	nb := min(cfg.MiniBatches, len(in.Groups))
+	var entSum float64
+	for b := range nb {
+		lo, hi := b*len(in.Groups)/nb, (b+1)*len(in.Groups)/nb
+		st, info, err := l.update(in.Groups[lo:hi], in.Mixed)
+		if err != nil {
+			return sum, fmt.Errorf("learner: step %d mini-batch %d: %w", in.Step, b, err)
+		}
+		sum.Loss += st.Loss / float64(nb)
+		sum.PolicyLoss += st.PolicyLoss / float64(nb)
+		sum.EntropyTerm += st.EntropyTerm / float64(nb)
+		entSum += st.MeanEntropy * float64(st.Tokens)
+		sum.Tokens += st.Tokens
+		sum.ReplayedTokens += st.ReplayedTokens
+		sum.Clipped += st.Clipped
+		sum.Updates = append(sum.Updates, info)
+		if info.Skipped {
+			sum.Skipped++
+		}
+		if !(info.GradNorm <= sum.GradNorm) { // NaN propagates
+			sum.GradNorm = info.GradNorm
+		}
+	}
+	if sum.Tokens > 0 {
+		sum.Entropy = entSum / float64(sum.Tokens)
+	}
+	return sum, nil
+}
+
+// update runs one mini-batch: forward, objective, backward, AdamW (E14).
+func (l *Learner) update(groups []Group, mixed bool) (ObjectiveStats, policy.StepInfo, error) {
+	var seqs []policy.Seq
+	var items []Item
+	for _, g := range groups {
+		for i, r := range g.Rollouts {
+			seqs = append(seqs, concat(r.PromptTokens, r.Tokens))
+			items = append(items, Item{Advantage: g.Advantages[i], Behaviour: r.LogProbs, Replayed: r.Replayed})
+		}
+	}
+	pass, err := l.model.Forward(seqs)
+	if err != nil {
+		return ObjectiveStats{}, policy.StepInfo{}, fmt.Errorf("forward: %w", err)
+	}
+	st, dlp, dent, err := Objective(l.cfg, mixed, items, pass.LogProbs, pass.Entropies)
+	if err != nil {
+		return st, policy.StepInfo{}, err
+	}
+	l.model.ZeroGrads()
+	if err := pass.Backward(dlp, dent); err != nil {
+		return st, policy.StepInfo{}, fmt.Errorf("backward: %w", err)
+	}
+	return st, l.opt.Step(l.model), nil
+}
+
+func summarise(g Group) GroupSummary {
+	s := GroupSummary{
+		QuestionID: g.QuestionID, Size: len(g.Rollouts), Correct: g.Correct(), Replayed: g.Replayed(),
+		Advantages: append([]float32(nil), g.Advantages...), Candidates: g.Candidates,
+	}
+	if s.Replayed {
+		s.ReplayedID = g.Rollouts[0].ID
+	}
+	for _, r := range g.Rollouts {
+		s.TrajectoryIDs = append(s.TrajectoryIDs, r.ID)
+		s.Rewards = append(s.Rewards, r.Reward)
+		s.Reasons = append(s.Reasons, r.Reason)
+	}
+	return s
+}

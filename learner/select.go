@@ -1,0 +1,60 @@
+package learner
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"github.com/exgrpo/exgrpo/policy"
+)
+
+// SelectTrajectory chooses which stored trajectory of a replayed question to
+// replay (ALGORITHM.md E7). cands are the question's stored successful
+// trajectories, oldest first; only the most recent cfg.Candidates are
+// considered. For the entropy rules each candidate is scored with one
+// policy.Score call over all of them, and its value is the mean entropy of
+// the full next-token distribution over its response tokens, EOS included.
+// The random rule does not score (its ranking lists the candidates in stored
+// order with NaN entropies). rng is used by the random rule only and may be
+// nil otherwise.
+//
+// It returns the chosen position in cands and the ranking (lowest entropy
+// first for the lowest and random rules, highest first for the highest rule).
+func SelectTrajectory(m *policy.Model, cfg Config, cands []Rollout, rng *rand.Rand) (chosen int, ranking []Ranked, err error) {
+	if len(cands) == 0 {
+		return -1, nil, fmt.Errorf("%w: no candidate trajectory to replay", ErrGroup)
+	}
+	first := max(0, len(cands)-cfg.Candidates) // E7 cap: the most recent
+	pool := cands[first:]
+	ranked := make([]Ranked, len(pool))
+	for i, c := range pool {
+		ranked[i] = Ranked{ID: c.ID, Index: first + i, Entropy: math.NaN()}
+	}
+	if cfg.Selection != SelectRandom {
+		seqs := make([]policy.Seq, len(pool))
+		for i, c := range pool {
+			if len(c.Tokens) == 0 {
+				return -1, nil, fmt.Errorf("%w: candidate %q has no response tokens", ErrGroup, c.ID)
+			}
+			seqs[i] = concat(c.PromptTokens, c.Tokens)
+		}
+		_, ents, err := m.Score(seqs)
+		if err != nil {
+			return -1, nil, fmt.Errorf("learner: score replay candidates: %w", err)
+		}
+		for i := range pool {
+			ranked[i].Entropy = MeanEntropy(ents[i])
+		}
+	} else if rng == nil {
+		return -1, nil, fmt.Errorf("%w: random trajectory selection needs a seeded rng", ErrConfig)
+	}
+	c, ranking := Rank(cfg.Selection, ranked, rng)
+	return first + c, ranking, nil
+}
+
+// concat builds the policy's view of a trajectory: prompt then response.
+func concat(prompt, response []int32) policy.Seq {
+	toks := make([]int32, 0, len(prompt)+len(response))
+	toks = append(append(toks, prompt...), response...)
+	return policy.Seq{Tokens: toks, PromptLen: len(prompt)}
+}
