@@ -14,7 +14,7 @@ import (
 
 // Config is the run's topology. Every role opens the bus with the same
 // values (they are server-side declarations; the first role creates them,
-// later ones update them to the same thing).
+// later ones find them and leave them as they are: see ensure.go).
 type Config struct {
 	Run      string // run id, [A-Za-z0-9_-]{1,64}
 	Replicas int    // stream replicas: 1 local, 3 in the compose cluster; default 1
@@ -87,8 +87,8 @@ type Bus struct {
 	log     *zap.Logger
 }
 
-// Open ensures the topology exists (idempotently: create or update to the
-// same declaration) and returns the handle. It retries while JetStream is
+// Open ensures the topology exists (idempotently: create what is missing,
+// keep what exists; see ensure.go) and returns the handle. It retries while JetStream is
 // not yet available (a cluster electing its meta leader) until ctx ends.
 // The connection stays owned by the caller.
 func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Bus, error) {
@@ -179,7 +179,7 @@ func (b *Bus) StreamConfig(k Kind) jetstream.StreamConfig {
 func (b *Bus) ensure(ctx context.Context) error {
 	for _, k := range Kinds {
 		octx, cancel := b.opCtx(ctx)
-		_, err := b.JS.CreateOrUpdateStream(octx, b.StreamConfig(k))
+		_, err := ensureStream(octx, b.JS, b.StreamConfig(k))
 		cancel()
 		if err != nil {
 			return fmt.Errorf("bus: stream %s: %w", b.Names.Stream(k), err)
@@ -190,7 +190,7 @@ func (b *Bus) ensure(ctx context.Context) error {
 		storage = jetstream.MemoryStorage
 	}
 	octx, cancel := b.opCtx(ctx)
-	kv, err := b.JS.CreateOrUpdateKeyValue(octx, jetstream.KeyValueConfig{
+	kv, err := ensureKeyValue(octx, b.JS, jetstream.KeyValueConfig{
 		Bucket: b.Names.StateBucket(), Description: "exgrpo run state", History: 1,
 		Storage: storage, Replicas: b.Config.Replicas, MaxValueSize: wire.MaxMessageBytes,
 	})
@@ -199,7 +199,7 @@ func (b *Bus) ensure(ctx context.Context) error {
 		return fmt.Errorf("bus: kv %s: %w", b.Names.StateBucket(), err)
 	}
 	octx, cancel = b.opCtx(ctx)
-	obs, err := b.JS.CreateOrUpdateObjectStore(octx, jetstream.ObjectStoreConfig{
+	obs, err := ensureObjectStore(octx, b.JS, jetstream.ObjectStoreConfig{
 		Bucket: b.Names.WeightsBucket(), Description: "exgrpo policy weights by version",
 		Storage: storage, Replicas: b.Config.Replicas,
 	})
@@ -242,7 +242,7 @@ func (b *Bus) Shared(ctx context.Context, k Kind) (jetstream.Consumer, error) {
 	}
 	octx, cancel := b.opCtx(ctx)
 	defer cancel()
-	cons, err := b.JS.CreateOrUpdateConsumer(octx, b.Names.Stream(k), cc)
+	cons, err := ensureConsumer(octx, b.JS, b.Names.Stream(k), cc)
 	if err != nil {
 		return nil, fmt.Errorf("bus: consumer %s on %s: %w", cc.Durable, b.Names.Stream(k), err)
 	}
