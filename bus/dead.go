@@ -132,7 +132,9 @@ func (b *Bus) NewDeadWatcher(ctx context.Context, role string) (*DeadWatcher, er
 		}
 		w.subs = append(w.subs, sub)
 	}
-	if err := b.NC.FlushWithContext(ctx); err != nil {
+	fctx, cancel := b.opCtx(ctx)
+	defer cancel()
+	if err := b.NC.FlushWithContext(fctx); err != nil {
 		w.close()
 		return nil, fmt.Errorf("bus: subscribe max-deliveries advisories: %w", err)
 	}

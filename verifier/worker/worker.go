@@ -1,0 +1,277 @@
+// Package worker is the verifier role: it pulls trajectories from the
+// ROLLOUTS work queue (shared durable consumer "verifiers"), grades each with
+// the pure checker of its kind (verifier.Lookup) under a per-item time bound,
+// publishes a wire.Scored to SCORED with the trajectory id as message id, and
+// acks only after that publish is acked. Undecodable input goes to DEAD with
+// its reason; the worker carries on. Any number of workers may run.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/metrics"
+	"github.com/exgrpo/exgrpo/verifier"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Role is the role name in dead letters and metrics.
+const Role = "verifier"
+
+// Config tunes one worker.
+type Config struct {
+	// Concurrency is the number of trajectories graded at once; default one
+	// per CPU core.
+	Concurrency int
+	// ItemTimeout bounds one grading; past it the trajectory scores 0 with
+	// reason "timeout". Default 2s.
+	ItemTimeout time.Duration
+	// FetchWait is how long one pull waits for work; default 1s.
+	FetchWait time.Duration
+	// RetryDelay is the NAK delay after a transient failure (SCORED publish
+	// refused); default 1s.
+	RetryDelay time.Duration
+	// LagEvery is how often the consumer backlog gauges refresh; default 5s.
+	LagEvery time.Duration
+	// WatchDead also runs the max-deliveries dead-letter watcher; default true
+	// via DefaultConfig.
+	WatchDead bool
+}
+
+// DefaultConfig returns the defaults above.
+func DefaultConfig() Config {
+	return Config{Concurrency: runtime.NumCPU(), ItemTimeout: 2 * time.Second, FetchWait: time.Second,
+		RetryDelay: time.Second, LagEvery: 5 * time.Second, WatchDead: true}
+}
+
+// Validate reports impossible values.
+func (c Config) Validate() error {
+	switch {
+	case c.Concurrency < 1:
+		return fmt.Errorf("worker: Concurrency %d must be >= 1", c.Concurrency)
+	case c.ItemTimeout <= 0 || c.FetchWait <= 0 || c.RetryDelay <= 0 || c.LagEvery <= 0:
+		return fmt.Errorf("worker: durations must be positive (start from DefaultConfig)")
+	}
+	return nil
+}
+
+// Worker is one verifier role instance. Run it once.
+type Worker struct {
+	b      *bus.Bus
+	cfg    Config
+	log    *zap.Logger
+	m      *metrics.Consumer
+	lookup func(kind string) (verifier.Checker, error)
+
+	mu       sync.Mutex
+	checkers map[string]verifier.Checker
+}
+
+// New makes a worker; reg may be nil (a private registry is used).
+func New(b *bus.Bus, cfg Config, log *zap.Logger, reg *metrics.Registry) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if reg == nil {
+		reg = metrics.New(Role, b.Names.Run, false)
+	}
+	return &Worker{b: b, cfg: cfg, log: log, m: reg.NewConsumer(), lookup: verifier.Lookup,
+		checkers: map[string]verifier.Checker{}}, nil
+}
+
+// SetLookup replaces the checker lookup (tests, custom verifiers). Call
+// before Run.
+func (w *Worker) SetLookup(f func(kind string) (verifier.Checker, error)) { w.lookup = f }
+
+func (w *Worker) checker(kind string) (verifier.Checker, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c, ok := w.checkers[kind]; ok {
+		return c, nil
+	}
+	c, err := w.lookup(kind)
+	if err != nil {
+		return nil, err
+	}
+	w.checkers[kind] = c
+	return c, nil
+}
+
+// Run grades until ctx ends; then it stops pulling, lets the items in hand
+// finish (unacked ones are redelivered to another worker) and returns nil.
+// It returns an error only when the bus cannot be used at all.
+func (w *Worker) Run(ctx context.Context) error {
+	cons, err := w.b.Shared(ctx, bus.Rollouts)
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	pub, err := w.b.NewPublisher(bus.DefaultPublisherConfig())
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	defer pub.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if w.cfg.WatchDead {
+		dw, err := w.b.NewDeadWatcher(ctx, Role)
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		wg.Go(func() { _ = dw.Run(ctx) })
+	}
+	wg.Go(func() { w.pollLag(ctx) })
+
+	slots := make(chan struct{}, w.cfg.Concurrency)
+	for ctx.Err() == nil {
+		free := cap(slots) - len(slots)
+		if free == 0 {
+			select { // wait for a slot
+			case slots <- struct{}{}:
+				<-slots
+			case <-ctx.Done():
+			}
+			continue
+		}
+		batch, err := cons.Fetch(free, jetstream.FetchMaxWait(w.cfg.FetchWait))
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			w.log.Warn("fetch rollouts", zap.Error(err))
+			w.m.Errors.Inc()
+			sleep(ctx, w.cfg.RetryDelay)
+			continue
+		}
+		for msg := range batch.Messages() {
+			slots <- struct{}{}
+			w.m.InFlight.Inc()
+			wg.Go(func() {
+				defer func() { <-slots; w.m.InFlight.Dec() }()
+				w.handle(ctx, pub, msg)
+			})
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			w.log.Debug("fetch rollouts ended", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func (w *Worker) pollLag(ctx context.Context) {
+	t := time.NewTicker(w.cfg.LagEvery)
+	defer t.Stop()
+	for {
+		if lag, err := w.b.ConsumerLag(ctx, bus.Rollouts, bus.VerifiersConsumer); err == nil {
+			w.m.Pending.Set(float64(lag.Pending))
+			w.m.AckPending.Set(float64(lag.AckPending))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// handle grades one message. It never returns an error: every outcome is an
+// ack (scored or dead-lettered) or a NAK (redelivered later).
+func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.Msg) {
+	start := time.Now()
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
+		w.m.Redelivered.Inc()
+	}
+	var traj wire.Trajectory
+	if err := wire.Decode(msg.Data(), &traj); err != nil {
+		w.dead(ctx, msg, err.Error())
+		return
+	}
+	if traj.ID == "" {
+		w.dead(ctx, msg, "trajectory without id")
+		return
+	}
+	chk, err := w.checker(traj.Kind)
+	if err != nil {
+		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", traj.ID, err))
+		return
+	}
+	v, us := w.grade(chk, traj.Answer, traj.Text)
+	reward := float32(0)
+	if v.Correct {
+		reward = 1
+	}
+	data, err := wire.Encode(&wire.Scored{Traj: traj, Reward: reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: us})
+	if err != nil {
+		w.dead(ctx, msg, fmt.Sprintf("scored %s does not encode: %v", traj.ID, err))
+		return
+	}
+	if _, err := pub.Publish(ctx, w.b.Names.Subject(bus.Scored), traj.ID, data); err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("publish scored", zap.String("id", traj.ID), zap.Error(err))
+			w.m.Errors.Inc()
+			_ = msg.NakWithDelay(w.cfg.RetryDelay)
+		}
+		return
+	}
+	w.m.Published.Inc()
+	if err := msg.Ack(); err != nil {
+		// Redelivered later and deduplicated on SCORED by its id.
+		w.log.Debug("ack rollout", zap.String("id", traj.ID), zap.Error(err))
+	}
+	w.m.Processed.Inc()
+	w.m.Latency.Observe(time.Since(start).Seconds())
+}
+
+// grade runs the checker under ItemTimeout. A checker past its bound keeps
+// running on its own goroutine until it returns (checkers are time-bounded
+// themselves; this is the role's second line of defence).
+func (w *Worker) grade(chk verifier.Checker, gold, text string) (verifier.Verdict, int64) {
+	start := time.Now()
+	res := make(chan verifier.Verdict, 1)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				res <- verifier.Verdict{Reason: "checker_panic"}
+			}
+		}()
+		res <- chk.Check(gold, text)
+	}()
+	t := time.NewTimer(w.cfg.ItemTimeout)
+	defer t.Stop()
+	select {
+	case v := <-res:
+		return v, time.Since(start).Microseconds()
+	case <-t.C:
+		return verifier.Verdict{Reason: verifier.ReasonTimeout}, time.Since(start).Microseconds()
+	}
+}
+
+func (w *Worker) dead(ctx context.Context, msg jetstream.Msg, reason string) {
+	if err := w.b.DeadLetter(ctx, Role, msg, reason); err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("dead-letter failed; message left for redelivery", zap.String("reason", reason), zap.Error(err))
+			w.m.Errors.Inc()
+			_ = msg.NakWithDelay(w.cfg.RetryDelay)
+		}
+		return
+	}
+	w.log.Info("rollout dead-lettered", zap.String("reason", reason))
+	w.m.Dead.Inc()
+}
