@@ -1,0 +1,105 @@
+// Package service is the learner role: it drives one ExGRPO training step
+// after another over JetStream (ARCHITECTURE.md, "One training step").
+//
+// A step t:
+//  1. asks the replay service for n_exp pool questions (request/reply, E6),
+//  2. fetches their candidate trajectories from EXPERIENCE and keeps, per
+//     question, the one with the lowest mean entropy under the current policy
+//     (E7, learner.SelectTrajectory),
+//  3. draws the fresh questions (learner.FreshSampler, retired ones skipped
+//     from the next epoch on, E4) and publishes TASKS: K samples per fresh
+//     question, K-1 per replayed one (E8), at the current policy version,
+//  4. gathers the step's scored rollouts from SCORED (its own durable),
+//     dropping those older than the staleness bound S,
+//  5. trains (learner.Learner.Step: E9-E14), publishes the new weights and
+//     the step report on CONTROL, which the replay service folds (E2-E5).
+//
+// With Staleness S >= 1 the tasks of steps t+1..t+S are already out while
+// step t trains, so actors run ahead by at most S versions; S = 0 is the
+// paper's synchronous loop. Checkpoints (policy, optimiser, step, mode,
+// retired questions) let a restarted learner continue at the next step.
+package service
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/exgrpo/exgrpo/learner"
+)
+
+// ErrConfig marks an invalid Config.
+var ErrConfig = errors.New("learner service: invalid config")
+
+// Config configures the learner role.
+type Config struct {
+	// Learner holds the algorithm's symbols (K, B, rho, beta, lr, S, ...).
+	Learner learner.Config
+	// Steps is the number of steps after which Run returns (counting from
+	// step 0, so a resumed run stops at the same step); 0 runs until ctx ends.
+	Steps int64
+	// MaxNew caps response tokens per rollout; default learner.DefaultLMax.
+	MaxNew int
+	// Temperature of the actors' sampling; default 1 (the log-probs are
+	// always recorded at T = 1).
+	Temperature float32
+	// Seed seeds question draws, E7 tie-breaking and the tasks' sampling seeds.
+	Seed int64
+	// Durable names the learner's consumer on SCORED. Default "learner".
+	Durable string
+	// SampleTimeout bounds one replay sample request; it is retried until
+	// ReplayWait. Default 10s.
+	SampleTimeout time.Duration
+	// ReplayWait is how long a step waits for the replay service before it
+	// goes on with fresh questions only (logged). Default 5m.
+	ReplayWait time.Duration
+	// GatherTimeout is how long a step waits for its rollouts; after it the
+	// step trains on the complete groups and drops the rest (counted).
+	// Default 10m (tasks are redelivered to live actors well before).
+	GatherTimeout time.Duration
+	// CheckpointDir receives step-<n>.safetensors and latest.safetensors;
+	// empty = no checkpoints.
+	CheckpointDir string
+	// CheckpointEvery writes a checkpoint every this many steps (and after
+	// the last one); 0 = only after the last step.
+	CheckpointEvery int
+	// EvalEvery runs the held-out evaluation every this many steps (and
+	// after the last one); 0 = only after the last step. Needs Deps.Evaluate.
+	EvalEvery int
+	// Resume continues from CheckpointDir/latest.safetensors.
+	Resume bool
+}
+
+// DefaultConfig returns the built-in task's settings.
+func DefaultConfig() Config {
+	return Config{Learner: learner.DefaultConfig(), MaxNew: learner.DefaultLMax, Temperature: 1,
+		Seed: 1, Durable: "learner", SampleTimeout: 10 * time.Second, ReplayWait: 5 * time.Minute,
+		GatherTimeout: 10 * time.Minute, CheckpointEvery: 0, EvalEvery: 0}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if err := c.Learner.Validate(); err != nil {
+		return fmt.Errorf("learner service: %w", err)
+	}
+	switch {
+	case c.Steps < 0:
+		return fmt.Errorf("%w: Steps %d must be >= 0 (0 = until stopped)", ErrConfig, c.Steps)
+	case c.MaxNew < 1:
+		return fmt.Errorf("%w: MaxNew %d must be >= 1 token", ErrConfig, c.MaxNew)
+	case c.MaxNew > c.Learner.LMax:
+		return fmt.Errorf("%w: MaxNew %d exceeds LMax %d, the Dr.GRPO normaliser (E12); raise LMax", ErrConfig, c.MaxNew, c.Learner.LMax)
+	case !(c.Temperature > 0):
+		return fmt.Errorf("%w: Temperature %v must be > 0", ErrConfig, c.Temperature)
+	case c.Durable == "" || strings.ContainsAny(c.Durable, ". *>"):
+		return fmt.Errorf("%w: Durable %q must be a non-empty name without dots, spaces or wildcards", ErrConfig, c.Durable)
+	case c.SampleTimeout <= 0 || c.ReplayWait <= 0 || c.GatherTimeout <= 0:
+		return fmt.Errorf("%w: SampleTimeout, ReplayWait and GatherTimeout must be positive (start from DefaultConfig)", ErrConfig)
+	case c.CheckpointEvery < 0 || c.EvalEvery < 0:
+		return fmt.Errorf("%w: CheckpointEvery and EvalEvery must be >= 0", ErrConfig)
+	case c.Resume && c.CheckpointDir == "":
+		return fmt.Errorf("%w: Resume needs CheckpointDir", ErrConfig)
+	}
+	return nil
+}

@@ -1,0 +1,728 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/learner"
+	"github.com/exgrpo/exgrpo/policy"
+	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/verifier"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Deps are what the learner role works with besides its Config.
+type Deps struct {
+	Bus *bus.Bus
+	// Model is the policy to train (the base model); ignored when resuming
+	// from a checkpoint. The service owns it while Run runs.
+	Model     *policy.Model
+	Tokenizer *policy.Tokenizer
+	// Problems is the training set; replayed questions must be among them.
+	Problems []task.Problem
+	// PublishWeights makes a policy version available to the actors; nil
+	// publishes the policy's checkpoint bytes (no optimiser) with
+	// bus.PublishWeights, which is what the actors read.
+	PublishWeights func(ctx context.Context, version int64, m *policy.Model, tok *policy.Tokenizer) error
+	// Check re-verifies a replayed trajectory's text (E9); nil uses the
+	// verifier of the problem's kind.
+	Check func(p task.Problem, text string) verifier.Verdict
+	// Evaluate returns a model's held-out pass@1; nil = no evaluation.
+	Evaluate func(ctx context.Context, m *policy.Model) (float64, error)
+	// OnStep is called after every step, on the learner's goroutine.
+	OnStep  func(StepResult)
+	Metrics *Metrics // nil: unregistered
+	Log     *zap.Logger
+}
+
+// StepResult is what one step did, for progress display and metrics files.
+type StepResult struct {
+	Summary  learner.StepSummary
+	Version  int64   // policy version published after the step
+	HeldOut  float64 // held-out pass@1 after the step, NaN when not evaluated
+	Replayed int     // replayed groups
+	Rollouts int64   // fresh rollouts gathered so far in this process
+	Dropped  int     // incomplete groups dropped at the gather deadline
+	Gather   time.Duration
+	Train    time.Duration
+	Total    time.Duration
+	Last     bool // the final step of Config.Steps
+}
+
+// Checkpoint metadata keys.
+const (
+	MetaStep    = "exgrpo.step"    // last completed step
+	MetaVersion = "exgrpo.version" // policy version after it
+	MetaMixed   = "exgrpo.mixed"   // mode of the next step (E5)
+	MetaRetired = "exgrpo.retired" // JSON list of retired question ids (E4)
+	MetaRun     = "exgrpo.run"
+	LatestFile  = "latest.safetensors"
+)
+
+// Service is the learner role. Build with New, run once with Run.
+type Service struct {
+	cfg  Config
+	d    Deps
+	log  *zap.Logger
+	met  *Metrics
+	core *learner.Learner
+
+	problems map[string]task.Problem
+	sampler  *learner.FreshSampler
+	rng      *rand.Rand // E7 random selection only
+	checkers map[string]verifier.Checker
+	pub      *bus.Publisher
+
+	step     int64 // next step to train
+	version  int64 // current policy version
+	mixed    bool  // mode known for the next step (E5)
+	retired  []string
+	rollouts int64
+
+	plans   map[int64]*plan
+	scoredC chan jetstream.Msg
+	early   map[int64][]*wire.Scored // rollouts of steps not yet planned (after a restart)
+}
+
+type plan struct {
+	step    int64
+	version int64 // MinVersion of its tasks
+	tasks   map[string]*planned
+	order   []string // task ids in question order
+	missing int      // rollouts still expected
+	started time.Time
+}
+
+type planned struct {
+	problem  task.Problem
+	taskID   string
+	samples  int
+	replayed *learner.Rollout
+	ranking  []learner.Ranked
+	got      map[int]*wire.Scored
+}
+
+// New builds the service; with Config.Resume it loads the latest checkpoint.
+func New(cfg Config, d Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if d.Bus == nil || d.Tokenizer == nil {
+		return nil, fmt.Errorf("%w: Bus and Tokenizer are required", ErrConfig)
+	}
+	if d.PublishWeights == nil {
+		d.PublishWeights = func(ctx context.Context, version int64, m *policy.Model, tok *policy.Tokenizer) error {
+			return PublishWeights(ctx, d.Bus, version, m, tok)
+		}
+	}
+	if d.Log == nil {
+		d.Log = zap.NewNop()
+	}
+	if d.Metrics == nil {
+		d.Metrics = NewMetrics(nil)
+	}
+	s := &Service{cfg: cfg, d: d, log: d.Log, met: d.Metrics, problems: make(map[string]task.Problem, len(d.Problems)),
+		checkers: map[string]verifier.Checker{}, plans: map[int64]*plan{}, early: map[int64][]*wire.Scored{}}
+	ids := make([]string, 0, len(d.Problems))
+	for _, p := range d.Problems {
+		if _, dup := s.problems[p.ID]; dup {
+			return nil, fmt.Errorf("%w: problem id %q appears twice in the training set", ErrConfig, p.ID)
+		}
+		s.problems[p.ID] = p
+		ids = append(ids, p.ID)
+	}
+	if len(ids) < cfg.Learner.B {
+		return nil, fmt.Errorf("%w: %d training problems for B = %d questions per step", ErrConfig, len(ids), cfg.Learner.B)
+	}
+	model, opt := d.Model, (*policy.AdamW)(nil)
+	s.mixed = learner.InitialMixed(cfg.Learner)
+	if cfg.Resume {
+		ck, err := policy.LoadFile(filepath.Join(cfg.CheckpointDir, LatestFile))
+		if err != nil {
+			return nil, fmt.Errorf("learner service: resume: %w", err)
+		}
+		model, opt = ck.Model, ck.Opt
+		last, err1 := strconv.ParseInt(ck.Meta[MetaStep], 10, 64)
+		ver, err2 := strconv.ParseInt(ck.Meta[MetaVersion], 10, 64)
+		mixed, err3 := strconv.ParseBool(ck.Meta[MetaMixed])
+		err4 := json.Unmarshal([]byte(ck.Meta[MetaRetired]), &s.retired)
+		if err := errors.Join(err1, err2, err3, err4); err != nil {
+			return nil, fmt.Errorf("learner service: resume: checkpoint metadata: %w", err)
+		}
+		s.step, s.version, s.mixed = last+1, ver, mixed
+		if opt != nil {
+			// The AdamW hyper-parameters come from this run's configuration.
+			if opt2, err := policy.NewAdamW(cfg.Learner.AdamW(), model); err == nil {
+				opt2.T, opt2.M, opt2.V = opt.T, opt.M, opt.V
+				opt = opt2
+			}
+		}
+	}
+	if model == nil {
+		return nil, fmt.Errorf("%w: no model to train (Deps.Model or a checkpoint)", ErrConfig)
+	}
+	core, err := learner.New(cfg.Learner, model, opt)
+	if err != nil {
+		return nil, fmt.Errorf("learner service: %w", err)
+	}
+	s.core = core
+	// Seeded by the step the run (re)starts at, so a resumed run is
+	// deterministic given its checkpoint.
+	s.sampler, err = learner.NewFreshSampler(ids, rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(s.step))))
+	if err != nil {
+		return nil, fmt.Errorf("learner service: %w", err)
+	}
+	for _, id := range s.retired {
+		s.sampler.Retire(id)
+	}
+	s.rng = rand.New(rand.NewPCG(uint64(cfg.Seed)^0x9e3779b97f4a7c15, uint64(s.step)))
+	return s, nil
+}
+
+// Model returns the policy being trained (read it only between steps, e.g.
+// from OnStep, or after Run returned).
+func (s *Service) Model() *policy.Model { return s.core.Model() }
+
+// NextStep is the step Run will train next.
+func (s *Service) NextStep() int64 { return s.step }
+
+// Run trains until Config.Steps steps are done (then it returns nil), ctx
+// ends (nil) or a fatal error.
+func (s *Service) Run(ctx context.Context) error {
+	var err error
+	if s.pub, err = s.d.Bus.NewPublisher(bus.DefaultPublisherConfig()); err != nil {
+		return fmt.Errorf("learner service: %w", err)
+	}
+	defer s.pub.Close()
+	if s.cfg.Steps > 0 && s.step >= s.cfg.Steps {
+		return nil
+	}
+	cons, err := s.d.Bus.Reader(ctx, bus.Scored, s.cfg.Durable, bus.ReaderOptions{MaxAckPending: 1 << 16})
+	if err != nil {
+		return fmt.Errorf("learner service: %w", err)
+	}
+	s.scoredC = make(chan jetstream.Msg, 4096)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case s.scoredC <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(1024))
+	if err != nil {
+		return fmt.Errorf("learner service: consume scored: %w", err)
+	}
+	defer cc.Stop()
+
+	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
+		return quiet(ctx, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err))
+	}
+	s.met.Version.Set(float64(s.version))
+	s.log.Info("learner starting", zap.Int64("step", s.step), zap.Int64("version", s.version), zap.Bool("mixed", s.mixed))
+
+	S := int64(s.cfg.Learner.Staleness)
+	for t := s.step; t <= s.step+S && s.within(t); t++ {
+		if err := s.prepare(ctx, t); err != nil {
+			return quiet(ctx, err)
+		}
+	}
+	for s.within(s.step) {
+		t := s.step
+		res, err := s.train(ctx, t)
+		if err != nil {
+			return quiet(ctx, err)
+		}
+		s.step = t + 1
+		if next := t + S + 1; s.within(next) {
+			if err := s.prepare(ctx, next); err != nil {
+				return quiet(ctx, err)
+			}
+		}
+		if s.d.OnStep != nil {
+			s.d.OnStep(res)
+		}
+	}
+	return nil
+}
+
+func (s *Service) within(t int64) bool { return s.cfg.Steps == 0 || t < s.cfg.Steps }
+
+// quiet turns an error caused by cancellation into a clean stop.
+func quiet(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// taskSeed derives a task's sampling seed from the run seed, step and question.
+func taskSeed(seed, step int64, q string) int64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d/%d/%s", seed, step, q)
+	return int64(h.Sum64() >> 1)
+}
+
+// prepare picks step t's questions and publishes its tasks (steps 1-3).
+func (s *Service) prepare(ctx context.Context, t int64) error {
+	cfg := s.cfg.Learner
+	p := &plan{step: t, version: s.version, tasks: map[string]*planned{}, started: time.Now()}
+	exclude := map[string]bool{}
+	if n := cfg.PoolQuestions(s.mixed); n > 0 {
+		reps, err := s.replayed(ctx, t, n)
+		if err != nil {
+			return err
+		}
+		for _, r := range reps {
+			p.add(r)
+			exclude[r.problem.ID] = true
+		}
+	}
+	fresh, err := s.sampler.Next(cfg.B-len(p.order), exclude)
+	if err != nil {
+		return fmt.Errorf("learner service: step %d: %w", t, err)
+	}
+	for _, id := range fresh {
+		p.add(&planned{problem: s.problems[id], samples: cfg.K})
+	}
+	batch := s.pub.Batch()
+	for _, id := range p.order {
+		pt := p.tasks[id]
+		pt.taskID = id
+		tk := wire.Task{RunID: s.d.Bus.Names.Run, TaskID: id, Step: t, QuestionID: pt.problem.ID,
+			Prompt: pt.problem.Prompt, Answer: pt.problem.Answer, Kind: pt.problem.Kind, Samples: pt.samples,
+			MinVersion: p.version, MaxNew: s.cfg.MaxNew, Temp: s.cfg.Temperature, Seed: taskSeed(s.cfg.Seed, t, pt.problem.ID)}
+		data, err := wire.Encode(&tk)
+		if err != nil {
+			return fmt.Errorf("learner service: %w", err)
+		}
+		if err := batch.Add(ctx, s.d.Bus.Names.Subject(bus.Tasks), id, data); err != nil {
+			return fmt.Errorf("learner service: %w", err)
+		}
+		p.missing += pt.samples
+	}
+	if err := batch.Wait(ctx); err != nil {
+		return fmt.Errorf("learner service: publish tasks of step %d: %w", t, err)
+	}
+	s.plans[t] = p
+	for _, sc := range s.early[t] {
+		s.accept(sc)
+	}
+	delete(s.early, t)
+	return nil
+}
+
+func (p *plan) add(pt *planned) {
+	id := fmt.Sprintf("%d/%s", p.step, pt.problem.ID)
+	pt.got = map[int]*wire.Scored{}
+	p.tasks[id] = pt
+	p.order = append(p.order, id)
+}
+
+// replayed asks the pool for n questions and selects one stored trajectory
+// for each (steps 1-2; E6, E7). Questions whose experience cannot be found
+// are left out (the step takes more fresh ones instead).
+func (s *Service) replayed(ctx context.Context, t int64, n int) ([]*planned, error) {
+	req := wire.SampleRequest{RunID: s.d.Bus.Names.Run, Step: t, N: n, Seed: s.cfg.Seed ^ (t * 7919),
+		AfterStep: t - 1 - int64(s.cfg.Learner.Staleness)}
+	reply, err := s.requestSample(ctx, req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		s.log.Warn("replay service unavailable; this step trains on fresh questions only", zap.Int64("step", t), zap.Error(err))
+		s.met.ReplayUnavailable.Inc()
+		return nil, nil
+	}
+	if len(reply.Questions) == 0 {
+		return nil, nil
+	}
+	exps, err := s.fetchExperience(ctx, reply.Questions)
+	if err != nil {
+		return nil, err
+	}
+	var out []*planned
+	for _, q := range reply.Questions {
+		prob, ok := s.problems[q.QuestionID]
+		if !ok {
+			s.log.Warn("replayed question is not in the training set", zap.String("question", q.QuestionID))
+			continue
+		}
+		var cands []learner.Rollout
+		var texts []string
+		for _, id := range q.Candidates {
+			e, ok := exps[id]
+			if !ok {
+				continue
+			}
+			cands = append(cands, learner.Rollout{ID: e.TrajectoryID, PromptTokens: e.PromptTokens, Tokens: e.Tokens,
+				LogProbs: e.LogProbs, Version: e.PolicyVersion})
+			texts = append(texts, e.Text)
+		}
+		if len(cands) == 0 {
+			s.log.Warn("no stored experience found for a replayed question", zap.String("question", q.QuestionID))
+			continue
+		}
+		i, ranking, err := s.core.SelectTrajectory(cands, s.rng)
+		if err != nil {
+			return nil, fmt.Errorf("learner service: step %d: %w", t, err)
+		}
+		r := cands[i]
+		// ALGORITHM.md E9: the replayed trajectory is re-verified.
+		v := s.check(prob, texts[i])
+		r.Reward, r.Reason = 0, v.Reason
+		if v.Correct {
+			r.Reward = 1
+		}
+		out = append(out, &planned{problem: prob, samples: s.cfg.Learner.K - 1, replayed: &r, ranking: ranking})
+	}
+	return out, nil
+}
+
+func (s *Service) check(p task.Problem, text string) verifier.Verdict {
+	if s.d.Check != nil {
+		return s.d.Check(p, text)
+	}
+	c, ok := s.checkers[p.Kind]
+	if !ok {
+		var err error
+		if c, err = verifier.Lookup(p.Kind); err != nil {
+			return verifier.Verdict{Reason: "unknown_kind"}
+		}
+		s.checkers[p.Kind] = c
+	}
+	return c.Check(p.Answer, text)
+}
+
+// requestSample asks the replay service, retrying each SampleTimeout until
+// ReplayWait (the same request, so the answer is the same).
+func (s *Service) requestSample(ctx context.Context, req wire.SampleRequest) (wire.SampleReply, error) {
+	var reply wire.SampleReply
+	data, err := wire.Encode(&req)
+	if err != nil {
+		return reply, fmt.Errorf("learner service: %w", err)
+	}
+	deadline := time.Now().Add(s.cfg.ReplayWait)
+	var last error
+	for time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.SampleTimeout)
+		msg, err := s.d.Bus.NC.RequestWithContext(rctx, s.d.Bus.Names.SampleSubject(), data)
+		cancel()
+		if ctx.Err() != nil {
+			return reply, ctx.Err()
+		}
+		if err != nil {
+			last = err
+			if errors.Is(err, context.DeadlineExceeded) {
+				continue
+			}
+			select { // no responders: the replay service is (re)starting
+			case <-time.After(500 * time.Millisecond):
+			case <-ctx.Done():
+				return reply, ctx.Err()
+			}
+			continue
+		}
+		if err := wire.Decode(msg.Data, &reply); err != nil {
+			return reply, fmt.Errorf("learner service: sample reply: %w", err)
+		}
+		if reply.Error != "" {
+			return reply, fmt.Errorf("learner service: replay: %s", reply.Error)
+		}
+		return reply, nil
+	}
+	return reply, fmt.Errorf("learner service: no sample reply within %v: %w", s.cfg.ReplayWait, last)
+}
+
+// fetchExperience reads the stored trajectories of the given questions from
+// EXPERIENCE with one ordered consumer over their subjects.
+func (s *Service) fetchExperience(ctx context.Context, qs []wire.SampledQuestion) (map[string]*wire.Experience, error) {
+	want := map[string]bool{}
+	subjects := make([]string, 0, len(qs))
+	for _, q := range qs {
+		subjects = append(subjects, s.d.Bus.Names.ExperienceSubject(q.QuestionID))
+		for _, id := range q.Candidates {
+			want[id] = true
+		}
+	}
+	out := make(map[string]*wire.Experience, len(want))
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cons, err := s.d.Bus.JS.OrderedConsumer(fctx, s.d.Bus.Names.Stream(bus.Experience),
+		jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
+	if err != nil {
+		return nil, fmt.Errorf("learner service: read experience: %w", err)
+	}
+	info, err := cons.Info(fctx)
+	if err != nil {
+		return nil, fmt.Errorf("learner service: read experience: %w", err)
+	}
+	left := info.NumPending
+	for left > 0 && len(out) < len(want) {
+		batch, err := cons.Fetch(int(min(left, 1024)), jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("learner service: read experience: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			left--
+			var e wire.Experience
+			if err := wire.Decode(m.Data(), &e); err != nil {
+				continue // inspect shows it; the candidate is skipped
+			}
+			if want[e.TrajectoryID] {
+				if _, dup := out[e.TrajectoryID]; !dup {
+					out[e.TrajectoryID] = &e
+				}
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, fmt.Errorf("learner service: read experience: %w", err)
+		}
+		if n == 0 {
+			break // purged meanwhile
+		}
+	}
+	return out, nil
+}
+
+// accept files one scored rollout under its step's plan.
+func (s *Service) accept(sc *wire.Scored) {
+	p, ok := s.plans[sc.Traj.Step]
+	if !ok {
+		if sc.Traj.Step > s.step+int64(s.cfg.Learner.Staleness) || sc.Traj.Step < s.step {
+			s.met.Ignored.Inc() // an old step's leftovers (after a restart)
+			return
+		}
+		s.early[sc.Traj.Step] = append(s.early[sc.Traj.Step], sc)
+		return
+	}
+	pt, ok := p.tasks[sc.Traj.TaskID]
+	if !ok || sc.Traj.Index < 0 || sc.Traj.Index >= pt.samples {
+		s.met.Ignored.Inc()
+		return
+	}
+	if _, dup := pt.got[sc.Traj.Index]; dup {
+		return
+	}
+	pt.got[sc.Traj.Index] = sc
+	p.missing--
+}
+
+// gather waits until every rollout of step t is in, or GatherTimeout.
+func (s *Service) gather(ctx context.Context, p *plan) error {
+	timer := time.NewTimer(s.cfg.GatherTimeout)
+	defer timer.Stop()
+	for p.missing > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			s.log.Warn("gather deadline: training on the complete groups", zap.Int64("step", p.step), zap.Int("missing", p.missing))
+			return nil
+		case m := <-s.scoredC:
+			var sc wire.Scored
+			if err := wire.Decode(m.Data(), &sc); err != nil {
+				s.dead(ctx, m, err)
+				continue
+			}
+			_ = m.Ack() // the learner's buffer is transient by design: a restart resumes at the next step
+			s.accept(&sc)
+		}
+	}
+	return nil
+}
+
+// train gathers step t's rollouts, updates the policy and publishes the
+// weights and the step report (steps 4-6).
+func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
+	p := s.plans[t]
+	res := StepResult{HeldOut: math.NaN()}
+	gstart := time.Now()
+	if err := s.gather(ctx, p); err != nil {
+		return res, err
+	}
+	res.Gather = time.Since(gstart)
+	cfg := s.cfg.Learner
+	var groups []learner.Group
+	stale := 0
+	for _, id := range p.order {
+		pt := p.tasks[id]
+		fresh := make([]learner.Rollout, 0, pt.samples)
+		for i := 0; i < pt.samples; i++ {
+			sc, ok := pt.got[i]
+			if !ok {
+				continue
+			}
+			tr := &sc.Traj
+			fresh = append(fresh, learner.Rollout{ID: tr.ID, PromptTokens: tr.PromptTokens, Tokens: tr.Tokens,
+				LogProbs: tr.LogProbs, Version: tr.PolicyVersion, Reward: sc.Reward, Reason: sc.Reason})
+		}
+		s.rollouts += int64(len(fresh))
+		kept, dropped := learner.FilterStale(t, cfg.Staleness, fresh)
+		stale += dropped
+		if len(kept) != pt.samples {
+			res.Dropped++
+			continue // incomplete after the deadline or staleness filter
+		}
+		g, err := learner.NewGroup(pt.problem.ID, cfg.K, pt.replayed, kept, pt.ranking)
+		if err != nil {
+			s.log.Warn("dropping a malformed group", zap.Int64("step", t), zap.Error(err))
+			res.Dropped++
+			continue
+		}
+		groups = append(groups, g)
+		if pt.replayed != nil {
+			res.Replayed++
+		}
+	}
+	delete(s.plans, t)
+	mixed := s.mixed
+	if !mixed && res.Replayed > 0 {
+		mixed = true // cannot happen: replay is only asked for in mixed mode
+	}
+	tstart := time.Now()
+	sum, err := s.core.Step(learner.StepInput{Step: t, PolicyVersion: p.version, Mixed: mixed, Groups: groups, StaleDropped: stale})
+	if err != nil {
+		return res, fmt.Errorf("learner service: %w", err)
+	}
+	res.Train = time.Since(tstart)
+	s.version++
+	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
+		return res, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err)
+	}
+	if sum.Mixed {
+		// E4, as the pool folds it: retirement happens in mixed mode only.
+		for _, q := range sum.Retired() {
+			if s.sampler.Retire(q) {
+				s.retired = append(s.retired, q)
+			}
+		}
+	}
+	s.mixed = sum.NextMixed
+	rep := report(s.d.Bus.Names.Run, sum, s.version, time.Since(p.started))
+	data, err := wire.Encode(&rep)
+	if err != nil {
+		return res, fmt.Errorf("learner service: %w", err)
+	}
+	if _, err := s.pub.Publish(ctx, s.d.Bus.Names.Subject(bus.Control), fmt.Sprintf("step/%d", t), data); err != nil {
+		return res, fmt.Errorf("learner service: publish step report %d: %w", t, err)
+	}
+	last := s.cfg.Steps > 0 && t == s.cfg.Steps-1
+	if s.cfg.CheckpointDir != "" && (last || (s.cfg.CheckpointEvery > 0 && (t+1)%int64(s.cfg.CheckpointEvery) == 0)) {
+		if err := s.checkpoint(t); err != nil {
+			return res, err
+		}
+	}
+	if s.d.Evaluate != nil && (last || (s.cfg.EvalEvery > 0 && (t+1)%int64(s.cfg.EvalEvery) == 0)) {
+		acc, err := s.d.Evaluate(ctx, s.core.Model())
+		if err != nil {
+			return res, quiet(ctx, fmt.Errorf("learner service: evaluate: %w", err))
+		}
+		res.HeldOut = acc
+		s.met.HeldOut.Set(acc)
+	}
+	res.Summary, res.Version, res.Rollouts, res.Last = sum, s.version, s.rollouts, last
+	res.Total = time.Since(p.started)
+	s.observe(res, stale)
+	s.log.Debug("step", zap.Int64("step", t), zap.Float64("pass1", sum.Pass1), zap.Bool("mixed", sum.Mixed),
+		zap.Int("replayed", res.Replayed), zap.Float64("loss", sum.Loss), zap.Duration("time", res.Total))
+	return res, nil
+}
+
+// PublishWeights publishes a policy version as its checkpoint bytes (model
+// and tokenizer, no optimiser state).
+func PublishWeights(ctx context.Context, b *bus.Bus, version int64, m *policy.Model, tok *policy.Tokenizer) error {
+	var buf bytes.Buffer
+	if err := policy.WriteCheckpoint(&buf, policy.Checkpoint{Model: m, Tokenizer: tok,
+		Meta: map[string]string{MetaVersion: strconv.FormatInt(version, 10)}}); err != nil {
+		return fmt.Errorf("learner service: encode weights v%d: %w", version, err)
+	}
+	return b.PublishWeights(ctx, version, buf.Bytes())
+}
+
+// report turns a step summary into the wire step report (CONTROL).
+func report(run string, sum learner.StepSummary, newVersion int64, took time.Duration) wire.StepReport {
+	r := wire.StepReport{RunID: run, Step: sum.Step, PolicyVersion: sum.PolicyVersion, NewVersion: newVersion,
+		Pass1: sum.Pass1, Mixed: sum.Mixed, Loss: sum.Loss, GradNorm: sum.GradNorm, Skipped: sum.Skipped > 0,
+		Entropy: sum.Entropy, StaleDropped: sum.StaleDropped, StepMicros: took.Microseconds(), UnixMs: time.Now().UnixMilli()}
+	for _, g := range sum.Groups {
+		gr := wire.GroupReport{QuestionID: g.QuestionID, Size: g.Size, Correct: g.Correct, Replayed: g.Replayed,
+			ReplayedID: g.ReplayedID, TrajectoryIDs: g.TrajectoryIDs, Rewards: g.Rewards, Advantages: g.Advantages,
+			Reasons: g.Reasons}
+		for _, c := range g.Candidates {
+			gr.Candidates = append(gr.Candidates, wire.Candidate{ID: c.ID, Entropy: float32(c.Entropy)})
+		}
+		r.Groups = append(r.Groups, gr)
+	}
+	return r
+}
+
+// checkpoint writes step-<t>.safetensors and replaces latest.safetensors.
+func (s *Service) checkpoint(t int64) error {
+	retired, _ := json.Marshal(s.retired)
+	if s.retired == nil {
+		retired = []byte("[]")
+	}
+	ck := policy.Checkpoint{Model: s.core.Model(), Tokenizer: s.d.Tokenizer, Opt: s.core.Optimizer(), Meta: map[string]string{
+		MetaStep: strconv.FormatInt(t, 10), MetaVersion: strconv.FormatInt(s.version, 10),
+		MetaMixed: strconv.FormatBool(s.mixed), MetaRetired: string(retired), MetaRun: s.d.Bus.Names.Run,
+	}}
+	if err := os.MkdirAll(s.cfg.CheckpointDir, 0o755); err != nil {
+		return fmt.Errorf("learner service: checkpoint: %w", err)
+	}
+	path := filepath.Join(s.cfg.CheckpointDir, fmt.Sprintf("step-%06d.safetensors", t))
+	if err := policy.SaveFile(path, ck); err != nil {
+		return fmt.Errorf("learner service: checkpoint: %w", err)
+	}
+	tmp := filepath.Join(s.cfg.CheckpointDir, LatestFile+".tmp")
+	if err := policy.SaveFile(tmp, ck); err != nil {
+		return fmt.Errorf("learner service: checkpoint: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(s.cfg.CheckpointDir, LatestFile)); err != nil {
+		return fmt.Errorf("learner service: checkpoint: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) dead(ctx context.Context, m jetstream.Msg, reason error) {
+	s.met.Dead.Inc()
+	s.log.Warn("message to DEAD", zap.String("stream", string(bus.Scored)), zap.Error(reason))
+	if err := s.d.Bus.DeadLetter(ctx, "learner", m, reason.Error()); err != nil {
+		s.log.Error("dead letter", zap.Error(err)) // not acknowledged: redelivered, and retried then
+	}
+}
+
+func (s *Service) observe(r StepResult, stale int) {
+	m, sum := s.met, r.Summary
+	m.Steps.Inc()
+	m.Step.Set(float64(sum.Step))
+	m.Version.Set(float64(r.Version))
+	m.Reward.Set(sum.Pass1)
+	m.Entropy.Set(sum.Entropy)
+	m.Loss.Set(sum.Loss)
+	m.GradNorm.Set(sum.GradNorm)
+	m.Replayed.Set(float64(r.Replayed))
+	m.Stale.Add(float64(stale))
+	m.DroppedGroups.Add(float64(r.Dropped))
+	m.Tokens.Add(float64(sum.Tokens))
+	m.Rollouts.Set(float64(r.Rollouts))
+	m.StepSeconds.Observe(r.Total.Seconds())
+	m.GatherSeconds.Observe(r.Gather.Seconds())
+	m.TrainSeconds.Observe(r.Train.Seconds())
+	if sum.Mixed {
+		m.Mixed.Set(1)
+	}
+}
