@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"testing"
+
+	"github.com/exgrpo/exgrpo/task"
 )
 
 func TestConfigDefaultsValidate(t *testing.T) {
@@ -19,6 +21,13 @@ func TestConfigDefaultsValidate(t *testing.T) {
 	}
 	if d.K != p.K || d.Rho != p.Rho || d.Beta != p.Beta || d.Start != p.Start || d.B >= p.B || d.LR <= p.LR || d.LMax != DefaultLMax {
 		t.Errorf("default config should differ from the paper only in B, LR and LMax: %+v", d)
+	}
+}
+
+// ALGORITHM.md E12: the built-in L_max is the task's response cap during RL.
+func TestDefaultLMaxIsTaskCapE12(t *testing.T) {
+	if DefaultLMax != task.TrainMaxNew || DefaultConfig().LMax != task.TrainMaxNew {
+		t.Fatalf("DefaultLMax = %d, task.TrainMaxNew = %d", DefaultLMax, task.TrainMaxNew)
 	}
 }
 
