@@ -271,3 +271,17 @@ func TestE1StoresTokenIDsAndBehaviourLogProbs(t *testing.T) {
 		t.Fatalf("stored %+v", c[0])
 	}
 }
+
+// The dedup hash separates sequences that differ in one token, in order, or
+// in length (equality is still confirmed on the tokens; this guards speed).
+func TestHashTokensSeparates(t *testing.T) {
+	seqs := [][]int32{{}, {0}, {0, 0}, {1}, {1, 2, 3, 4}, {2, 1, 3, 4}, {1, 2, 3, 4, 5}, {1, 2, 3, 5}, {1, 2, 3, 4, 0}}
+	seen := map[uint64]int{}
+	for i, s := range seqs {
+		h := hashTokens(s)
+		if j, dup := seen[h]; dup {
+			t.Fatalf("sequences %v and %v hash alike", seqs[j], s)
+		}
+		seen[h] = i
+	}
+}

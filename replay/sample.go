@@ -40,7 +40,7 @@ func (p *Pool) Sample(n int, rng *rand.Rand) []Pick {
 		b := p.buckets[k]
 		var d distinct
 		for range counts[k] {
-			out = append(out, Pick{QuestionID: p.qs[b[d.next(len(b), rng)]].id, Bucket: k})
+			out = append(out, Pick{QuestionID: b[d.next(len(b), rng)].id, Bucket: k})
 		}
 	}
 	return out
@@ -53,8 +53,20 @@ func (p *Pool) bucketCounts(n int, rng *rand.Rand) []int {
 	K := p.cfg.K
 	w := p.cfg.relativeWeights(func(k int) bool { return len(p.buckets[k]) > 0 })
 	counts := make([]int, K)
+	cum := make([]float64, K) // cum[k] = w[1] + ... + w[k]
+	for k := 1; k < K; k++ {
+		cum[k] = cum[k-1] + w[k]
+	}
 	for range n {
-		counts[drawBucket(w, func(int) bool { return true }, rng)]++
+		u := rng.Float64() * cum[K-1]
+		k := 1
+		for k < K-1 && (u >= cum[k] || w[k] == 0) {
+			k++
+		}
+		for w[k] == 0 { // rounding ran past the last non-empty bucket
+			k--
+		}
+		counts[k]++
 	}
 	excess := 0
 	for k := 1; k < K; k++ {
@@ -109,7 +121,7 @@ func (p *Pool) sampleUniform(out []Pick, n, total int, rng *rand.Rand) []Pick {
 		i := d.next(total, rng)
 		for k := 1; k < p.cfg.K; k++ {
 			if b := p.buckets[k]; i < len(b) {
-				out = append(out, Pick{QuestionID: p.qs[b[i]].id, Bucket: k})
+				out = append(out, Pick{QuestionID: b[i].id, Bucket: k})
 				break
 			} else {
 				i -= len(b)
@@ -121,29 +133,56 @@ func (p *Pool) sampleUniform(out []Pick, n, total int, rng *rand.Rand) []Pick {
 
 // distinct draws indices of [0, size) uniformly without replacement by a
 // Fisher-Yates shuffle whose swaps are remembered on the side instead of
-// applied to the array, so the pool stays untouched and each draw is O(1)
-// (amortised) whatever size is.
+// applied to the array, so the pool stays untouched and each draw costs O(1)
+// whatever size is. The first draws keep their swaps in a small array
+// (cheaper than a map at the usual 64 picks), later ones in a map.
 type distinct struct {
 	drawn int
+	small [smallSwaps]swap
+	nSm   int
 	swaps map[int]int // position -> value, for positions whose value moved
 }
 
+const smallSwaps = 64
+
+type swap struct{ pos, val int }
+
 func (d *distinct) at(i int) int {
+	for _, s := range d.small[:d.nSm] {
+		if s.pos == i {
+			return s.val
+		}
+	}
 	if v, ok := d.swaps[i]; ok {
 		return v
 	}
 	return i
 }
 
-// next returns the next distinct index; at most size calls per distinct.
-func (d *distinct) next(size int, rng *rand.Rand) int {
+func (d *distinct) set(i, v int) {
+	for j := range d.small[:d.nSm] {
+		if d.small[j].pos == i {
+			d.small[j].val = v
+			return
+		}
+	}
+	if d.nSm < smallSwaps {
+		d.small[d.nSm] = swap{i, v}
+		d.nSm++
+		return
+	}
 	if d.swaps == nil {
 		d.swaps = make(map[int]int)
 	}
+	d.swaps[i] = v
+}
+
+// next returns the next distinct index; at most size calls per distinct.
+func (d *distinct) next(size int, rng *rand.Rand) int {
 	i := d.drawn
 	j := i + rng.IntN(size-i)
 	vi, vj := d.at(i), d.at(j)
-	d.swaps[j] = vi
+	d.set(j, vi)
 	d.drawn++
 	return vj
 }

@@ -73,8 +73,8 @@ func (p *Pool) AppendSnapshot(dst []byte) []byte {
 	}
 	for k := 1; k < p.cfg.K; k++ {
 		b = binary.AppendUvarint(b, uint64(len(p.buckets[k])))
-		for _, qi := range p.buckets[k] {
-			b = binary.AppendUvarint(b, uint64(qi))
+		for _, m := range p.buckets[k] {
+			b = binary.AppendUvarint(b, uint64(m.qi))
 		}
 	}
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[start:], castagnoli))
@@ -319,7 +319,7 @@ func restoreBody(cfg Config, body []byte) (*Pool, error) {
 	for k := 1; k < cfg.K && d.err == nil; k++ {
 		n := d.count(1)
 		if n > 0 {
-			p.buckets[k] = make([]int32, 0, n)
+			p.buckets[k] = make([]member, 0, n)
 		}
 		for j := 0; j < n && d.err == nil; j++ {
 			qi := d.uvarint()
@@ -336,7 +336,7 @@ func restoreBody(cfg Config, body []byte) (*Pool, error) {
 				break
 			}
 			q.pos = int32(j)
-			p.buckets[k] = append(p.buckets[k], int32(qi))
+			p.buckets[k] = append(p.buckets[k], member{id: q.id, qi: int32(qi)})
 		}
 	}
 	if d.err == nil && len(d.b) != 0 {
