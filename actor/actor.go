@@ -1,0 +1,341 @@
+// Package actor is the actor role: it pulls rollout tasks from the TASKS
+// work queue (shared durable consumer "actors"), makes sure its policy is at
+// least the task's MinVersion (fetching announced weights from the Object
+// Store and hot-swapping them between tasks), samples the task's completions
+// and publishes each as a wire.Trajectory to ROLLOUTS with id
+// "<taskID>/<i>". The task is acked only after every trajectory's publish is
+// acked, so a crash mid-task leaves it to be redelivered; sample i is drawn
+// with seed Seed+i, so the redelivered task reproduces the same trajectories
+// and the ones already stored are deduplicated by id.
+//
+// The policy backend is an interface (Policy), so that an inference engine
+// can stand in for the built-in Go transformer (Builtin).
+package actor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/metrics"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Role is the role name in dead letters and metrics.
+const Role = "actor"
+
+// Completion is one sampled response of a task.
+type Completion struct {
+	PromptTokens []int32
+	Tokens       []int32   // response tokens, EOS included when emitted
+	LogProbs     []float32 // per response token, behaviour log-prob at T=1
+	Entropies    []float32 // per response token, entropy of the T=1 distribution
+	Text         string    // the response text the verifier grades
+	Finish       string    // "eos" or "length"
+}
+
+// Policy is what the actor needs from a policy backend. The actor calls it
+// from one goroutine at a time.
+type Policy interface {
+	// Version is the loaded policy version; negative when none is loaded.
+	Version() int64
+	// Load replaces the weights with a checkpoint (the bytes the learner
+	// published for version). On error the previous weights stay.
+	Load(version int64, checkpoint []byte) error
+	// Sample draws completion i of task t; it must depend only on the
+	// weights, t and i (seed t.Seed+i), so a redelivered task reproduces it.
+	Sample(ctx context.Context, t wire.Task, i int) (Completion, error)
+}
+
+// ErrBadTask marks a task the policy can never serve (a prompt it cannot
+// encode, say); such a task goes to DEAD instead of being retried.
+var ErrBadTask = errors.New("actor: task cannot be served")
+
+// Config tunes one actor.
+type Config struct {
+	ID string // actor id in trajectories and logs; default "<host>-<pid>"
+	// WeightsWait is how long a task waits for its MinVersion to be
+	// announced before it is NAKed back to the queue; default 10s.
+	WeightsWait time.Duration
+	// NakDelay is the redelivery delay of a NAKed task; default 1s.
+	NakDelay time.Duration
+	// Heartbeat: while sampling, the task is marked in progress this often
+	// so that its AckWait does not expire; default 5s (must be < the bus
+	// TaskAckWait).
+	Heartbeat time.Duration
+	// FetchWait is how long one pull waits for a task; default 1s.
+	FetchWait time.Duration
+	// LagEvery is how often the backlog gauges refresh; default 5s.
+	LagEvery time.Duration
+	// Publisher bounds the trajectories in flight; default
+	// bus.DefaultPublisherConfig.
+	Publisher bus.PublisherConfig
+}
+
+// DefaultConfig returns the defaults above.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{ID: host + "-" + strconv.Itoa(os.Getpid()), WeightsWait: 10 * time.Second, NakDelay: time.Second,
+		Heartbeat: 5 * time.Second, FetchWait: time.Second, LagEvery: 5 * time.Second,
+		Publisher: bus.DefaultPublisherConfig()}
+}
+
+// Validate reports impossible values.
+func (c Config) Validate() error {
+	if c.ID == "" {
+		return fmt.Errorf("actor: empty ID (start from DefaultConfig)")
+	}
+	if c.WeightsWait <= 0 || c.NakDelay <= 0 || c.Heartbeat <= 0 || c.FetchWait <= 0 || c.LagEvery <= 0 {
+		return fmt.Errorf("actor: durations must be positive (start from DefaultConfig)")
+	}
+	return nil
+}
+
+// Actor is one actor role instance. Run it once.
+type Actor struct {
+	b     *bus.Bus
+	cfg   Config
+	pol   Policy
+	log   *zap.Logger
+	m     *metrics.Consumer
+	swaps, samples interface{ Inc() }
+	version        interface{ Set(float64) }
+}
+
+// New makes an actor around a policy backend; reg may be nil.
+func New(b *bus.Bus, pol Policy, cfg Config, log *zap.Logger, reg *metrics.Registry) (*Actor, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if pol == nil {
+		return nil, fmt.Errorf("actor: nil policy")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if reg == nil {
+		reg = metrics.New(Role, b.Names.Run, false)
+	}
+	return &Actor{b: b, cfg: cfg, pol: pol, log: log.With(zap.String("actor", cfg.ID)), m: reg.NewConsumer(),
+		swaps:   reg.Counter("weight_swaps_total", "Policy versions loaded."),
+		samples: reg.Counter("samples_total", "Completions sampled."),
+		version: reg.Gauge("policy_version", "Loaded policy version.")}, nil
+}
+
+// Run serves tasks until ctx ends, then returns nil; the task in hand is
+// left unacked and will be redelivered. It returns an error only when the
+// bus cannot be used at all.
+func (a *Actor) Run(ctx context.Context) error {
+	cons, err := a.b.Shared(ctx, bus.Tasks)
+	if err != nil {
+		return fmt.Errorf("actor: %w", err)
+	}
+	vw, err := a.b.WatchVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("actor: %w", err)
+	}
+	defer vw.Stop()
+	pub, err := a.b.NewPublisher(a.cfg.Publisher)
+	if err != nil {
+		return fmt.Errorf("actor: %w", err)
+	}
+	defer pub.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	lctx, stopLag := context.WithCancel(ctx)
+	defer stopLag()
+	wg.Go(func() { a.pollLag(lctx) })
+
+	for ctx.Err() == nil {
+		// Hot swap between tasks: take the newest announced version.
+		if latest := vw.Latest(); latest > a.pol.Version() {
+			a.load(ctx, latest)
+		}
+		msg, err := cons.Next(jetstream.FetchMaxWait(a.cfg.FetchWait))
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			if !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
+				a.log.Warn("fetch task", zap.Error(err))
+				a.m.Errors.Inc()
+				sleep(ctx, a.cfg.NakDelay)
+			}
+			continue
+		}
+		a.m.InFlight.Set(1)
+		a.handle(ctx, vw, pub, msg)
+		a.m.InFlight.Set(0)
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func (a *Actor) pollLag(ctx context.Context) {
+	t := time.NewTicker(a.cfg.LagEvery)
+	defer t.Stop()
+	for {
+		if lag, err := a.b.ConsumerLag(ctx, bus.Tasks, bus.ActorsConsumer); err == nil {
+			a.m.Pending.Set(float64(lag.Pending))
+			a.m.AckPending.Set(float64(lag.AckPending))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// load fetches and installs version v (or, when it was pruned meanwhile,
+// the latest announced). Failures are logged; the old weights stay.
+func (a *Actor) load(ctx context.Context, v int64) bool {
+	data, err := a.b.FetchWeights(ctx, v)
+	if errors.Is(err, bus.ErrNoWeights) {
+		if latest, lerr := a.b.LatestVersion(ctx); lerr == nil && latest > v {
+			v = latest
+			data, err = a.b.FetchWeights(ctx, v)
+		}
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("fetch weights", zap.Int64("version", v), zap.Error(err))
+			a.m.Errors.Inc()
+		}
+		return false
+	}
+	if err := a.pol.Load(v, data); err != nil {
+		a.log.Error("load weights", zap.Int64("version", v), zap.Error(err))
+		a.m.Errors.Inc()
+		return false
+	}
+	a.swaps.Inc()
+	a.version.Set(float64(v))
+	a.log.Info("policy loaded", zap.Int64("version", v), zap.Int("bytes", len(data)))
+	return true
+}
+
+// handle serves one task: ack after every trajectory is stored, NAK with a
+// delay when it cannot be served yet, DEAD when it never can.
+func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publisher, msg jetstream.Msg) {
+	start := time.Now()
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
+		a.m.Redelivered.Inc()
+	}
+	var t wire.Task
+	if err := wire.Decode(msg.Data(), &t); err != nil {
+		a.dead(ctx, msg, err.Error())
+		return
+	}
+	if t.TaskID == "" || t.Samples < 1 {
+		a.dead(ctx, msg, fmt.Sprintf("task %q asks for %d samples", t.TaskID, t.Samples))
+		return
+	}
+	if a.pol.Version() < t.MinVersion {
+		wctx, cancel := context.WithTimeout(ctx, a.cfg.WeightsWait)
+		v, err := vw.Wait(wctx, t.MinVersion)
+		cancel()
+		if err != nil || !a.load(ctx, v) || a.pol.Version() < t.MinVersion {
+			if ctx.Err() == nil {
+				a.log.Debug("task needs a newer policy; NAK", zap.String("task", t.TaskID),
+					zap.Int64("have", a.pol.Version()), zap.Int64("need", t.MinVersion))
+				_ = msg.NakWithDelay(a.cfg.NakDelay)
+			}
+			return
+		}
+	}
+
+	hctx, stopBeat := context.WithCancel(ctx)
+	beat := make(chan struct{})
+	go func() { // keep the task ours while sampling
+		defer close(beat)
+		tk := time.NewTicker(a.cfg.Heartbeat)
+		defer tk.Stop()
+		for {
+			select {
+			case <-hctx.Done():
+				return
+			case <-tk.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	defer func() { stopBeat(); <-beat }()
+
+	subj := a.b.Names.Subject(bus.Rollouts)
+	batch := pub.Batch()
+	version := a.pol.Version()
+	for i := range t.Samples {
+		if ctx.Err() != nil {
+			return // stopped mid-task: no ack, the task is redelivered
+		}
+		s0 := time.Now()
+		c, err := a.pol.Sample(ctx, t, i)
+		if err != nil {
+			if errors.Is(err, ErrBadTask) {
+				a.dead(ctx, msg, err.Error())
+			} else if ctx.Err() == nil {
+				a.log.Warn("sample", zap.String("task", t.TaskID), zap.Error(err))
+				a.m.Errors.Inc()
+				_ = msg.NakWithDelay(a.cfg.NakDelay)
+			}
+			return
+		}
+		a.samples.Inc()
+		tr := wire.Trajectory{RunID: a.b.Names.Run, ID: t.TaskID + "/" + strconv.Itoa(i), TaskID: t.TaskID,
+			Step: t.Step, QuestionID: t.QuestionID, Index: i, PolicyVersion: version, ActorID: a.cfg.ID,
+			PromptTokens: c.PromptTokens, Tokens: c.Tokens, LogProbs: c.LogProbs, Entropies: c.Entropies,
+			Text: c.Text, Finish: c.Finish, Answer: t.Answer, Kind: t.Kind,
+			SampleMicros: time.Since(s0).Microseconds(), CreatedUnixMs: time.Now().UnixMilli()}
+		data, err := wire.Encode(&tr)
+		if err != nil {
+			a.dead(ctx, msg, fmt.Sprintf("trajectory %s does not encode: %v", tr.ID, err))
+			return
+		}
+		if err := batch.Add(ctx, subj, tr.ID, data); err != nil {
+			return // ctx ended
+		}
+	}
+	if err := batch.Wait(ctx); err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("publish trajectories", zap.String("task", t.TaskID), zap.Error(err))
+			a.m.Errors.Inc()
+			_ = msg.NakWithDelay(a.cfg.NakDelay)
+		}
+		return
+	}
+	a.m.Published.Add(float64(t.Samples))
+	if err := msg.Ack(); err != nil {
+		// Redelivered later; its trajectories are deduplicated by id.
+		a.log.Debug("ack task", zap.String("task", t.TaskID), zap.Error(err))
+	}
+	a.m.Processed.Inc()
+	a.m.Latency.Observe(time.Since(start).Seconds())
+}
+
+func (a *Actor) dead(ctx context.Context, msg jetstream.Msg, reason string) {
+	if err := a.b.DeadLetter(ctx, Role, msg, reason); err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("dead-letter failed; task left for redelivery", zap.String("reason", reason), zap.Error(err))
+			a.m.Errors.Inc()
+			_ = msg.NakWithDelay(a.cfg.NakDelay)
+		}
+		return
+	}
+	a.log.Info("task dead-lettered", zap.String("reason", reason))
+	a.m.Dead.Inc()
+}
