@@ -101,11 +101,11 @@ func (c Config) Validate() error {
 
 // Actor is one actor role instance. Run it once.
 type Actor struct {
-	b     *bus.Bus
-	cfg   Config
-	pol   Policy
-	log   *zap.Logger
-	m     *metrics.Consumer
+	b              *bus.Bus
+	cfg            Config
+	pol            Policy
+	log            *zap.Logger
+	m              *metrics.Consumer
 	swaps, samples interface{ Inc() }
 	version        interface{ Set(float64) }
 }

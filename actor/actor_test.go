@@ -30,7 +30,7 @@ type fakePolicy struct {
 	hung    atomic.Bool
 }
 
-func (f *fakePolicy) Version() int64                { return f.version }
+func (f *fakePolicy) Version() int64               { return f.version }
 func (f *fakePolicy) Load(v int64, _ []byte) error { f.version = v; return nil }
 func (f *fakePolicy) Sample(ctx context.Context, t wire.Task, i int) (Completion, error) {
 	if fmt.Sprintf("%s/%d", t.TaskID, i) == f.hangOn {
