@@ -129,6 +129,9 @@ func New(cfg Config) (*Pool, error) {
 	}, nil
 }
 
+// LastStep returns the step of the last folded report; ok is false before the first.
+func (p *Pool) LastStep() (step int64, ok bool) { return p.step, p.hasStep }
+
 // Config returns the pool's configuration.
 func (p *Pool) Config() Config { return p.cfg }
 
@@ -137,8 +140,9 @@ func (p *Pool) Config() Config { return p.cfg }
 // Step is not after the last folded step (a redelivery), ErrBadReport otherwise.
 //
 // Ownership: Apply keeps the Tokens, LogProbs and PromptTokens slices of the
-// trajectories it stores, without copying; the caller must not modify them
-// afterwards. Slices it does not store (duplicates, reports before the delayed
+// trajectories it stores, without copying (unless a slice's capacity exceeds
+// its length by more than 1/8, then it keeps an exact-size copy); the caller
+// must not modify them afterwards. Slices it does not store (duplicates, reports before the delayed
 // start, retired questions) are not retained.
 func (p *Pool) Apply(r Report) error {
 	if p.hasStep && r.Step <= p.step {
@@ -269,19 +273,31 @@ func (p *Pool) add(q *question, t *Trajectory) bool {
 		}
 	}
 	if len(q.prompt) == 0 && len(t.PromptTokens) > 0 {
-		q.prompt = t.PromptTokens
+		q.prompt = exact(t.PromptTokens)
 	}
 	prompt := t.PromptTokens
 	if slices.Equal(prompt, q.prompt) {
 		prompt = q.prompt // share one copy per question
+	} else {
+		prompt = exact(prompt)
 	}
 	q.trajs = append(q.trajs, stored{
-		id: t.ID, tokens: t.Tokens, logps: t.LogProbs, prompt: prompt,
+		id: t.ID, tokens: exact(t.Tokens), logps: exact(t.LogProbs), prompt: prompt,
 		version: t.PolicyVersion, step: t.Step, hash: h,
 	})
 	p.nTraj++
 	p.tokens += int64(len(t.Tokens))
 	return true
+}
+
+// exact returns s itself when its backing array is about its length (the
+// usual case: a decoder's exact-size slice) and a copy otherwise, so that the
+// pool never pins a much larger array behind a short slice.
+func exact[T int32 | float32](s []T) []T {
+	if cap(s)-len(s) <= len(s)/8 {
+		return s
+	}
+	return slices.Clone(s)
 }
 
 // hashTokens is a fast 64-bit hash of a token sequence for dedup; equality

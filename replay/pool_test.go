@@ -285,3 +285,22 @@ func TestHashTokensSeparates(t *testing.T) {
 		seen[h] = i
 	}
 }
+
+// A short slice over a much larger array is stored as an exact-size copy, so
+// the pool's memory stays proportional to what it stores (ALGORITHM.md E1).
+func TestE1OversizedArraysAreNotPinned(t *testing.T) {
+	p := mustNew(t, DefaultConfig())
+	big := make([]int32, 2, 1000)
+	lps := make([]float32, 2, 1000)
+	big[0], big[1] = 5, 6
+	tr := Trajectory{ID: "x", Tokens: big, LogProbs: lps, PromptTokens: make([]int32, 1, 500)}
+	mustApply(t, p, Report{Step: 1, Mixed: true, Groups: []Group{group("q", 8, 1, tr)}})
+	c := p.Candidates("q")[0]
+	// A copy's capacity is its length rounded up to the allocator's size class (<= 8 here).
+	if cap(c.Tokens) > 8 || cap(c.LogProbs) > 8 || cap(c.PromptTokens) > 8 || !slices.Equal(c.Tokens, []int32{5, 6}) {
+		t.Fatalf("stored caps %d/%d/%d, want copies of about the length (2/2/1)", cap(c.Tokens), cap(c.LogProbs), cap(c.PromptTokens))
+	}
+	if s, ok := p.LastStep(); !ok || s != 1 {
+		t.Fatalf("LastStep = %d, %v", s, ok)
+	}
+}
