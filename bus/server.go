@@ -130,7 +130,7 @@ func StartServer(cfg ServerConfig, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bus: new server: %w", err)
 	}
-	ns.SetLoggerV2(&serverLog{log.Named("nats").Sugar()}, cfg.Debug, false, false)
+	ns.SetLoggerV2(&serverLog{log.Named("nats").WithOptions(zap.AddStacktrace(zap.FatalLevel)).Sugar()}, cfg.Debug, false, false)
 	ns.Start()
 	wait := cfg.ReadyTimeout
 	if wait <= 0 {

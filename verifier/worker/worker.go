@@ -41,15 +41,17 @@ type Config struct {
 	RetryDelay time.Duration
 	// LagEvery is how often the consumer backlog gauges refresh; default 5s.
 	LagEvery time.Duration
-	// WatchDead also runs the max-deliveries dead-letter watcher; default true
-	// via DefaultConfig.
+	// WatchDead also runs the max-deliveries dead-letter watcher
+	// (bus.WatchMaxDeliveries). Off by default: one privileged role per run
+	// (the learner) runs it, since per-role credentials keep verifiers away
+	// from advisories and the TASKS stream.
 	WatchDead bool
 }
 
 // DefaultConfig returns the defaults above.
 func DefaultConfig() Config {
 	return Config{Concurrency: runtime.NumCPU(), ItemTimeout: 2 * time.Second, FetchWait: time.Second,
-		RetryDelay: time.Second, LagEvery: 5 * time.Second, WatchDead: true}
+		RetryDelay: time.Second, LagEvery: 5 * time.Second}
 }
 
 // Validate reports impossible values.

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+
+	"github.com/exgrpo/exgrpo/metrics"
+	"github.com/exgrpo/exgrpo/verifier/worker"
+	"golang.org/x/sync/errgroup"
+)
+
+func init() {
+	register("verifier", "a verifier worker: grades ROLLOUTS into SCORED (run any number)", runVerifierRole)
+}
+
+func runVerifierRole(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("verifier", flag.ContinueOnError)
+	bf := addBusFlags(fs)
+	cfg := worker.DefaultConfig()
+	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "trajectories graded at once (default one per core)")
+	fs.DurationVar(&cfg.ItemTimeout, "item-timeout", cfg.ItemTimeout, "time bound per trajectory; past it the reward is 0 with reason timeout")
+	fs.BoolVar(&cfg.WatchDead, "watch-dead", false, "also move messages past their max deliveries to DEAD (needs advisory permissions; normally the learner does it)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	log, err := newRoleLogger(bf.logLevel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	nc, b, err := bf.open(ctx, "verifier", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	reg := metrics.New(worker.Role, bf.run, true)
+	w, err := worker.New(b, cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return w.Run(gctx) })
+	g.Go(func() error { return metrics.Serve(gctx, bf.metrics, log, reg) })
+	return g.Wait()
+}
