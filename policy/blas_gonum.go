@@ -7,8 +7,8 @@ import (
 	"gonum.org/v1/gonum/blas/gonum"
 )
 
-// BLAS names the matrix-product backend compiled in: "gonum" (pure Go, the
-// default and the static build) or "openblas" (build tag openblas, cgo).
+// BLAS names the BLAS backend compiled in: "gonum" (pure Go, the default
+// and the static build) or "openblas" (build tag openblas, cgo).
 const BLAS = "gonum"
 
 var gonumImpl gonum.Implementation

@@ -197,6 +197,35 @@ func addInPlace(dst, src []float32) {
 	}
 }
 
+// attentionRow computes one query's causal attention: scores of q (HS)
+// against the keys of positions 0…len(row)−1 (rows of keys, stride floats
+// apart), softmax into row, and y (HS) = Σ row[t]·values[t]. qs is scratch
+// (HS). Training and inference both call it, so they agree exactly.
+func attentionRow(y, row, qs, q, keys, values []float32, stride int, scale float32) {
+	for i, v := range q {
+		qs[i] = v * scale
+	}
+	dotRows(row, qs, keys, stride)
+	mx := row[0]
+	for _, v := range row[1:] {
+		mx = max(mx, v)
+	}
+	for i := range row {
+		row[i] -= mx
+	}
+	expInPlace(row)
+	var sum float32
+	for _, v := range row {
+		sum += v
+	}
+	inv := 1 / sum
+	for i := range row {
+		row[i] *= inv
+	}
+	clear(y)
+	sumRows(y, row, values, stride)
+}
+
 // attentionForward: causal multi-head attention of every packed sequence.
 // qkv (N, 3C) holds q, k, v per row; att receives each sequence's (NH, T, T)
 // probabilities at attOff; out (N, C) the per-head weighted values.
@@ -208,30 +237,13 @@ func attentionForward(out, att, qkv []float32, offs, attOff []int, nh, C int) {
 	parallelFor(B*nh, func(job int) {
 		s, h := job/nh, job%nh
 		o, T := offs[s], offs[s+1]-offs[s]
+		qs := make([]float32, hs)
+		keys := qkv[o*3*C+C+h*hs:]
+		values := qkv[o*3*C+2*C+h*hs:]
 		for t := 0; t < T; t++ {
 			q := qkv[(o+t)*3*C+h*hs : (o+t)*3*C+h*hs+hs]
-			row := att[attOff[s]+h*T*T+t*T : attOff[s]+h*T*T+t*T+T]
-			mx := float32(math.Inf(-1))
-			for t2 := 0; t2 <= t; t2++ {
-				k := qkv[(o+t2)*3*C+C+h*hs : (o+t2)*3*C+C+h*hs+hs]
-				v := dot(q, k) * scale
-				row[t2] = v
-				mx = max(mx, v)
-			}
-			var sum float32
-			for t2 := 0; t2 <= t; t2++ {
-				e := float32(math.Exp(float64(row[t2] - mx)))
-				row[t2] = e
-				sum += e
-			}
-			inv := 1 / sum
-			y := out[(o+t)*C+h*hs : (o+t)*C+h*hs+hs]
-			clear(y)
-			for t2 := 0; t2 <= t; t2++ {
-				row[t2] *= inv
-				v := qkv[(o+t2)*3*C+2*C+h*hs : (o+t2)*3*C+2*C+h*hs+hs]
-				axpy(row[t2], v, y)
-			}
+			row := att[attOff[s]+h*T*T+t*T : attOff[s]+h*T*T+t*T+t+1]
+			attentionRow(out[(o+t)*C+h*hs:(o+t)*C+h*hs+hs], row, qs, q, keys, values, 3*C, scale)
 		}
 	})
 }
@@ -246,24 +258,26 @@ func attentionBackward(dqkv, dout, qkv, att []float32, offs, attOff []int, nh, C
 		s, h := job/nh, job%nh
 		o, T := offs[s], offs[s+1]-offs[s]
 		datt := make([]float32, T)
+		keys, dkeys := qkv[o*3*C+C+h*hs:], dqkv[o*3*C+C+h*hs:]
+		values, dvalues := qkv[o*3*C+2*C+h*hs:], dqkv[o*3*C+2*C+h*hs:]
 		for t := 0; t < T; t++ {
-			row := att[attOff[s]+h*T*T+t*T : attOff[s]+h*T*T+t*T+T]
+			row := att[attOff[s]+h*T*T+t*T : attOff[s]+h*T*T+t*T+t+1]
 			dy := dout[(o+t)*C+h*hs : (o+t)*C+h*hs+hs]
+			da := datt[:t+1]
+			// through y = Σ p·v
+			dotRows(da, dy, values, 3*C)
+			addRows(dvalues, row, dy, 3*C)
+			// through the softmax: dscore = p·(dp − Σ p·dp), times the scale
 			var sum float32
-			for t2 := 0; t2 <= t; t2++ {
-				vo := (o+t2)*3*C + 2*C + h*hs
-				datt[t2] = dot(dy, qkv[vo:vo+hs])
-				axpy(row[t2], dy, dqkv[vo:vo+hs])
-				sum += row[t2] * datt[t2]
+			for t2, p := range row {
+				sum += p * da[t2]
+			}
+			for t2, p := range row {
+				da[t2] = p * (da[t2] - sum) * scale
 			}
 			qo := (o+t)*3*C + h*hs
-			q, dq := qkv[qo:qo+hs], dqkv[qo:qo+hs]
-			for t2 := 0; t2 <= t; t2++ {
-				dpre := row[t2] * (datt[t2] - sum) * scale
-				ko := (o+t2)*3*C + C + h*hs
-				axpy(dpre, qkv[ko:ko+hs], dq)
-				axpy(dpre, q, dqkv[ko:ko+hs])
-			}
+			sumRows(dqkv[qo:qo+hs], da, keys, 3*C)
+			addRows(dkeys, da, qkv[qo:qo+hs], 3*C)
 		}
 	})
 }

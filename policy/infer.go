@@ -95,30 +95,13 @@ func (m *Model) infer(kv *kvCache, bufs inferBufs, slots, counts, past []int, to
 		parallelFor(len(counts)*nh, func(job int) {
 			i, h := job/nh, job%nh
 			slot := layer[slots[i]*kv.slotStride:]
-			keys, vals := slot[:kv.tcap*C], slot[kv.tcap*C:2*kv.tcap*C]
+			keys, values := slot[h*hs:kv.tcap*C], slot[kv.tcap*C+h*hs:2*kv.tcap*C]
 			row := make([]float32, past[i]+counts[i])
+			qs := make([]float32, hs)
 			for j := 0; j < counts[i]; j++ {
 				r, p := offs[i]+j, past[i]+j
 				q := qkv[r*3*C+h*hs : r*3*C+h*hs+hs]
-				// same arithmetic, in the same order, as attentionForward
-				mx := float32(math.Inf(-1))
-				for t2 := 0; t2 <= p; t2++ {
-					v := dot(q, keys[t2*C+h*hs:t2*C+h*hs+hs]) * scale
-					row[t2] = v
-					mx = max(mx, v)
-				}
-				var sum float32
-				for t2 := 0; t2 <= p; t2++ {
-					e := float32(math.Exp(float64(row[t2] - mx)))
-					row[t2] = e
-					sum += e
-				}
-				inv := 1 / sum
-				y := atty[r*C+h*hs : r*C+h*hs+hs]
-				clear(y)
-				for t2 := 0; t2 <= p; t2++ {
-					axpy(row[t2]*inv, vals[t2*C+h*hs:t2*C+h*hs+hs], y)
-				}
+				attentionRow(atty[r*C+h*hs:r*C+h*hs+hs], row[:p+1], qs, q, keys, values, C, scale)
 			}
 		})
 		matmulForward(tmp, atty, w.attprojw, w.attprojb, N, C, C)

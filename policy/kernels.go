@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // This file holds the layer kernels shared by training and inference, in
@@ -74,6 +75,25 @@ const sgemmParallelFlops = 1 << 18
 // when there are few rows) per worker; every output element is computed by
 // one slab in a fixed order, so the result does not depend on the schedule.
 func sgemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if matmulProf.on.Load() {
+		t0 := time.Now()
+		defer func() {
+			matmulProf.nanos.Add(int64(time.Since(t0)))
+			matmulProf.flops.Add(2 * int64(m) * int64(n) * int64(k))
+			matmulProf.calls.Add(1)
+		}()
+	}
+	if useKernel {
+		if m == 0 || n == 0 {
+			return
+		}
+		buf := packPool.Get().(*[]float32)
+		pb := packB(tB, k, n, b, ldb, *buf)
+		gemmKernel(tA, m, k, a, lda, &pb, beta, c, ldc)
+		*buf = pb.data
+		packPool.Put(buf)
+		return
+	}
 	w := workers()
 	if w <= 1 || 2*m*n*k < sgemmParallelFlops || (m < 16 && n < 16) {
 		sgemmPart(tA, tB, m, n, k, a, lda, b, ldb, beta, c, ldc)
@@ -113,6 +133,54 @@ func sgemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int,
 		}
 	}
 	wg.Wait()
+}
+
+// useKernel selects the built-in assembly kernel (gemm.go) over the BLAS
+// backend: on CPUs with AVX2 and FMA, unless built with the openblas tag.
+var useKernel = haveKernel && BLAS != "openblas"
+
+// Backend names the matrix-product implementation in use: "avx2" (the
+// built-in packed kernel, pure Go build), "gonum" or "openblas".
+func Backend() string {
+	if useKernel {
+		return "avx2"
+	}
+	return BLAS
+}
+
+// Sgemm is the matrix product the model runs on (see sgemm), exported for
+// benchmarks: c = op(a)·op(b) + beta·c, row-major, op(a) (m, k), op(b) (k, n).
+func Sgemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	sgemm(tA, tB, m, n, k, a, lda, b, ldb, beta, c, ldc)
+}
+
+// MatmulStats counts matrix products while profiling is on.
+type MatmulStats struct {
+	Calls   int64
+	Flops   int64   // 2·m·n·k summed
+	Seconds float64 // wall time inside the products
+}
+
+// GFLOPS is the achieved rate of the counted products.
+func (s MatmulStats) GFLOPS() float64 {
+	if s.Seconds == 0 {
+		return 0
+	}
+	return float64(s.Flops) / s.Seconds / 1e9
+}
+
+var matmulProf struct {
+	on                  atomic.Bool
+	calls, flops, nanos atomic.Int64
+}
+
+// ProfileMatmuls turns the process-wide matrix-product counters on or off
+// and returns what they counted since the last call. It is benchmark
+// instrumentation: with it off (the default) the products read no clock.
+func ProfileMatmuls(on bool) MatmulStats {
+	s := MatmulStats{Calls: matmulProf.calls.Swap(0), Flops: matmulProf.flops.Swap(0), Seconds: float64(matmulProf.nanos.Swap(0)) / 1e9}
+	matmulProf.on.Store(on)
+	return s
 }
 
 // matmulForward: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ + bias (OC, may be nil).
@@ -217,26 +285,32 @@ func layernormBackward(dinp, dw, db, dout, inp, w, mean, rstd []float32, n, c in
 // geluScale is sqrt(2/π) of the tanh approximation of GELU (GPT-2's).
 const geluScale = 0.7978845608028654
 
-// tanh32 is tanh for float32 arguments via one exponential, accurate to a
-// few ulps of float32 (math.Tanh in float64 costs several times more).
-func tanh32(x float32) float32 {
-	if x > 9 {
-		return 1
+// geluBlock is how many elements GELU handles per vector exp call.
+const geluBlock = 256
+
+// tanhBlock sets th[i] = tanh(√(2/π)(x + 0.044715x³)) for x = inp[i], via
+// tanh(u) = (e−1)/(e+1) with e = exp(2u) computed by expInPlace.
+func tanhBlock(th, inp []float32) {
+	for i, x := range inp {
+		th[i] = 2 * geluScale * (x + 0.044715*x*x*x)
 	}
-	if x < -9 {
-		return -1
+	expInPlace(th)
+	for i, e := range th {
+		th[i] = (e - 1) / (e + 1)
 	}
-	e := float32(math.Exp(float64(2 * x)))
-	return (e - 1) / (e + 1)
 }
 
 // geluForward: out (N) = x·½(1 + tanh(√(2/π)(x + 0.044715x³))) elementwise.
 func geluForward(out, inp []float32) {
 	parallelRange(len(inp), 1<<14, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			x := inp[i]
-			u := geluScale * (x + 0.044715*x*x*x)
-			out[i] = 0.5 * x * (1 + tanh32(u))
+		var th [geluBlock]float32
+		for b := lo; b < hi; b += geluBlock {
+			e := min(b+geluBlock, hi)
+			t := th[:e-b]
+			tanhBlock(t, inp[b:e])
+			for i, x := range inp[b:e] {
+				out[b+i] = 0.5 * x * (1 + t[i])
+			}
 		}
 	})
 }
@@ -244,13 +318,16 @@ func geluForward(out, inp []float32) {
 // geluBackward: dinp (N) = GELU'(inp)·dout, elementwise (dinp may alias dout).
 func geluBackward(dinp, inp, dout []float32) {
 	parallelRange(len(inp), 1<<14, func(lo, hi int) {
-		for i := lo; i < hi; i++ {
-			x := inp[i]
-			u := geluScale * (x + 0.044715*x*x*x)
-			th := tanh32(u)
-			sech2 := 1 - th*th
-			grad := 0.5*(1+th) + 0.5*x*sech2*geluScale*(1+3*0.044715*x*x)
-			dinp[i] = grad * dout[i]
+		var th [geluBlock]float32
+		for b := lo; b < hi; b += geluBlock {
+			e := min(b+geluBlock, hi)
+			t := th[:e-b]
+			tanhBlock(t, inp[b:e])
+			for i, x := range inp[b:e] {
+				sech2 := 1 - t[i]*t[i]
+				grad := 0.5*(1+t[i]) + 0.5*x*sech2*geluScale*(1+3*0.044715*x*x)
+				dinp[b+i] = grad * dout[b+i]
+			}
 		}
 	})
 }
