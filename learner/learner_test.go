@@ -212,66 +212,72 @@ func mixedBatch(t testing.TB, m *policy.Model, rng *rand.Rand) []Group {
 }
 
 // ALGORITHM.md E10-E13 through the policy: the gradient of the full ExGRPO
-// loss (fresh tokens, replayed shaped tokens, entropy bonus with a large
-// c_ent = 0.1 so that it matters) with respect to parameters agrees with
-// central finite differences of the loss computed from Forward. The model is
-// float32, so the step is h = 1e-2 on the parameters with the largest
-// gradients and the tolerance is 3% relative (plus 2e-5 absolute).
+// loss (fresh tokens, replayed shaped tokens, entropy bonus) with respect to
+// parameters agrees with central finite differences of the loss computed
+// from Forward. Two weightings: c_ent = 0.1, where the policy terms dominate,
+// and c_ent = 2, where the entropy bonus does (so that an error in either
+// part shows). The model is float32, so the step is h = 1e-2 on the 8
+// parameters with the largest gradients and the tolerance is 3% relative
+// (plus 2e-5 absolute).
 func TestLossGradientFiniteDifferenceE10E13(t *testing.T) {
-	m := tinyModel(t, 5)
-	rng := rand.New(rand.NewPCG(9, 0))
-	groups := mixedBatch(t, m, rng)
-	cfg := DefaultConfig()
-	cfg.LMax, cfg.CEnt, cfg.K = 4, 0.1, 4
-	var seqs []policy.Seq
-	var items []Item
-	for _, g := range groups {
-		for i, r := range g.Rollouts {
-			seqs = append(seqs, concat(r.PromptTokens, r.Tokens))
-			items = append(items, Item{Advantage: g.Advantages[i], Behaviour: r.LogProbs, Replayed: r.Replayed})
-		}
-	}
-	loss := func() float64 {
-		pass, err := m.Forward(seqs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, _, _, err := Objective(cfg, true, items, pass.LogProbs, pass.Entropies)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Loss
-	}
-	pass, _ := m.Forward(seqs)
-	st, dlp, dent, err := Objective(cfg, true, items, pass.LogProbs, pass.Entropies)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.ReplayedTokens == 0 || st.ReplayedTokens == st.Tokens || math.Abs(st.EntropyTerm) < 1e-3 {
-		t.Fatalf("batch must mix fresh and replayed tokens with a visible entropy term: %+v", st)
-	}
-	m.ZeroGrads()
-	if err := pass.Backward(dlp, dent); err != nil {
-		t.Fatal(err)
-	}
-	grads := slices.Clone(m.Grads)
-	idx := make([]int, len(grads))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortFunc(idx, func(a, b int) int { return -cmpAbs(grads[a], grads[b]) })
-	const h = 1e-2
-	for _, i := range idx[:8] {
-		p0 := m.Params[i]
-		m.Params[i] = p0 + h
-		up := loss()
-		m.Params[i] = p0 - h
-		down := loss()
-		m.Params[i] = p0
-		fd := (up - down) / (2 * h)
-		if diff := math.Abs(fd - float64(grads[i])); diff > 0.03*math.Abs(fd)+2e-5 {
-			t.Errorf("parameter %d: analytic %.6g, finite difference %.6g", i, grads[i], fd)
-		}
+	for _, cent := range []float64{0.1, 2} {
+		t.Run(fmt.Sprint("cent=", cent), func(t *testing.T) {
+			m := tinyModel(t, 5)
+			rng := rand.New(rand.NewPCG(9, 0))
+			groups := mixedBatch(t, m, rng)
+			cfg := DefaultConfig()
+			cfg.LMax, cfg.CEnt, cfg.K = 4, cent, 4
+			var seqs []policy.Seq
+			var items []Item
+			for _, g := range groups {
+				for i, r := range g.Rollouts {
+					seqs = append(seqs, concat(r.PromptTokens, r.Tokens))
+					items = append(items, Item{Advantage: g.Advantages[i], Behaviour: r.LogProbs, Replayed: r.Replayed})
+				}
+			}
+			loss := func() float64 {
+				pass, err := m.Forward(seqs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st, _, _, err := Objective(cfg, true, items, pass.LogProbs, pass.Entropies)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return st.Loss
+			}
+			pass, _ := m.Forward(seqs)
+			st, dlp, dent, err := Objective(cfg, true, items, pass.LogProbs, pass.Entropies)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.ReplayedTokens == 0 || st.ReplayedTokens == st.Tokens || math.Abs(st.PolicyLoss) < 1e-3 {
+				t.Fatalf("batch must mix fresh and replayed tokens with a visible policy term: %+v", st)
+			}
+			m.ZeroGrads()
+			if err := pass.Backward(dlp, dent); err != nil {
+				t.Fatal(err)
+			}
+			grads := slices.Clone(m.Grads)
+			idx := make([]int, len(grads))
+			for i := range idx {
+				idx[i] = i
+			}
+			slices.SortFunc(idx, func(a, b int) int { return -cmpAbs(grads[a], grads[b]) })
+			const h = 1e-2
+			for _, i := range idx[:8] {
+				p0 := m.Params[i]
+				m.Params[i] = p0 + h
+				up := loss()
+				m.Params[i] = p0 - h
+				down := loss()
+				m.Params[i] = p0
+				fd := (up - down) / (2 * h)
+				if diff := math.Abs(fd - float64(grads[i])); diff > 0.03*math.Abs(fd)+2e-5 {
+					t.Errorf("parameter %d: analytic %.6g, finite difference %.6g", i, grads[i], fd)
+				}
+			}
+		})
 	}
 }
 
