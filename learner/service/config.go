@@ -69,13 +69,17 @@ type Config struct {
 	EvalEvery int
 	// Resume continues from CheckpointDir/latest.safetensors.
 	Resume bool
+	// WatchDead runs the max-deliveries watcher that copies poison messages
+	// to DEAD (bus.WatchMaxDeliveries); one privileged role per run does it,
+	// and that is the learner. Default true.
+	WatchDead bool
 }
 
 // DefaultConfig returns the built-in task's settings.
 func DefaultConfig() Config {
 	return Config{Learner: learner.DefaultConfig(), MaxNew: learner.DefaultLMax, Temperature: 1,
 		Seed: 1, Durable: "learner", SampleTimeout: 10 * time.Second, ReplayWait: 5 * time.Minute,
-		GatherTimeout: 10 * time.Minute, CheckpointEvery: 0, EvalEvery: 0}
+		GatherTimeout: 10 * time.Minute, CheckpointEvery: 0, EvalEvery: 0, WatchDead: true}
 }
 
 // Validate reports the first invalid field.

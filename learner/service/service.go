@@ -226,6 +226,21 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer cc.Stop()
 
+	if s.cfg.WatchDead {
+		w, err := s.d.Bus.NewDeadWatcher(ctx, "learner")
+		if err != nil {
+			return quiet(ctx, fmt.Errorf("learner service: %w", err))
+		}
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := w.Run(wctx); err != nil && wctx.Err() == nil {
+				s.log.Error("max-deliveries watcher stopped", zap.Error(err))
+			}
+		}()
+		defer func() { stop(); <-done }()
+	}
 	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
 		return quiet(ctx, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err))
 	}

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+
+	"github.com/exgrpo/exgrpo/local"
+	"github.com/exgrpo/exgrpo/metrics"
+	rsvc "github.com/exgrpo/exgrpo/replay/service"
+	"golang.org/x/sync/errgroup"
+)
+
+func init() {
+	register("replay", "the replay service: folds step reports into the experience pool, answers the learner (one per run)", runReplayRole)
+}
+
+func runReplayRole(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	bf := addBusFlags(fs)
+	c := local.DefaultConfig()
+	trainFlags(fs, &c)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c.RunDir = "-" // no run directory in this role
+	c.Normalize()
+	if err := c.Replay.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	log, err := newRoleLogger(bf.logLevel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	nc, b, err := bf.open(ctx, "replay", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	reg := metrics.New("replay", bf.run, true)
+	svc, err := rsvc.New(c.Replay, b, rsvc.NewMetrics(reg.Registerer()), log)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return svc.Run(gctx) })
+	g.Go(func() error { return metrics.Serve(gctx, bf.metrics, log, reg) })
+	return g.Wait()
+}

@@ -1,0 +1,315 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/bus/bustest"
+	"github.com/exgrpo/exgrpo/policy"
+	rsvc "github.com/exgrpo/exgrpo/replay/service"
+	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/verifier"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+const (
+	testK      = 4
+	testB      = 4
+	testMaxNew = 6
+)
+
+// lucky is the test's reward: a fixed pseudo-random half of all trajectory
+// ids are correct, so that groups spread over every bucket, the pool fills
+// and replay happens even with an untrained policy.
+func lucky(id string) bool {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return h.Sum32()%2 == 0
+}
+
+// rollouts is a stand-in for the actor and verifier roles (their own tests
+// cover them): it takes tasks from TASKS, samples with the announced policy
+// version it fetched from the Object Store, rewards with lucky and publishes
+// SCORED, acking each task afterwards.
+func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.Task) error {
+	cons, err := b.Shared(ctx, bus.Tasks)
+	if err != nil {
+		return err
+	}
+	pub, err := b.NewPublisher(bus.DefaultPublisherConfig())
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+	tok := task.BuiltinTokenizer()
+	var model *policy.Model
+	version := int64(-1)
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(8, jetstream.FetchMaxWait(200*time.Millisecond))
+		if err != nil {
+			continue
+		}
+		for m := range batch.Messages() {
+			var tk wire.Task
+			if err := wire.Decode(m.Data(), &tk); err != nil {
+				return err
+			}
+			for version < tk.MinVersion {
+				v, err := b.LatestVersion(ctx)
+				if err != nil || v < tk.MinVersion {
+					time.Sleep(10 * time.Millisecond)
+					if ctx.Err() != nil {
+						return nil
+					}
+					continue
+				}
+				data, err := b.FetchWeights(ctx, v)
+				if err != nil {
+					return err
+				}
+				ck, err := policy.ReadCheckpoint(bytes.NewReader(data))
+				if err != nil {
+					return err
+				}
+				model, version = ck.Model, v
+			}
+			select {
+			case tasks <- tk:
+			default:
+			}
+			prompt, err := task.EncodePrompt(tok, task.Problem{Prompt: tk.Prompt})
+			if err != nil {
+				return err
+			}
+			prompts := make([][]int32, tk.Samples)
+			for i := range prompts {
+				prompts[i] = prompt
+			}
+			out, err := model.Sample(prompts, policy.SampleOptions{MaxNew: tk.MaxNew, EOS: tok.EOS()}, rand.New(rand.NewPCG(uint64(tk.Seed), 0)))
+			if err != nil {
+				return err
+			}
+			for i, s := range out {
+				id := fmt.Sprintf("%s/%d", tk.TaskID, i)
+				sc := wire.Scored{Traj: wire.Trajectory{RunID: tk.RunID, ID: id, TaskID: tk.TaskID, Step: tk.Step,
+					QuestionID: tk.QuestionID, Index: i, PolicyVersion: version, PromptTokens: prompt, Tokens: s.Tokens,
+					LogProbs: s.LogProbs, Entropies: s.Entropies, Text: tok.Decode(s.Tokens), Finish: s.Finish}, Reason: "wrong_value"}
+				if lucky(id) {
+					sc.Reward, sc.Reason = 1, "correct"
+				}
+				data, err := wire.Encode(&sc)
+				if err != nil {
+					return err
+				}
+				if _, err := pub.Publish(ctx, b.Names.Subject(bus.Scored), id, data); err != nil {
+					return err
+				}
+			}
+			_ = m.Ack()
+		}
+	}
+	return nil
+}
+
+type env struct {
+	b       *bus.Bus
+	ckpt    string
+	train   []task.Problem
+	base    *policy.Model
+	tasksMu sync.Mutex
+	tasks   []wire.Task
+}
+
+func newEnv(t *testing.T) *env {
+	srv := bustest.Server(t)
+	b := bustest.Open(t, srv, bus.DefaultConfig("lt"))
+	ds, err := task.Generate("train", task.TrainSpec(), 64, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := task.ModelConfig()
+	cfg.Layers, cfg.Width, cfg.Heads = 1, 16, 2
+	m, err := policy.New(cfg, rand.New(rand.NewPCG(1, 2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{b: b, ckpt: filepath.Join(t.TempDir(), "ckpt"), train: ds.Problems, base: m}
+}
+
+func testConfig(steps int64) Config {
+	c := DefaultConfig()
+	c.Learner.K, c.Learner.B, c.Learner.MiniBatches = testK, testB, 1
+	c.Learner.Start = 0 // mixed from step 0, so the pool fills at once (E5)
+	c.MaxNew = testMaxNew
+	c.Steps = steps
+	c.SampleTimeout = 2 * time.Second
+	c.GatherTimeout = time.Minute
+	c.CheckpointEvery = 1
+	return c
+}
+
+// runAll runs the rollout stand-in, the replay service and a learner until
+// the learner returns.
+func (e *env) runAll(t *testing.T, cfg Config) (*Service, []StepResult) {
+	t.Helper()
+	cfg.CheckpointDir = e.ckpt
+	var results []StepResult
+	svc, err := New(cfg, Deps{Bus: e.b, Model: e.base, Tokenizer: task.BuiltinTokenizer(), Problems: e.train,
+		Check: func(p task.Problem, text string) verifier.Verdict {
+			return verifier.Verdict{Correct: true, Reason: "correct"}
+		},
+		OnStep: func(r StepResult) { results = append(results, r) }, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcfg := rsvc.DefaultConfig()
+	rcfg.Pool.K, rcfg.Pool.Mu = testK, testK/2
+	rs, err := rsvc.New(rcfg, e.b, nil, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	tasks := make(chan wire.Task, 1024)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	bg, stop := context.WithCancel(ctx)
+	wg.Add(2)
+	go func() { defer wg.Done(); errs <- rollouts(bg, t, e.b, tasks) }()
+	go func() { defer wg.Done(); errs <- rs.Run(bg) }()
+	lerr := svc.Run(ctx)
+	stop()
+	wg.Wait()
+	close(errs)
+	close(tasks)
+	for err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("background role: %v", err)
+		}
+	}
+	if lerr != nil {
+		t.Fatalf("learner: %v", lerr)
+	}
+	e.tasksMu.Lock()
+	for tk := range tasks {
+		e.tasks = append(e.tasks, tk)
+	}
+	e.tasksMu.Unlock()
+	return svc, results
+}
+
+func (e *env) reports(t *testing.T) []wire.StepReport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := e.b.Stream(ctx, bus.Control)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []wire.StepReport
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r wire.StepReport
+		if err := wire.Decode(m.Data, &r); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestStepLoop: the learner runs its steps over a real JetStream server:
+// every step reports B groups of K, replayed groups appear once the pool
+// holds experience and carry a stored trajectory of an earlier step plus
+// K-1 fresh ones (E6-E8), tasks ask K or K-1 samples, versions advance.
+func TestStepLoop(t *testing.T) {
+	e := newEnv(t)
+	const steps = 5
+	_, results := e.runAll(t, testConfig(steps))
+	if len(results) != steps {
+		t.Fatalf("%d step results, want %d", len(results), steps)
+	}
+	reps := e.reports(t)
+	if len(reps) != steps {
+		t.Fatalf("CONTROL holds %d reports, want %d", len(reps), steps)
+	}
+	stepOf := map[string]int64{}
+	replayed := 0
+	for i, r := range reps {
+		if r.Step != int64(i) || r.NewVersion != int64(i+1) || r.PolicyVersion != int64(i) {
+			t.Errorf("report %d: step %d, versions %d -> %d", i, r.Step, r.PolicyVersion, r.NewVersion)
+		}
+		if len(r.Groups) != testB {
+			t.Errorf("step %d: %d groups, want B = %d", r.Step, len(r.Groups), testB)
+		}
+		for _, g := range r.Groups {
+			if len(g.TrajectoryIDs) != testK || g.Size != testK {
+				t.Errorf("step %d question %s: %d trajectories, want K = %d", r.Step, g.QuestionID, len(g.TrajectoryIDs), testK)
+			}
+			for j, id := range g.TrajectoryIDs {
+				if j == 0 && g.Replayed {
+					continue
+				}
+				stepOf[id] = r.Step
+			}
+			if g.Replayed {
+				replayed++
+				from, ok := stepOf[g.ReplayedID]
+				if !ok || from >= r.Step || g.TrajectoryIDs[0] != g.ReplayedID || !lucky(g.ReplayedID) {
+					t.Errorf("step %d replays %s: want a correct trajectory of an earlier step first in its group", r.Step, g.ReplayedID)
+				}
+			}
+		}
+	}
+	if replayed == 0 {
+		t.Fatal("no group was replayed in mixed mode with rho = 0.5")
+	}
+	for _, tk := range e.tasks {
+		if tk.Samples != testK && tk.Samples != testK-1 {
+			t.Errorf("task %s asks %d samples, want K or K-1", tk.TaskID, tk.Samples)
+		}
+	}
+}
+
+// TestResume: a learner stopped after its checkpoint continues at the next
+// step with `--resume`; CONTROL ends with every step exactly once.
+func TestResume(t *testing.T) {
+	e := newEnv(t)
+	e.runAll(t, testConfig(2))
+	cfg := testConfig(4)
+	cfg.Resume = true
+	svc, results := e.runAll(t, cfg)
+	if len(results) != 2 || results[0].Summary.Step != 2 {
+		t.Fatalf("resumed run trained %d steps starting at %v, want 2 starting at step 2", len(results), results)
+	}
+	if svc.NextStep() != 4 {
+		t.Fatalf("next step %d, want 4", svc.NextStep())
+	}
+	reps := e.reports(t)
+	if len(reps) != 4 {
+		t.Fatalf("CONTROL holds %d reports, want 4", len(reps))
+	}
+	for i, r := range reps {
+		if r.Step != int64(i) || r.NewVersion != int64(i+1) {
+			t.Errorf("report %d: step %d version %d", i, r.Step, r.NewVersion)
+		}
+	}
+}

@@ -1,0 +1,131 @@
+// Package local runs a whole training run in one process: an embedded NATS
+// server with JetStream stored in the run directory, and every role around
+// it (actors, verifier workers, the replay service and the learner), on the
+// built-in task and policy. It is what `exgrpo run` does.
+//
+// Before the roles start it makes sure a base model exists (the supervised
+// warm-up of package task, cached across runs) and measures its held-out
+// pass@1; after the last step it measures the trained policy the same way
+// (same questions, same samples per question, same seed), and writes the
+// run directory (package rundir): config, metrics, learning curve,
+// checkpoints and summary.json.
+package local
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	lsvc "github.com/exgrpo/exgrpo/learner/service"
+	rsvc "github.com/exgrpo/exgrpo/replay/service"
+	"github.com/exgrpo/exgrpo/task"
+)
+
+// ErrConfig marks an invalid Config.
+var ErrConfig = errors.New("local: invalid config")
+
+// Algorithms of Config.Algo.
+const (
+	AlgoExGRPO   = "exgrpo"
+	AlgoOnPolicy = "onpolicy" // the Dr.GRPO baseline: rho = 0, no collection, PPO clip throughout
+)
+
+// Config is a one-process run. JSON field names are what config.json shows.
+type Config struct {
+	RunDir string `json:"run_dir"` // the run directory (created); see rundir
+	RunID  string `json:"run_id"`  // stream names' run id, [A-Za-z0-9_-]; default "local"
+	Algo   string `json:"algo"`    // AlgoExGRPO (default) or AlgoOnPolicy
+
+	Learner lsvc.Config `json:"learner"` // steps, K, B, rho, lr, S, ... (Learner.Learner)
+	Replay  rsvc.Config `json:"replay"`  // the pool (its K follows Learner.Learner.K)
+
+	Actors    int `json:"actors"`    // actor roles; default 1
+	Verifiers int `json:"verifiers"` // verifier worker roles; default 1
+
+	Pretrain task.PretrainConfig `json:"pretrain"`  // the base model's warm-up
+	CacheDir string              `json:"cache_dir"` // where base models are cached; default ~/.cache/exgrpo
+
+	TrainQuestions   int    `json:"train_questions"`   // training set size (built-in "train" set); default 4000
+	HeldOutQuestions int    `json:"heldout_questions"` // held-out questions evaluated; default 400
+	EvalSamples      int    `json:"eval_samples"`      // samples per held-out question for pass@1; default 4
+	EvalSeed         uint64 `json:"eval_seed"`         // sampling seed of every evaluation; default 7
+
+	MetricsAddr string `json:"metrics_addr"` // Prometheus /metrics listen address; "" = off
+	NATSPort    int    `json:"nats_port"`    // embedded server port; default -1 (a free one)
+}
+
+// DefaultConfig is `exgrpo run` without flags: ExGRPO on the built-in task,
+// sized to finish in about ten minutes on two cores.
+func DefaultConfig() Config {
+	c := Config{RunID: "local", Algo: AlgoExGRPO, Learner: lsvc.DefaultConfig(), Replay: rsvc.DefaultConfig(),
+		Actors: 1, Verifiers: 1, Pretrain: task.DefaultPretrainConfig(),
+		TrainQuestions: 4000, HeldOutQuestions: 400, EvalSamples: 4, EvalSeed: 7, NATSPort: -1}
+	c.Learner.Steps = 60
+	c.Learner.MaxNew = task.TrainMaxNew
+	c.Learner.CheckpointEvery = 20
+	c.Learner.EvalEvery = 20
+	return c
+}
+
+// DefaultCacheDir is ~/.cache/exgrpo (or the OS's user cache directory), or
+// .cache/exgrpo under the working directory when there is none.
+func DefaultCacheDir() string {
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "exgrpo")
+	}
+	return filepath.Join(".cache", "exgrpo")
+}
+
+// Normalize applies the algorithm choice and fills defaults; call before
+// Validate (Run does both).
+func (c *Config) Normalize() {
+	if c.RunID == "" {
+		c.RunID = "local"
+	}
+	if c.Algo == "" {
+		c.Algo = AlgoExGRPO
+	}
+	if c.Algo == AlgoOnPolicy {
+		c.Learner.Learner.OnPolicyOnly = true
+		c.Learner.Learner.Rho = 0
+	}
+	c.Replay.Pool.K = c.Learner.Learner.K
+	c.Replay.Pool.Mu = float64(c.Learner.Learner.K) / 2
+	c.Replay.Pool.MaxCandidates = c.Learner.Learner.Candidates
+	if c.CacheDir == "" {
+		c.CacheDir = DefaultCacheDir()
+	}
+	if c.RunDir != "" {
+		c.Learner.CheckpointDir = filepath.Join(c.RunDir, "checkpoints")
+	}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	switch {
+	case c.RunDir == "":
+		return fmt.Errorf("%w: RunDir is required (--run-dir)", ErrConfig)
+	case c.Algo != AlgoExGRPO && c.Algo != AlgoOnPolicy:
+		return fmt.Errorf("%w: Algo %q: want %q or %q", ErrConfig, c.Algo, AlgoExGRPO, AlgoOnPolicy)
+	case c.Learner.Steps < 1:
+		return fmt.Errorf("%w: Steps %d: a run needs at least 1 step (--steps)", ErrConfig, c.Learner.Steps)
+	case c.Actors < 1 || c.Verifiers < 1:
+		return fmt.Errorf("%w: need at least 1 actor and 1 verifier (have %d, %d)", ErrConfig, c.Actors, c.Verifiers)
+	case c.TrainQuestions < c.Learner.Learner.B:
+		return fmt.Errorf("%w: %d training questions for B = %d per step", ErrConfig, c.TrainQuestions, c.Learner.Learner.B)
+	case c.HeldOutQuestions < 1 || c.EvalSamples < 1:
+		return fmt.Errorf("%w: HeldOutQuestions and EvalSamples must be >= 1", ErrConfig)
+	}
+	if err := c.Learner.Validate(); err != nil {
+		return err
+	}
+	if err := c.Replay.Validate(); err != nil {
+		return err
+	}
+	return c.Pretrain.Validate()
+}
+
+// since is a tiny helper for wall times in seconds.
+func since(t time.Time) float64 { return time.Since(t).Seconds() }
