@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 )
 
 var (
@@ -55,12 +56,14 @@ func BenchmarkSample64From1M(b *testing.B) {
 			rng := rngFor(1)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := processCPU()
 			for b.Loop() {
 				if len(p.Sample(64, rng)) != 64 {
 					b.Fatal("short sample")
 				}
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e3/float64(b.N), "us/sample")
+			b.ReportMetric(float64((processCPU()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-us/sample")
 		})
 	}
 }
@@ -118,6 +121,7 @@ func BenchmarkFoldReport(b *testing.B) {
 				return r
 			}
 			tokens := 0
+			var cpu time.Duration
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
@@ -128,12 +132,17 @@ func BenchmarkFoldReport(b *testing.B) {
 						tokens += len(s.Tokens)
 					}
 				}
+				cpu0 := processCPU()
 				b.StartTimer()
 				if err := p.Apply(r); err != nil {
 					b.Fatal(err)
 				}
+				b.StopTimer()
+				cpu += processCPU() - cpu0
+				b.StartTimer()
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e6/float64(b.N), "ms/report")
+			b.ReportMetric(float64(cpu.Nanoseconds())/1e6/float64(b.N), "cpu-ms/report")
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(tokens), "ns/token")
 		})
 	}
