@@ -234,7 +234,7 @@ func attentionForward(out, att, qkv []float32, offs, attOff []int, nh, C int) {
 	hs := C / nh
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	B := len(offs) - 1
-	parallelFor(B*nh, func(job int) {
+	parallelFor(B*nh, func(_, job int) {
 		s, h := job/nh, job%nh
 		o, T := offs[s], offs[s+1]-offs[s]
 		qs := make([]float32, hs)
@@ -254,7 +254,7 @@ func attentionBackward(dqkv, dout, qkv, att []float32, offs, attOff []int, nh, C
 	hs := C / nh
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	B := len(offs) - 1
-	parallelFor(B*nh, func(job int) {
+	parallelFor(B*nh, func(_, job int) {
 		s, h := job/nh, job%nh
 		o, T := offs[s], offs[s+1]-offs[s]
 		datt := make([]float32, T)

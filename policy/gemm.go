@@ -100,19 +100,36 @@ func gemmPacked(tA bool, k int, a []float32, lda int, pb *packedB, beta float32,
 		bchunk := pb.data[k0*pb.panels*tileN:]
 		for i := r0; i < r1; i += tileM {
 			mi := min(tileM, r1-i)
-			ap := apack[:kl*tileM]
-			if mi < tileM {
-				clear(ap)
-			}
+			// Full row blocks read A in place; the last, short one is
+			// packed with zero rows.
+			var ap []float32
+			var a0 *float32
+			rs, cs := lda, 1
 			if tA {
-				for kk := 0; kk < kl; kk++ {
-					copy(ap[kk*tileM:kk*tileM+mi], a[(k0+kk)*lda+i:(k0+kk)*lda+i+mi])
+				rs, cs = 1, lda
+			}
+			if mi == tileM {
+				// bounds of the block the kernel reads, checked here
+				if tA {
+					_ = a[(k0+kl-1)*lda+i+tileM-1]
+					a0 = &a[k0*lda+i]
+				} else {
+					_ = a[(i+tileM-1)*lda+k0+kl-1]
+					a0 = &a[i*lda+k0]
 				}
 			} else {
-				for ii := 0; ii < mi; ii++ {
-					row := a[(i+ii)*lda+k0 : (i+ii)*lda+k0+kl]
-					for kk, v := range row {
-						ap[kk*tileM+ii] = v
+				ap = apack[:kl*tileM]
+				clear(ap)
+				if tA {
+					for kk := 0; kk < kl; kk++ {
+						copy(ap[kk*tileM:kk*tileM+mi], a[(k0+kk)*lda+i:(k0+kk)*lda+i+mi])
+					}
+				} else {
+					for ii := 0; ii < mi; ii++ {
+						row := a[(i+ii)*lda+k0 : (i+ii)*lda+k0+kl]
+						for kk, v := range row {
+							ap[kk*tileM+ii] = v
+						}
 					}
 				}
 			}
@@ -120,12 +137,18 @@ func gemmPacked(tA bool, k int, a []float32, lda int, pb *packedB, beta float32,
 				j := p * tileN
 				nj := min(tileN, n-j)
 				bp := &bchunk[p*kl*tileN]
+				_ = bchunk[(p+1)*kl*tileN-1]
 				if mi == tileM && nj == tileN {
-					sgemmKernel6x16(kl, &ap[0], bp, &c[i*ldc+j], ldc)
+					_ = c[(i+tileM-1)*ldc+j+tileN-1]
+					sgemmKernel6x16S(kl, a0, rs, cs, bp, &c[i*ldc+j], ldc)
 					continue
 				}
 				clear(tile[:])
-				sgemmKernel6x16(kl, &ap[0], bp, &tile[0], tileN)
+				if ap == nil {
+					sgemmKernel6x16S(kl, a0, rs, cs, bp, &tile[0], tileN)
+				} else {
+					sgemmKernel6x16(kl, &ap[0], bp, &tile[0], tileN)
+				}
 				for ii := 0; ii < mi; ii++ {
 					row := c[(i+ii)*ldc+j : (i+ii)*ldc+j+nj]
 					for jj := range row {

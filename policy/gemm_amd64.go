@@ -9,3 +9,6 @@ var haveKernel = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
 //go:noescape
 func sgemmKernel6x16(k int, a, b, c *float32, ldc int)
+
+//go:noescape
+func sgemmKernel6x16S(k int, a *float32, rs, cs int, b, c *float32, ldc int)

@@ -7,3 +7,7 @@ package policy
 const haveKernel = false
 
 func sgemmKernel6x16(k int, a, b, c *float32, ldc int) { panic("policy: no assembly kernel") }
+
+func sgemmKernel6x16S(k int, a *float32, rs, cs int, b, c *float32, ldc int) {
+	panic("policy: no assembly kernel")
+}

@@ -38,6 +38,38 @@ func (m *Model) newKV(slots, tcap int, shareLayers bool) kvCache {
 	return kv
 }
 
+// packedWeights are the model's matrices packed once per Sample or Score
+// call for the built-in kernel (nil entries when it is not in use): while
+// sampling, every step multiplies a few rows by all the weights, and packing
+// them each time would cost as much as the products.
+type packedWeights struct {
+	qkv, attproj, fc, fcproj []*packedB // per layer
+	wout                     *packedB
+}
+
+// packWeights packs the forward matrices (w (OC, IC) as op(B) = wᵀ).
+func (m *Model) packWeights() packedWeights {
+	cfg := m.Config
+	C, V, L := cfg.Width, cfg.Vocab, cfg.Layers
+	pw := packedWeights{qkv: make([]*packedB, L), attproj: make([]*packedB, L), fc: make([]*packedB, L), fcproj: make([]*packedB, L)}
+	if !useKernel {
+		return pw
+	}
+	pack := func(w []float32, ic, oc int) *packedB {
+		pb := packB(true, ic, oc, w, ic, nil)
+		return &pb
+	}
+	for l := range L {
+		w := &m.p.layers[l]
+		pw.qkv[l] = pack(w.qkvw, C, 3*C)
+		pw.attproj[l] = pack(w.attprojw, C, C)
+		pw.fc[l] = pack(w.fcw, C, 4*C)
+		pw.fcproj[l] = pack(w.fcprojw, 4*C, C)
+	}
+	pw.wout = pack(m.p.wout, C, V)
+	return pw
+}
+
 // inferBufs are the per-call activations of infer, sized for N rows.
 type inferBufs struct {
 	x    []float32 // (N, C) residual stream
@@ -62,7 +94,7 @@ func (m *Model) newInferBufs(n, mrows int) inferBufs {
 // For sequence i of this call, counts[i] new tokens (packed in tokens) go to
 // cache slot slots[i] at positions past[i]…; the logits (M, V) of the packed
 // rows predRows are written to logits.
-func (m *Model) infer(kv *kvCache, bufs inferBufs, slots, counts, past []int, tokens []int32, predRows []int32, logits []float32) {
+func (m *Model) infer(kv *kvCache, pw *packedWeights, bufs inferBufs, slots, counts, past []int, tokens []int32, predRows []int32, logits []float32) {
 	cfg := m.Config
 	C, V, nh := cfg.Width, cfg.Vocab, cfg.Heads
 	hs := C / nh
@@ -78,12 +110,16 @@ func (m *Model) infer(kv *kvCache, bufs inferBufs, slots, counts, past []int, to
 		}
 	}
 	m.embed(x, tokens, pos)
+	scratch := make([][]float32, workers()) // per worker: qs (HS), scores (tcap)
+	for w := range scratch {
+		scratch[w] = make([]float32, hs+kv.tcap)
+	}
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	for l := range cfg.Layers {
 		w := &m.p.layers[l]
 		layer := kv.buf[l*kv.layerStride:]
 		layernormForward(ln, nil, nil, x, w.ln1w, w.ln1b, N, C)
-		matmulForward(qkv, ln, w.qkvw, w.qkvb, N, C, 3*C)
+		matmulForwardPacked(qkv, ln, w.qkvw, pw.qkv[l], w.qkvb, N, C, 3*C)
 		for i := range counts {
 			slot := layer[slots[i]*kv.slotStride:]
 			for j := 0; j < counts[i]; j++ {
@@ -92,31 +128,33 @@ func (m *Model) infer(kv *kvCache, bufs inferBufs, slots, counts, past []int, to
 				copy(slot[(kv.tcap+p)*C:(kv.tcap+p)*C+C], qkv[r*3*C+2*C:r*3*C+3*C])
 			}
 		}
-		parallelFor(len(counts)*nh, func(job int) {
-			i, h := job/nh, job%nh
+		// One job per sequence (all heads): while sampling each has a
+		// single new token, too little work to split further.
+		parallelFor(len(counts), func(worker, i int) {
+			sc := scratch[worker]
 			slot := layer[slots[i]*kv.slotStride:]
-			keys, values := slot[h*hs:kv.tcap*C], slot[kv.tcap*C+h*hs:2*kv.tcap*C]
-			row := make([]float32, past[i]+counts[i])
-			qs := make([]float32, hs)
-			for j := 0; j < counts[i]; j++ {
-				r, p := offs[i]+j, past[i]+j
-				q := qkv[r*3*C+h*hs : r*3*C+h*hs+hs]
-				attentionRow(atty[r*C+h*hs:r*C+h*hs+hs], row[:p+1], qs, q, keys, values, C, scale)
+			for h := 0; h < nh; h++ {
+				keys, values := slot[h*hs:kv.tcap*C], slot[kv.tcap*C+h*hs:2*kv.tcap*C]
+				for j := 0; j < counts[i]; j++ {
+					r, p := offs[i]+j, past[i]+j
+					q := qkv[r*3*C+h*hs : r*3*C+h*hs+hs]
+					attentionRow(atty[r*C+h*hs:r*C+h*hs+hs], sc[hs:hs+p+1], sc[:hs], q, keys, values, C, scale)
+				}
 			}
 		})
-		matmulForward(tmp, atty, w.attprojw, w.attprojb, N, C, C)
+		matmulForwardPacked(tmp, atty, w.attprojw, pw.attproj[l], w.attprojb, N, C, C)
 		addInPlace(x, tmp)
 		layernormForward(ln, nil, nil, x, w.ln2w, w.ln2b, N, C)
-		matmulForward(fch, ln, w.fcw, w.fcb, N, C, 4*C)
+		matmulForwardPacked(fch, ln, w.fcw, pw.fc[l], w.fcb, N, C, 4*C)
 		geluForward(fchG, fch)
-		matmulForward(tmp, fchG, w.fcprojw, w.fcprojb, N, 4*C, C)
+		matmulForwardPacked(tmp, fchG, w.fcprojw, pw.fcproj[l], w.fcprojb, N, 4*C, C)
 		addInPlace(x, tmp)
 	}
 	lnf := b.lnf[:M*C]
 	for r, row := range predRows {
 		layernormForward(lnf[r*C:r*C+C], nil, nil, x[int(row)*C:int(row)*C+C], m.p.lnfw, m.p.lnfb, 1, C)
 	}
-	matmulForward(logits[:M*V], lnf, m.p.wout, nil, M, C, V)
+	matmulForwardPacked(logits[:M*V], lnf, m.p.wout, pw.wout, nil, M, C, V)
 }
 
 // scoreChunkTokens bounds the tokens Score runs at once (memory, cache reuse).
@@ -133,6 +171,7 @@ func (m *Model) Score(seqs []Seq) (logps, ents [][]float32, err error) {
 		return nil, nil, err
 	}
 	logps, ents = make([][]float32, len(seqs)), make([][]float32, len(seqs))
+	pw := m.packWeights()
 	for start := 0; start < len(seqs); {
 		end, n, tmax := start, 0, 0
 		for end < len(seqs) && (end == start || n+len(seqs[end].Tokens) <= scoreChunkTokens) {
@@ -153,7 +192,7 @@ func (m *Model) Score(seqs []Seq) (logps, ents [][]float32, err error) {
 		}
 		kv := m.newKV(len(chunk), tmax, true)
 		logits := make([]float32, len(rows)*V)
-		m.infer(&kv, m.newInferBufs(n, len(rows)), slots, counts, past, tokens, rows, logits)
+		m.infer(&kv, &pw, m.newInferBufs(n, len(rows)), slots, counts, past, tokens, rows, logits)
 		r := 0
 		for i, s := range chunk {
 			k := len(s.Tokens) - s.PromptLen
@@ -242,6 +281,7 @@ func (m *Model) Sample(prompts [][]int32, opts SampleOptions, rng *rand.Rand) ([
 		return out, nil
 	}
 	kv := m.newKV(B, tcap, false)
+	pw := m.packWeights()
 	bufs := m.newInferBufs(max(n, B), B)
 	logits := make([]float32, B*V) // (B, V)
 
@@ -254,7 +294,7 @@ func (m *Model) Sample(prompts [][]int32, opts SampleOptions, rng *rand.Rand) ([
 		tokens = append(tokens, p...)
 		rows[i] = int32(len(tokens) - 1)
 	}
-	m.infer(&kv, bufs, slots, counts, past, tokens, rows, logits)
+	m.infer(&kv, &pw, bufs, slots, counts, past, tokens, rows, logits)
 
 	active := slots // indices of unfinished prompts, in prompt order
 	weights := make([]float64, V)
@@ -263,8 +303,14 @@ func (m *Model) Sample(prompts [][]int32, opts SampleOptions, rng *rand.Rand) ([
 		next := active[:0:0]
 		for a, i := range active {
 			z := logits[a*V : a*V+V]
-			y := drawToken(z, temp, topP, rng, weights, order)
-			lp, ent, _ := softmaxStats(z, y)
+			mx, sum, sz := softmaxFill(z, weights)
+			var y int
+			if temp == 1 {
+				y = drawWeighted(weights, sum, topP, rng.Float64(), order)
+			} else {
+				y = drawToken(z, temp, topP, rng, weights, order)
+			}
+			lp, ent, _ := statsFrom(z, y, mx, sum, sz)
 			s := &out[i]
 			s.Tokens = append(s.Tokens, int32(y))
 			s.LogProbs = append(s.LogProbs, lp)
@@ -290,7 +336,7 @@ func (m *Model) Sample(prompts [][]int32, opts SampleOptions, rng *rand.Rand) ([
 			tokens[a] = out[i].Tokens[len(out[i].Tokens)-1]
 			rows[a] = int32(a)
 		}
-		m.infer(&kv, bufs, active, counts, past, tokens, rows, logits)
+		m.infer(&kv, &pw, bufs, active, counts, past, tokens, rows, logits)
 	}
 	return out, nil
 }
@@ -309,7 +355,12 @@ func drawToken(z []float32, temp, topP float64, rng *rand.Rand, weights []float6
 		weights[v] = w
 		sum += w
 	}
-	u := rng.Float64()
+	return drawWeighted(weights, sum, topP, rng.Float64(), order)
+}
+
+// drawWeighted picks index v with probability weights[v]/sum (u uniform in
+// [0, 1)), over the top-p nucleus when topP > 0.
+func drawWeighted(weights []float64, sum, topP, u float64, order []int) int {
 	if topP <= 0 {
 		target := u * sum
 		var cum float64
@@ -319,7 +370,7 @@ func drawToken(z []float32, temp, topP float64, rng *rand.Rand, weights []float6
 				return v
 			}
 		}
-		return len(z) - 1
+		return len(weights) - 1
 	}
 	for v := range order {
 		order[v] = v

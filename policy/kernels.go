@@ -15,22 +15,23 @@ import (
 // workers is how many goroutines a kernel may use.
 func workers() int { return runtime.GOMAXPROCS(0) }
 
-// parallelFor runs fn(i) for i in [0, n) on up to workers() goroutines,
-// handing out indices dynamically (work items may differ in cost). Each
-// index runs exactly once, so results do not depend on the schedule as long
-// as items write disjoint memory.
-func parallelFor(n int, fn func(i int)) {
+// parallelFor runs fn(worker, i) for i in [0, n) on up to workers()
+// goroutines (worker in [0, workers()) names the goroutine, for scratch
+// space), handing out indices dynamically since items may differ in cost.
+// Each index runs exactly once, so results do not depend on the schedule as
+// long as items write disjoint memory.
+func parallelFor(n int, fn func(worker, i int)) {
 	w := min(workers(), n)
 	if w <= 1 {
 		for i := 0; i < n; i++ {
-			fn(i)
+			fn(0, i)
 		}
 		return
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	wg.Add(w)
-	for range w {
+	for worker := range w {
 		go func() {
 			defer wg.Done()
 			for {
@@ -38,7 +39,7 @@ func parallelFor(n int, fn func(i int)) {
 				if i >= n {
 					return
 				}
-				fn(i)
+				fn(worker, i)
 			}
 		}()
 	}
@@ -76,12 +77,7 @@ const sgemmParallelFlops = 1 << 18
 // one slab in a fixed order, so the result does not depend on the schedule.
 func sgemm(tA, tB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if matmulProf.on.Load() {
-		t0 := time.Now()
-		defer func() {
-			matmulProf.nanos.Add(int64(time.Since(t0)))
-			matmulProf.flops.Add(2 * int64(m) * int64(n) * int64(k))
-			matmulProf.calls.Add(1)
-		}()
+		defer countMatmul(time.Now(), m, n, k)
 	}
 	if useKernel {
 		if m == 0 || n == 0 {
@@ -174,6 +170,12 @@ var matmulProf struct {
 	calls, flops, nanos atomic.Int64
 }
 
+func countMatmul(t0 time.Time, m, n, k int) {
+	matmulProf.nanos.Add(int64(time.Since(t0)))
+	matmulProf.flops.Add(2 * int64(m) * int64(n) * int64(k))
+	matmulProf.calls.Add(1)
+}
+
 // ProfileMatmuls turns the process-wide matrix-product counters on or off
 // and returns what they counted since the last call. It is benchmark
 // instrumentation: with it off (the default) the products read no clock.
@@ -185,10 +187,23 @@ func ProfileMatmuls(on bool) MatmulStats {
 
 // matmulForward: out (N, OC) = inp (N, IC) · w (OC, IC)ᵀ + bias (OC, may be nil).
 func matmulForward(out, inp, w, bias []float32, n, ic, oc int) {
+	matmulForwardPacked(out, inp, w, nil, bias, n, ic, oc)
+}
+
+// matmulForwardPacked is matmulForward with w already packed by packWeight
+// (pw may be nil: then w is used).
+func matmulForwardPacked(out, inp, w []float32, pw *packedB, bias []float32, n, ic, oc int) {
 	if n == 0 {
 		return
 	}
-	sgemm(false, true, n, oc, ic, inp, ic, w, ic, 0, out, oc)
+	if pw != nil {
+		if matmulProf.on.Load() {
+			defer countMatmul(time.Now(), n, oc, ic)
+		}
+		gemmKernel(false, n, ic, inp, ic, pw, 0, out, oc)
+	} else {
+		sgemm(false, true, n, oc, ic, inp, ic, w, ic, 0, out, oc)
+	}
 	if bias != nil {
 		for r := 0; r < n; r++ {
 			row := out[r*oc : r*oc+oc]
@@ -285,49 +300,39 @@ func layernormBackward(dinp, dw, db, dout, inp, w, mean, rstd []float32, n, c in
 // geluScale is sqrt(2/π) of the tanh approximation of GELU (GPT-2's).
 const geluScale = 0.7978845608028654
 
-// geluBlock is how many elements GELU handles per vector exp call.
-const geluBlock = 256
+// GELU is GPT-2's tanh approximation, written as
+// x·½(1 + tanh(u)) = x·sigmoid(2u) = x / (1 + exp(−2u)), u = √(2/π)(x + 0.044715x³).
+const geluCubic = 0.044715
 
-// tanhBlock sets th[i] = tanh(√(2/π)(x + 0.044715x³)) for x = inp[i], via
-// tanh(u) = (e−1)/(e+1) with e = exp(2u) computed by expInPlace.
-func tanhBlock(th, inp []float32) {
-	for i, x := range inp {
-		th[i] = 2 * geluScale * (x + 0.044715*x*x*x)
-	}
-	expInPlace(th)
-	for i, e := range th {
-		th[i] = (e - 1) / (e + 1)
-	}
-}
-
-// geluForward: out (N) = x·½(1 + tanh(√(2/π)(x + 0.044715x³))) elementwise.
+// geluForward: out (N) = GELU(inp) elementwise.
 func geluForward(out, inp []float32) {
 	parallelRange(len(inp), 1<<14, func(lo, hi int) {
-		var th [geluBlock]float32
-		for b := lo; b < hi; b += geluBlock {
-			e := min(b+geluBlock, hi)
-			t := th[:e-b]
-			tanhBlock(t, inp[b:e])
-			for i, x := range inp[b:e] {
-				out[b+i] = 0.5 * x * (1 + t[i])
-			}
+		if haveKernel && hi-lo >= 8 {
+			n := (hi - lo) &^ 7
+			geluAVX(&out[lo], &inp[lo], n)
+			lo += n
+		}
+		for i := lo; i < hi; i++ {
+			x := inp[i]
+			out[i] = x / (1 + expf(-2*geluScale*(x+geluCubic*x*x*x)))
 		}
 	})
 }
 
-// geluBackward: dinp (N) = GELU'(inp)·dout, elementwise (dinp may alias dout).
+// geluBackward: dinp (N) = GELU'(inp)·dout elementwise (dinp may alias
+// dout), with GELU'(x) = s + 2√(2/π)·x·s(1−s)(1 + 3·0.044715x²), s = sigmoid(2u).
 func geluBackward(dinp, inp, dout []float32) {
 	parallelRange(len(inp), 1<<14, func(lo, hi int) {
-		var th [geluBlock]float32
-		for b := lo; b < hi; b += geluBlock {
-			e := min(b+geluBlock, hi)
-			t := th[:e-b]
-			tanhBlock(t, inp[b:e])
-			for i, x := range inp[b:e] {
-				sech2 := 1 - t[i]*t[i]
-				grad := 0.5*(1+t[i]) + 0.5*x*sech2*geluScale*(1+3*0.044715*x*x)
-				dinp[b+i] = grad * dout[b+i]
-			}
+		if haveKernel && hi-lo >= 8 {
+			n := (hi - lo) &^ 7
+			geluGradAVX(&dinp[lo], &inp[lo], &dout[lo], n)
+			lo += n
+		}
+		for i := lo; i < hi; i++ {
+			x := inp[i]
+			s := 1 / (1 + expf(-2*geluScale*(x+geluCubic*x*x*x)))
+			grad := s + 2*geluScale*x*s*(1-s)*(1+3*geluCubic*x*x)
+			dinp[i] = grad * dout[i]
 		}
 	})
 }
@@ -357,20 +362,35 @@ func axpy(alpha float32, x, y []float32) {
 	}
 }
 
-// softmaxStats returns the log-sum-exp of logits z (V) and, for token y, its
-// log-probability, plus the entropy of softmax(z), all at temperature 1.
-// Sums run in float64 so that training, scoring and sampling agree closely.
+// softmaxStats returns the log-sum-exp of logits z (V) and, for token y
+// (when y ≥ 0), its log-probability, plus the entropy of softmax(z), all at
+// temperature 1. Sums run in float64 so that training, scoring and sampling
+// agree closely.
 func softmaxStats(z []float32, y int) (logp, ent float32, lse float64) {
-	mx := z[0]
+	mx, s, sz := softmaxFill(z, nil)
+	return statsFrom(z, y, mx, s, sz)
+}
+
+// softmaxFill computes e_v = exp(z_v − max z) in float64, storing them in w
+// when w is not nil, and returns max z, Σ e and Σ e·z.
+func softmaxFill(z []float32, w []float64) (mx float32, s, sz float64) {
+	mx = z[0]
 	for _, v := range z[1:] {
 		mx = max(mx, v)
 	}
-	var s, sz float64
-	for _, v := range z {
+	for i, v := range z {
 		e := math.Exp(float64(v - mx))
 		s += e
 		sz += e * float64(v)
+		if w != nil {
+			w[i] = e
+		}
 	}
+	return mx, s, sz
+}
+
+// statsFrom finishes softmaxStats from softmaxFill's sums.
+func statsFrom(z []float32, y int, mx float32, s, sz float64) (logp, ent float32, lse float64) {
 	lse = float64(mx) + math.Log(s)
 	// H = lse − E_p[z]
 	ent = float32(lse - sz/s)

@@ -13,3 +13,9 @@ func sumRowsAVX(w, base *float32, stride, n, chunks int, out *float32)
 
 //go:noescape
 func addRowsAVX(w, x, base *float32, stride, n, chunks int)
+
+//go:noescape
+func geluAVX(out, in *float32, n int)
+
+//go:noescape
+func geluGradAVX(dinp, in, dout *float32, n int)

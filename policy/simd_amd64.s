@@ -124,6 +124,65 @@ DATA exp127<>+24(SB)/4, $0x0000007f
 DATA exp127<>+28(SB)/4, $0x0000007f
 GLOBL exp127<>(SB), RODATA|NOPTR, $32
 
+DATA geluK<>+0(SB)/4, $0x3d372713
+DATA geluK<>+4(SB)/4, $0x3d372713
+DATA geluK<>+8(SB)/4, $0x3d372713
+DATA geluK<>+12(SB)/4, $0x3d372713
+DATA geluK<>+16(SB)/4, $0x3d372713
+DATA geluK<>+20(SB)/4, $0x3d372713
+DATA geluK<>+24(SB)/4, $0x3d372713
+DATA geluK<>+28(SB)/4, $0x3d372713
+GLOBL geluK<>(SB), RODATA|NOPTR, $32
+DATA geluK3<>+0(SB)/4, $0x3e095d4f
+DATA geluK3<>+4(SB)/4, $0x3e095d4f
+DATA geluK3<>+8(SB)/4, $0x3e095d4f
+DATA geluK3<>+12(SB)/4, $0x3e095d4f
+DATA geluK3<>+16(SB)/4, $0x3e095d4f
+DATA geluK3<>+20(SB)/4, $0x3e095d4f
+DATA geluK3<>+24(SB)/4, $0x3e095d4f
+DATA geluK3<>+28(SB)/4, $0x3e095d4f
+GLOBL geluK3<>(SB), RODATA|NOPTR, $32
+DATA geluM2S<>+0(SB)/4, $0xbfcc422a
+DATA geluM2S<>+4(SB)/4, $0xbfcc422a
+DATA geluM2S<>+8(SB)/4, $0xbfcc422a
+DATA geluM2S<>+12(SB)/4, $0xbfcc422a
+DATA geluM2S<>+16(SB)/4, $0xbfcc422a
+DATA geluM2S<>+20(SB)/4, $0xbfcc422a
+DATA geluM2S<>+24(SB)/4, $0xbfcc422a
+DATA geluM2S<>+28(SB)/4, $0xbfcc422a
+GLOBL geluM2S<>(SB), RODATA|NOPTR, $32
+DATA gelu2S<>+0(SB)/4, $0x3fcc422a
+DATA gelu2S<>+4(SB)/4, $0x3fcc422a
+DATA gelu2S<>+8(SB)/4, $0x3fcc422a
+DATA gelu2S<>+12(SB)/4, $0x3fcc422a
+DATA gelu2S<>+16(SB)/4, $0x3fcc422a
+DATA gelu2S<>+20(SB)/4, $0x3fcc422a
+DATA gelu2S<>+24(SB)/4, $0x3fcc422a
+DATA gelu2S<>+28(SB)/4, $0x3fcc422a
+GLOBL gelu2S<>(SB), RODATA|NOPTR, $32
+
+// EXPY0 sets Y0 = exp(Y0) (as expAVX), clobbering Y1, Y2, Y3.
+#define EXPY0 \
+	VMINPS  expHi<>(SB), Y0, Y0; \
+	VMAXPS  expLo<>(SB), Y0, Y0; \
+	VMULPS  expLog2e<>(SB), Y0, Y1; \
+	VROUNDPS $0, Y1, Y1; \
+	VFNMADD231PS expC1<>(SB), Y1, Y0; \
+	VFNMADD231PS expC2<>(SB), Y1, Y0; \
+	VMULPS  Y0, Y0, Y2; \
+	VMOVUPS expP0<>(SB), Y3; \
+	VFMADD213PS expP1<>(SB), Y0, Y3; \
+	VFMADD213PS expP2<>(SB), Y0, Y3; \
+	VFMADD213PS expP3<>(SB), Y0, Y3; \
+	VFMADD213PS expP4<>(SB), Y0, Y3; \
+	VFMADD213PS expP5<>(SB), Y0, Y3; \
+	VFMADD213PS Y0, Y2, Y3; \
+	VADDPS  expOne<>(SB), Y3, Y3; \
+	VCVTPS2DQ Y1, Y1; \
+	VPADDD  exp127<>(SB), Y1, Y1; \
+	VPSLLD  $23, Y1, Y1; \
+	VMULPS  Y1, Y3, Y0
+
 // func expAVX(x *float32, n int)
 // x[i] = exp(x[i]) in place for n a multiple of 8: Cephes' expf (range
 // reduction by ln 2 in two parts, degree-5 polynomial, 2^n by exponent bits).
@@ -286,5 +345,75 @@ addchunk:
 	JNZ  addrow
 
 adddone:
+	VZEROUPPER
+	RET
+
+// func geluAVX(out, in *float32, n int)
+// out = x·sigmoid(2u) = x / (1 + exp(−2u)), u = √(2/π)(x + 0.044715x³),
+// which equals GPT-2's tanh GELU; n a multiple of 8.
+TEXT ·geluAVX(SB), NOSPLIT, $0-24
+	MOVQ out+0(FP), DI
+	MOVQ in+8(FP), SI
+	MOVQ n+16(FP), CX
+	SHRQ $3, CX
+	JZ   geludone
+
+geluloop:
+	VMOVUPS (SI), Y4
+	VMULPS  Y4, Y4, Y5
+	VMULPS  Y4, Y5, Y5
+	VMOVAPS Y4, Y6
+	VFMADD231PS geluK<>(SB), Y5, Y6
+	VMULPS  geluM2S<>(SB), Y6, Y0
+	EXPY0
+	VADDPS  expOne<>(SB), Y0, Y0
+	VDIVPS  Y0, Y4, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DI
+	DECQ CX
+	JNZ  geluloop
+
+geludone:
+	VZEROUPPER
+	RET
+
+// func geluGradAVX(dinp, in, dout *float32, n int)
+// dinp = dout·(s + 2√(2/π)·x·s(1−s)(1 + 3·0.044715x²)), s = sigmoid(2u);
+// dinp may alias dout; n a multiple of 8.
+TEXT ·geluGradAVX(SB), NOSPLIT, $0-32
+	MOVQ dinp+0(FP), DI
+	MOVQ in+8(FP), SI
+	MOVQ dout+16(FP), DX
+	MOVQ n+24(FP), CX
+	SHRQ $3, CX
+	JZ   gradone
+
+graloop:
+	VMOVUPS (SI), Y4
+	VMULPS  Y4, Y4, Y5
+	VMULPS  Y4, Y5, Y6
+	VFMADD132PS geluK<>(SB), Y4, Y6
+	VMULPS  geluM2S<>(SB), Y6, Y0
+	EXPY0
+	VMOVUPS expOne<>(SB), Y7
+	VADDPS  Y7, Y0, Y0
+	VDIVPS  Y0, Y7, Y0
+	VSUBPS  Y0, Y7, Y8
+	VFMADD132PS geluK3<>(SB), Y7, Y5
+	VMULPS  gelu2S<>(SB), Y5, Y5
+	VMULPS  Y4, Y5, Y5
+	VMULPS  Y0, Y5, Y5
+	VMULPS  Y8, Y5, Y5
+	VADDPS  Y0, Y5, Y5
+	VMULPS  (DX), Y5, Y5
+	VMOVUPS Y5, (DI)
+	ADDQ $32, SI
+	ADDQ $32, DI
+	ADDQ $32, DX
+	DECQ CX
+	JNZ  graloop
+
+gradone:
 	VZEROUPPER
 	RET

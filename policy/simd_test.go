@@ -145,3 +145,31 @@ func TestSgemm(t *testing.T) {
 		}
 	}
 }
+
+// TestGELU compares GELU and its derivative (vector and scalar paths) with
+// the tanh formula in float64; absolute tolerance 2e-6·(1+|x|).
+func TestGELU(t *testing.T) {
+	x := make([]float32, 203)
+	for i := range x {
+		x[i] = float32(i-101) * 0.09
+	}
+	x[0], x[1] = -60, 60
+	y, d := make([]float32, len(x)), make([]float32, len(x))
+	ones := make([]float32, len(x))
+	for i := range ones {
+		ones[i] = 1
+	}
+	geluForward(y, x)
+	geluBackward(d, x, ones)
+	for i, v := range x {
+		xv := float64(v)
+		u := geluScale * (xv + geluCubic*xv*xv*xv)
+		th := math.Tanh(u)
+		want := 0.5 * xv * (1 + th)
+		dwant := 0.5*(1+th) + 0.5*xv*(1-th*th)*geluScale*(1+3*geluCubic*xv*xv)
+		tol := 2e-6 * (1 + math.Abs(xv))
+		if math.Abs(float64(y[i])-want) > tol || math.Abs(float64(d[i])-dwant) > tol {
+			t.Errorf("x=%g: gelu %g want %g, grad %g want %g", v, y[i], want, d[i], dwant)
+		}
+	}
+}
