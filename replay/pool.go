@@ -142,8 +142,8 @@ func (p *Pool) Config() Config { return p.cfg }
 // Ownership: Apply keeps the Tokens, LogProbs and PromptTokens slices of the
 // trajectories it stores, without copying (unless a slice's capacity exceeds
 // its length by more than 1/8, then it keeps an exact-size copy); the caller
-// must not modify them afterwards. Slices it does not store (duplicates, reports before the delayed
-// start, retired questions) are not retained.
+// must not modify them afterwards. Slices it does not store (duplicates,
+// reports before the delayed start, retired questions) are not retained.
 func (p *Pool) Apply(r Report) error {
 	if p.hasStep && r.Step <= p.step {
 		return fmt.Errorf("%w: step %d, already folded up to step %d", ErrStaleReport, r.Step, p.step)
