@@ -104,11 +104,12 @@ def bench_train(model, opt, V, B, P, R, steps):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     step()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     dt = (time.perf_counter() - t0) / steps
-    return B * (P + R) / dt, dt
+    cpu = (time.process_time() - c0) / steps
+    return B * (P + R) / dt, dt, cpu
 
 
 @torch.no_grad()
@@ -126,11 +127,12 @@ def bench_sample(model, V, L, C, NH, B, P, R, reps):
                 break
             h = model(tok, caches, P + i)[:, -1]
     run()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(reps):
         run()
     dt = (time.perf_counter() - t0) / reps
-    return B * R / dt, dt
+    cpu = (time.process_time() - c0) / reps
+    return B * R / dt, dt, cpu
 
 
 def main():
@@ -154,11 +156,12 @@ def main():
             torch.set_num_threads(th)
             model = GPT(args.vocab, args.context, s["layers"], s["width"], s["heads"])
             opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
-            tr, trdt = bench_train(model, opt, args.vocab, args.train_batch, args.train_prompt, args.train_response, args.steps)
-            sa, sadt = bench_sample(model, args.vocab, s["layers"], s["width"], s["heads"], args.sample_batch,
+            tr, trdt, trcpu = bench_train(model, opt, args.vocab, args.train_batch, args.train_prompt, args.train_response, args.steps)
+            sa, sadt, sacpu = bench_sample(model, args.vocab, s["layers"], s["width"], s["heads"], args.sample_batch,
                                     args.sample_prompt, args.sample_new, max(2, args.steps // 3))
             print(json.dumps(dict(size=size, threads=th, params=sum(p.numel() for p in model.parameters()),
-                                  train_tokens_per_s=tr, train_step_s=trdt, sample_tokens_per_s=sa, sample_call_s=sadt,
+                                  train_tokens_per_s=tr, train_step_s=trdt, train_cpu_s=trcpu,
+                                  sample_tokens_per_s=sa, sample_call_s=sadt, sample_cpu_s=sacpu,
                                   torch=torch.__version__)), flush=True)
 
 
