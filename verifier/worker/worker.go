@@ -18,8 +18,7 @@ import (
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/verifier"
 	"github.com/exgrpo/exgrpo/wire"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
+		"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
 
@@ -31,11 +30,13 @@ type Config struct {
 	// Concurrency is the number of trajectories graded at once; default one
 	// per CPU core.
 	Concurrency int
+	// MaxInFlight bounds the trajectories held at once (pulled, being graded,
+	// or waiting for their SCORED publish ack); default 256. Publishing is
+	// I/O, so many more items wait on acks than are graded.
+	MaxInFlight int
 	// ItemTimeout bounds one grading; past it the trajectory scores 0 with
 	// reason "timeout". Default 2s.
 	ItemTimeout time.Duration
-	// FetchWait is how long one pull waits for work; default 1s.
-	FetchWait time.Duration
 	// RetryDelay is the NAK delay after a transient failure (SCORED publish
 	// refused); default 1s.
 	RetryDelay time.Duration
@@ -50,7 +51,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults above.
 func DefaultConfig() Config {
-	return Config{Concurrency: runtime.NumCPU(), ItemTimeout: 2 * time.Second, FetchWait: time.Second,
+	return Config{Concurrency: runtime.NumCPU(), MaxInFlight: 256, ItemTimeout: 2 * time.Second,
 		RetryDelay: time.Second, LagEvery: 5 * time.Second}
 }
 
@@ -59,7 +60,9 @@ func (c Config) Validate() error {
 	switch {
 	case c.Concurrency < 1:
 		return fmt.Errorf("worker: Concurrency %d must be >= 1", c.Concurrency)
-	case c.ItemTimeout <= 0 || c.FetchWait <= 0 || c.RetryDelay <= 0 || c.LagEvery <= 0:
+	case c.MaxInFlight < c.Concurrency:
+		return fmt.Errorf("worker: MaxInFlight %d must be >= Concurrency %d", c.MaxInFlight, c.Concurrency)
+	case c.ItemTimeout <= 0 || c.RetryDelay <= 0 || c.LagEvery <= 0:
 		return fmt.Errorf("worker: durations must be positive (start from DefaultConfig)")
 	}
 	return nil
@@ -75,6 +78,8 @@ type Worker struct {
 
 	mu       sync.Mutex
 	checkers map[string]verifier.Checker
+	grading  chan struct{} // Concurrency slots
+
 }
 
 // New makes a worker; reg may be nil (a private registry is used).
@@ -134,28 +139,29 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { w.pollLag(ctx) })
 
-	slots := make(chan struct{}, w.cfg.Concurrency)
+	// A continuous pull keeps up to MaxInFlight trajectories in hand; the
+	// grading itself is bounded by Concurrency.
+	w.grading = make(chan struct{}, w.cfg.Concurrency)
+	slots := make(chan struct{}, w.cfg.MaxInFlight)
 	for ctx.Err() == nil {
-		free := cap(slots) - len(slots)
-		if free == 0 {
-			select { // wait for a slot
-			case slots <- struct{}{}:
-				<-slots
-			case <-ctx.Done():
-			}
-			continue
-		}
-		batch, err := cons.Fetch(free, jetstream.FetchMaxWait(w.cfg.FetchWait))
+		it, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.MaxInFlight))
 		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			w.log.Warn("fetch rollouts", zap.Error(err))
+			w.log.Warn("pull rollouts", zap.Error(err))
 			w.m.Errors.Inc()
 			sleep(ctx, w.cfg.RetryDelay)
 			continue
 		}
-		for msg := range batch.Messages() {
+		stop := context.AfterFunc(ctx, it.Stop)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					w.log.Warn("pull rollouts", zap.Error(err))
+					w.m.Errors.Inc()
+					sleep(ctx, w.cfg.RetryDelay)
+				}
+				break
+			}
 			slots <- struct{}{}
 			w.m.InFlight.Inc()
 			wg.Go(func() {
@@ -163,9 +169,8 @@ func (w *Worker) Run(ctx context.Context) error {
 				w.handle(ctx, pub, msg)
 			})
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-			w.log.Debug("fetch rollouts ended", zap.Error(err))
-		}
+		it.Stop()
+		stop()
 	}
 	return nil
 }
@@ -224,7 +229,12 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 		w.dead(ctx, msg, fmt.Sprintf("scored %s does not encode: %v", traj.ID, err))
 		return
 	}
-	if _, err := pub.Publish(ctx, w.b.Names.Subject(bus.Scored), traj.ID, data); err != nil {
+	batch := pub.Batch()
+	err = batch.Add(ctx, w.b.Names.Subject(bus.Scored), traj.ID, data)
+	if err == nil {
+		err = batch.Wait(ctx)
+	}
+	if err != nil {
 		if ctx.Err() == nil {
 			w.log.Warn("publish scored", zap.String("id", traj.ID), zap.Error(err))
 			w.m.Errors.Inc()
@@ -245,6 +255,8 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 // running on its own goroutine until it returns (checkers are time-bounded
 // themselves; this is the role's second line of defence).
 func (w *Worker) grade(chk verifier.Checker, gold, text string) (verifier.Verdict, int64) {
+	w.grading <- struct{}{}
+	defer func() { <-w.grading }()
 	start := time.Now()
 	res := make(chan verifier.Verdict, 1)
 	go func() {

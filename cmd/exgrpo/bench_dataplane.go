@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/verifier/worker"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+)
+
+func init() {
+	registerBench("dataplane", "trajectories/s through actor -> verifier -> SCORED -> learner+replay vs bare JetStream", runBenchDataplane)
+}
+
+// runBenchDataplane measures the data path of ARCHITECTURE.md against its
+// anchor, bare JetStream publish+consume of the same bytes, on one embedded
+// server in the same run.
+func runBenchDataplane(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("bench dataplane", flag.ContinueOnError)
+	n := fs.Int("n", 4000, "trajectories per measurement")
+	tokens := fs.Int("tokens", 1024, "response tokens per trajectory")
+	reps := fs.Int("reps", 3, "repetitions of each measurement (best is reported)")
+	quick := fs.Bool("quick", false, "short run (n=500, reps=1)")
+	conc := fs.Int("verifier-concurrency", runtime.NumCPU(), "verifier worker concurrency")
+	profile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (server included) to this file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if *quick {
+		*n, *reps = 500, 1
+	}
+	dir, err := os.MkdirTemp("", "exgrpo-bench-dataplane-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	scfg := bus.DefaultServerConfig(dir)
+	scfg.Port = -1
+	srv, err := bus.StartServer(scfg, zap.NewNop())
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+
+	payloads, trajs := makeTrajectories(*n, *tokens)
+	fmt.Printf("dataplane: %d trajectories of %d tokens (%d bytes each encoded), %d CPUs, GOMAXPROCS %d, file storage\n",
+		*n, *tokens, len(payloads[0]), runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	var bestBare, bestPipe time.Duration
+	for r := range *reps {
+		bare, err := benchBare(ctx, srv, fmt.Sprintf("bare%d", r), payloads)
+		if err != nil {
+			return fmt.Errorf("bare: %w", err)
+		}
+		pipe, err := benchPipeline(ctx, srv, fmt.Sprintf("pipe%d", r), trajs, *conc)
+		if err != nil {
+			return fmt.Errorf("pipeline: %w", err)
+		}
+		fmt.Printf("  rep %d: bare %.0f traj/s (%.2fs), pipeline %.0f traj/s (%.2fs)\n", r+1,
+			float64(*n)/bare.Seconds(), bare.Seconds(), float64(*n)/pipe.Seconds(), pipe.Seconds())
+		if bestBare == 0 || bare < bestBare {
+			bestBare = bare
+		}
+		if bestPipe == 0 || pipe < bestPipe {
+			bestPipe = pipe
+		}
+	}
+	bt, pt := float64(*n)/bestBare.Seconds(), float64(*n)/bestPipe.Seconds()
+	fmt.Printf("bare JetStream publish+consume: %.0f traj/s (%.1f MB/s)\n", bt, bt*float64(len(payloads[0]))/1e6)
+	fmt.Printf("pipeline actor->verifier->SCORED->learner+replay: %.0f traj/s\n", pt)
+	fmt.Printf("ratio pipeline/bare: %.2f (goal >= 0.60)\n", pt/bt)
+	return nil
+}
+
+// makeTrajectories builds n trajectories with `tokens` response tokens each
+// (random ids, log-probs and entropies; an arith answer half of them get
+// right) and their encodings.
+func makeTrajectories(n, tokens int) ([][]byte, []wire.Trajectory) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	trajs := make([]wire.Trajectory, n)
+	payloads := make([][]byte, n)
+	for i := range trajs {
+		tok := make(wire.Int32s, tokens)
+		lp := make(wire.Float32s, tokens)
+		ent := make(wire.Float32s, tokens)
+		for j := range tok {
+			tok[j] = rng.Int32N(40)
+			lp[j] = -rng.Float32() * 3
+			ent[j] = rng.Float32() * 2
+		}
+		ans := strconv.Itoa(i % 97)
+		text := strings.Repeat("1+1=2,", tokens/6) + "\\boxed{" + strconv.Itoa((i%97)+(i%2)) + "}"
+		trajs[i] = wire.Trajectory{ID: fmt.Sprintf("%d/q%d/%d", i/8, i/8, i%8), TaskID: fmt.Sprintf("%d/q%d", i/8, i/8),
+			QuestionID: fmt.Sprintf("q%d", i/8), Index: i % 8, PromptTokens: make(wire.Int32s, 32),
+			Tokens: tok, LogProbs: lp, Entropies: ent, Text: text, Finish: "length", Answer: ans, Kind: "arith"}
+		b, err := wire.Encode(&trajs[i])
+		if err != nil {
+			panic(err)
+		}
+		payloads[i] = b
+	}
+	return payloads, trajs
+}
+
+func benchBus(ctx context.Context, srv *bus.Server, run, name string) (*nats.Conn, *bus.Bus, error) {
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: srv.ClientURL(), Name: name}, zap.NewNop())
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := bus.Open(ctx, nc, bus.DefaultConfig(run), zap.NewNop())
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, b, nil
+}
+
+// benchBare: one publisher (async, bounded in flight, the same bytes) and
+// one pull consumer acking each message, concurrently, on a plain stream.
+func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]byte) (time.Duration, error) {
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: srv.ClientURL(), Name: "bare-pub"}, zap.NewNop())
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	nc2, err := bus.Connect(ctx, bus.ConnConfig{URL: srv.ClientURL(), Name: "bare-sub"}, zap.NewNop())
+	if err != nil {
+		return 0, err
+	}
+	defer nc2.Close()
+	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2048))
+	js2, _ := jetstream.New(nc2)
+	name := "BARE_" + strings.ToUpper(run)
+	subj := "bare." + run
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}, MaxMsgSize: bus.MaxPayload}); err != nil {
+		return 0, err
+	}
+	cons, err := js2.CreateConsumer(ctx, name, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096})
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		futs := make([]jetstream.PubAckFuture, 0, len(payloads))
+		for _, p := range payloads {
+			f, err := js.PublishAsync(subj, p, jetstream.WithStallWait(time.Minute))
+			if err != nil {
+				return err
+			}
+			futs = append(futs, f)
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-gctx.Done():
+			return gctx.Err()
+		}
+		for _, f := range futs { // every ack checked, as the pipeline does
+			select {
+			case err := <-f.Err():
+				return err
+			default:
+			}
+		}
+		return nil
+	})
+	g.Go(func() error { return consumeN(gctx, cons, len(payloads), nil) })
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+// consumeN pulls (a continuous pull with up to 512 messages buffered) and
+// acks until n messages were seen; each is passed to f (which may be nil).
+func consumeN(ctx context.Context, cons jetstream.Consumer, n int, f func(jetstream.Msg) error) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for seen := 0; seen < n; seen++ {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		if f != nil {
+			if err := f(m); err != nil {
+				return err
+			}
+		}
+		if err := m.Ack(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchPipeline: an actor-side publisher encodes and publishes every
+// trajectory to ROLLOUTS by id; a verifier worker grades them into SCORED;
+// a learner-like and a replay-like reader each decode and ack every scored
+// trajectory. Timed until both readers saw all of them.
+func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wire.Trajectory, conc int) (time.Duration, error) {
+	conns := make([]*nats.Conn, 4)
+	buses := make([]*bus.Bus, 4)
+	for i, name := range []string{"actor", "verifier", "learner", "replay"} {
+		nc, b, err := benchBus(ctx, srv, run, name)
+		if err != nil {
+			return 0, err
+		}
+		defer nc.Close()
+		conns[i], buses[i] = nc, b
+	}
+	ab, vb, lb, rb := buses[0], buses[1], buses[2], buses[3]
+	learnerCons, err := lb.Reader(ctx, bus.Scored, "learner", bus.ReaderOptions{})
+	if err != nil {
+		return 0, err
+	}
+	replayCons, err := rb.Reader(ctx, bus.Scored, "replay", bus.ReaderOptions{})
+	if err != nil {
+		return 0, err
+	}
+	wcfg := worker.DefaultConfig()
+	wcfg.Concurrency = conc
+	w, err := worker.New(vb, wcfg, zap.NewNop(), nil)
+	if err != nil {
+		return 0, err
+	}
+	wctx, stopWorker := context.WithCancel(ctx)
+	wdone := make(chan error, 1)
+	go func() { wdone <- w.Run(wctx) }()
+	defer func() { stopWorker(); <-wdone }()
+
+	var correct atomic.Int64
+	decode := func(m jetstream.Msg) error {
+		var s wire.Scored
+		if err := wire.Decode(m.Data(), &s); err != nil {
+			return err
+		}
+		if s.Reward == 1 {
+			correct.Add(1)
+		}
+		return nil
+	}
+	pub, err := ab.NewPublisher(bus.DefaultPublisherConfig())
+	if err != nil {
+		return 0, err
+	}
+	defer pub.Close()
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		subj := ab.Names.Subject(bus.Rollouts)
+		batch := pub.Batch()
+		for i := range trajs {
+			data, err := wire.Encode(&trajs[i])
+			if err != nil {
+				return err
+			}
+			if err := batch.Add(gctx, subj, trajs[i].ID, data); err != nil {
+				return err
+			}
+			if batch.Len() == 64 { // an actor waits per task; keep its pace
+				if err := batch.Wait(gctx); err != nil {
+					return err
+				}
+			}
+		}
+		err := batch.Wait(gctx)
+		if os.Getenv("EXGRPO_BENCH_DEBUG") != "" {
+			fmt.Printf("    actor published all after %.2fs: %+v\n", time.Since(start).Seconds(), pub.Stats())
+		}
+		return err
+	})
+	g.Go(func() error { return consumeN(gctx, learnerCons, len(trajs), decode) })
+	g.Go(func() error { return consumeN(gctx, replayCons, len(trajs), decode) })
+	if os.Getenv("EXGRPO_BENCH_DEBUG") != "" {
+		go func() {
+			for gctx.Err() == nil {
+				time.Sleep(250 * time.Millisecond)
+				lr, _ := vb.ConsumerLag(ctx, bus.Rollouts, bus.VerifiersConsumer)
+				ll, _ := vb.ConsumerLag(ctx, bus.Scored, "learner")
+				fmt.Printf("    %.2fs rollouts %+v learner %+v\n", time.Since(start).Seconds(), lr, ll)
+			}
+		}()
+	}
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	el := time.Since(start)
+	if got, want := correct.Load(), int64(len(trajs)); got != want { // half right, seen by both readers
+		return 0, fmt.Errorf("readers saw %d correct, want %d", got, want)
+	}
+	return el, nil
+}
