@@ -18,7 +18,7 @@ import (
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/verifier"
 	"github.com/exgrpo/exgrpo/wire"
-		"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
 
