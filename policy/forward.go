@@ -302,7 +302,11 @@ func (ps *Pass) Backward(dLogProbs, dEntropies [][]float32) error {
 
 	// dlogits (M, V): for p = softmax(z), ∂logp_y/∂z = onehot(y) − p and
 	// ∂H/∂z = −p·(log p + H).
-	dlogits := make([]float32, M*V)
+	scratch := m.arena(M*V + N*C + M*C + N*4*C + N*C)
+	defer m.recycle(scratch)
+	cv := carver{scratch}
+	dlogits := cv.take(M * V) // (M, V)
+	clear(dlogits)
 	for i := range dLogProbs {
 		for j := range dLogProbs[i] {
 			r := pk.predOff[i] + j
@@ -326,10 +330,11 @@ func (ps *Pass) Backward(dLogProbs, dEntropies [][]float32) error {
 	}
 
 	// Buffers reused across layers.
-	dres := make([]float32, N*C)   // (N, C) dL/d residual stream
-	dlnf := make([]float32, M*C)   // (M, C)
-	dbig := make([]float32, N*4*C) // (N, 4C) dfch / dqkv
-	dsmall := make([]float32, N*C) // (N, C) dln / datty
+	dres := cv.take(N * C) // (N, C) dL/d residual stream
+	clear(dres)
+	dlnf := cv.take(M * C)     // (M, C)
+	dbig := cv.take(N * 4 * C) // (N, 4C) dfch / dqkv
+	dsmall := cv.take(N * C)   // (N, C) dln / datty
 	matmulBackward(dlnf, m.g.wout, nil, dlogits, ps.lnf, m.p.wout, M, C, V, false)
 	last := ps.encoded
 	if cfg.Layers > 0 {

@@ -230,14 +230,29 @@ func matmulBackward(dinp, dw, dbias, dout, inp, w []float32, n, ic, oc int, accu
 	}
 	sgemm(true, false, oc, ic, n, dout, oc, inp, ic, 1, dw, ic)
 	if dbias != nil {
-		for r := 0; r < n; r++ {
-			row := dout[r*oc : r*oc+oc]
-			for j, d := range row {
-				dbias[j] += d
-			}
-		}
+		// column sums of dout, as Σ_r 1·dout[r] with the vector row loop
+		sumRows(dbias, ones(n), dout, oc)
 	}
 }
+
+var onesBuf []float32
+
+// ones returns n ones (read-only: a grown buffer replaces the old one, so
+// slices handed out earlier stay valid).
+func ones(n int) []float32 {
+	onesMu.Lock()
+	defer onesMu.Unlock()
+	if len(onesBuf) < n {
+		onesBuf = make([]float32, max(n, 2*len(onesBuf)))
+		for i := range onesBuf {
+			onesBuf[i] = 1
+		}
+	}
+	return onesBuf[:n]
+}
+
+// onesMu guards onesBuf: different models may run on different goroutines.
+var onesMu sync.Mutex
 
 const lnEps = 1e-5
 

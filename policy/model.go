@@ -138,26 +138,24 @@ func (m *Model) TensorNames() (names []string, shapes [][]int) {
 	return names, shapes
 }
 
-// arena returns a zeroed buffer of n floats, reusing a recycled one if it is
-// large enough.
+// arena returns a buffer of n floats, reusing a recycled one if it is large
+// enough; its contents are arbitrary (Forward writes every value it reads).
 func (m *Model) arena(n int) []float32 {
 	for i, a := range m.arenas {
 		if cap(a) >= n {
 			m.arenas = append(m.arenas[:i], m.arenas[i+1:]...)
-			a = a[:n]
-			clear(a)
-			return a
+			return a[:n]
 		}
 	}
 	return make([]float32, n)
 }
 
-// recycle keeps at most two finished buffers for reuse.
+// recycle keeps at most three finished buffers for reuse.
 func (m *Model) recycle(a []float32) {
 	if a == nil {
 		return
 	}
-	if len(m.arenas) >= 2 {
+	if len(m.arenas) >= 3 {
 		m.arenas = m.arenas[1:]
 	}
 	m.arenas = append(m.arenas, a)
