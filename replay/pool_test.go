@@ -304,3 +304,19 @@ func TestE1OversizedArraysAreNotPinned(t *testing.T) {
 		t.Fatalf("LastStep = %d, %v", s, ok)
 	}
 }
+
+// ALGORITHM.md E2: a replayed question's k counts the replayed trajectory;
+// handing it back among the successes does not store it twice.
+func TestE2ReplayedTrajectoryCountsButIsNotStoredTwice(t *testing.T) {
+	p := mustNew(t, DefaultConfig())
+	mustApply(t, p, Report{Step: 1, Mixed: true, Groups: []Group{group("q", 8, 1, traj("r", 3, 3))}})
+	replayed := p.Candidates("q")[0]
+	mustApply(t, p, Report{Step: 2, Mixed: true, Groups: []Group{group("q", 8, 2, replayed, traj("f", 4))}})
+	info, _ := p.Question("q")
+	if info.Bucket != 2 || info.Trajectories != 2 {
+		t.Fatalf("after replay with 2/8: %+v, want bucket 2 with 2 trajectories", info)
+	}
+	if h := p.History("q"); h[1].Added != 1 || h[1].From != 1 || h[1].To != 2 {
+		t.Fatalf("history %+v, want 1 added, bucket 1 -> 2", h[1])
+	}
+}
