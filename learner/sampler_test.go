@@ -146,3 +146,53 @@ func TestFreshSamplerExhausted(t *testing.T) {
 		t.Fatal("duplicate ids accepted")
 	}
 }
+
+// ALGORITHM.md E4, property test: under random retirements and exclusions,
+// a batch never repeats a question or contains an excluded one, and a
+// question retired during epoch r is never drawn in an epoch after r.
+func TestFreshSamplerPropertyE4(t *testing.T) {
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 99))
+		all := ids(30)
+		s, _ := NewFreshSampler(all, rand.New(rand.NewPCG(seed, 1)))
+		retiredAt := map[string]int{}
+		for call := range 60 {
+			n := 1 + rng.IntN(6)
+			ex := map[string]bool{}
+			for range rng.IntN(4) {
+				ex[all[rng.IntN(len(all))]] = true
+			}
+			ep0 := s.Epoch()
+			b, err := s.Next(n, ex)
+			if errors.Is(err, ErrExhausted) {
+				break
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			ep1 := s.Epoch()
+			oldest := ep1
+			if ep1 != ep0 {
+				oldest = ep0 // draws may come from the epoch that just ended
+			}
+			seen := map[string]bool{}
+			for _, id := range b {
+				if seen[id] || ex[id] {
+					t.Fatalf("seed %d call %d: %s repeated or excluded in %v", seed, call, id, b)
+				}
+				seen[id] = true
+				if r, ok := retiredAt[id]; ok && oldest > r {
+					t.Fatalf("seed %d call %d: %s retired in epoch %d drawn in epoch >= %d", seed, call, id, r, oldest)
+				}
+			}
+			if len(b) != n {
+				t.Fatalf("got %d, want %d", len(b), n)
+			}
+			for _, id := range b {
+				if _, done := retiredAt[id]; !done && rng.IntN(8) == 0 {
+					s.Retire(id)
+					retiredAt[id] = s.Epoch()
+				}
+			}
+		}
+	}
+}
