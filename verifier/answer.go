@@ -124,8 +124,10 @@ func fromRemainder(rem string) (string, bool) {
 		return "", false
 	}
 	// "$12$ and $13$": several regions joined by connectors are one answer
-	if whole := strings.NewReplacer("$", " ", `\"`, " ", `"`, " ").Replace(rem); strings.Count(rem, "$") >= 4 && !isProse(whole) {
-		return whole, true
+	if strings.Count(rem, "$") >= 4 {
+		if whole := quoteReplacer.Replace(rem); !isProse(whole) {
+			return whole, true
+		}
 	}
 	if region, _, ok := lastMathRegion(rem); ok {
 		return region, true
@@ -295,10 +297,16 @@ func choiceLetter(gold string) (string, bool) {
 	return "", false
 }
 
+var quoteReplacer = strings.NewReplacer("$", " ", `\"`, " ", `"`, " ")
+
+var letterReplacer = strings.NewReplacer("$", "", `\textbf`, "", `\text`, "", `\mathrm`, "", "{", "", "}", "",
+	"(", "", ")", "", `\(`, "", `\)`, "", " ", "", ".", "", "*", "", ":", "")
+
 func letterCore(s string) string {
-	s = strings.NewReplacer("$", "", `\text`, "", `\textbf`, "", `\mathrm`, "", "{", "", "}", "",
-		"(", "", ")", "", `\(`, "", `\)`, "", " ", "", ".", "", "*", "", ":", "").Replace(s)
-	return strings.TrimSpace(s)
+	if len(s) > 64 {
+		return s
+	}
+	return strings.TrimSpace(letterReplacer.Replace(s))
 }
 
 // predictedLetter finds the chosen letter in a response: in the last box,

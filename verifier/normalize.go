@@ -2,7 +2,6 @@ package verifier
 
 import (
 	"regexp"
-	"sort"
 	"strings"
 )
 
@@ -76,31 +75,41 @@ func normalize(s string) normalized {
 	s = dropUnits(s)
 	s, pct := dropWords(s)
 	n.percent = n.percent || pct
-	s = reWordOr.ReplaceAllString(s, "$1,$2")
+	if strings.Contains(s, "or") || strings.Contains(s, "and") {
+		s = reWordOr.ReplaceAllString(s, "$1,$2")
+	}
 	s = strings.TrimSpace(s)
 	s = strings.TrimRight(s, " .;:")
 	s = strings.TrimSpace(strings.TrimRight(s, ","))
 	s = strings.TrimLeft(s, ":")
 	// Thousands separators and decimal commas.
-	if m := reDecimalComma.FindStringSubmatch(s); m != nil {
-		intPart, frac := m[1], m[2]
-		if intPart == "0" || (len(frac) >= 2 && (len(frac) != 3 || len(intPart) > 3)) {
-			s = strings.Replace(s, ",", ".", 1)
+	if strings.IndexByte(s, ',') >= 0 {
+		if m := reDecimalComma.FindStringSubmatch(s); m != nil {
+			intPart, frac := m[1], m[2]
+			if intPart == "0" || (len(frac) >= 2 && (len(frac) != 3 || len(intPart) > 3)) {
+				s = strings.Replace(s, ",", ".", 1)
+			}
+		}
+		if depthZeroOnly(s) {
+			s = reCommaThousands.ReplaceAllStringFunc(s, func(x string) string { return strings.ReplaceAll(x, ",", "") })
 		}
 	}
-	if depthZeroOnly(s) {
-		s = reCommaThousands.ReplaceAllStringFunc(s, func(x string) string { return strings.ReplaceAll(x, ",", "") })
+	if strings.IndexByte(s, ' ') >= 0 && depthZeroOnly(s) {
 		s = reSpaceThousands.ReplaceAllStringFunc(s, func(x string) string {
 			m := reSpaceThousands.FindStringSubmatch(x)
 			return m[1] + strings.ReplaceAll(m[2], " ", "") + m[3]
 		})
 	}
-	s = reFracDigits.ReplaceAllString(s, `\frac{$1}{$2}`)
-	s = reFracDigitBrace.ReplaceAllString(s, `\frac{$1}{`)
-	s = reFracBraceDigit.ReplaceAllString(s, `\frac$1{$2}`)
-	s = reFracLetters.ReplaceAllString(s, `\frac{$1}{$2}`)
-	s = reSqrtDigit.ReplaceAllString(s, `\sqrt{$1}`)
-	s = reSqrtParen.ReplaceAllString(s, `sqrt(`)
+	if strings.Contains(s, `\frac`) {
+		s = reFracDigits.ReplaceAllString(s, `\frac{$1}{$2}`)
+		s = reFracDigitBrace.ReplaceAllString(s, `\frac{$1}{`)
+		s = reFracBraceDigit.ReplaceAllString(s, `\frac$1{$2}`)
+		s = reFracLetters.ReplaceAllString(s, `\frac{$1}{$2}`)
+	}
+	if strings.Contains(s, `sqrt`) {
+		s = reSqrtDigit.ReplaceAllString(s, `\sqrt{$1}`)
+		s = reSqrtParen.ReplaceAllString(s, `sqrt(`)
+	}
 	n.s = strings.TrimSpace(s)
 	return n
 }
@@ -200,6 +209,10 @@ func removeSizing(s string) string {
 // that is a connector ("and", "or") becomes a comma; a content made only of
 // letters right after a number is a unit and is dropped.
 func unwrapText(s string) string {
+	if !strings.Contains(s, `\t`) && !strings.Contains(s, `\m`) && !strings.Contains(s, `\b`) &&
+		!strings.Contains(s, `\o`) && !strings.Contains(s, `\h`) && !strings.Contains(s, `\f`) {
+		return s
+	}
 	for iter := 0; iter < 64; iter++ {
 		at, name := -1, ""
 		for _, w := range textWrappers {
@@ -337,23 +350,38 @@ func dropWords(s string) (string, bool) {
 	return r, pct
 }
 
-var reUnitAfterNumber *regexp.Regexp
-
-func init() {
-	var words []string
-	for w, ok := range unitWords {
-		if ok && !strings.ContainsAny(w, " /^") {
-			words = append(words, w)
-		}
-	}
-	sort.Slice(words, func(i, j int) bool { return len(words[i]) > len(words[j]) })
-	reUnitAfterNumber = regexp.MustCompile(`(\d)\s*(?:` + strings.Join(words, "|") + `)(?:\^\{?[23]\}?)?\b`)
-}
-
-// dropUnits removes a unit word right after a number ("35 cm", "3 cm^2").
+// dropUnits removes a unit word right after a number ("35 cm", "3 cm^2",
+// "12 miles"), in one pass.
 func dropUnits(s string) string {
-	if !strings.ContainsFunc(s, func(r rune) bool { return r < 128 && isLetter(byte(r)) }) {
+	var b []byte // allocated on the first removal
+	last := 0
+	for i := 0; i < len(s); i++ {
+		if !isDigit(s[i]) || i+1 >= len(s) || isDigit(s[i+1]) || s[i+1] == '.' {
+			continue
+		}
+		j := i + 1
+		for j < len(s) && s[j] == ' ' {
+			j++
+		}
+		k := j
+		for k < len(s) && isLetter(s[k]) {
+			k++
+		}
+		if k == j || (k < len(s) && (isDigit(s[k]) || s[k] == '_')) || !unitWords[asciiLower(s[j:k])] {
+			continue
+		}
+		// a power of the unit goes with it
+		if k+1 < len(s) && s[k] == '^' && (s[k+1] == '2' || s[k+1] == '3') {
+			k += 2
+		} else if k+3 < len(s) && s[k] == '^' && s[k+1] == '{' && (s[k+2] == '2' || s[k+2] == '3') && s[k+3] == '}' {
+			k += 4
+		}
+		b = append(b, s[last:i+1]...)
+		last = k
+		i = k - 1
+	}
+	if b == nil {
 		return s
 	}
-	return reUnitAfterNumber.ReplaceAllString(s, "$1")
+	return string(append(b, s[last:]...))
 }
