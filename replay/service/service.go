@@ -352,10 +352,21 @@ func (s *Service) advance(ctx context.Context) error {
 	return nil
 }
 
-// assemble builds the pool's view of a report. Only a mixed-mode report's
-// correct fresh rollouts can be stored (ALGORITHM.md E1, E2, E5), so only
-// those are needed; the replayed trajectory is already in the pool.
+// assemble builds the pool's view of a report from the buffered trajectories.
 func (s *Service) assemble(rep *wire.StepReport) (replay.Report, []string) {
+	return Assemble(rep, func(id string) (*wire.Scored, bool) {
+		sc, ok := s.buffer[id]
+		return sc, ok
+	})
+}
+
+// Assemble builds the pool's view (replay.Report) of a step report, looking
+// the trajectories it names up with scored; it returns the ids it could not
+// find. Only a mixed-mode report's correct fresh rollouts can be stored
+// (ALGORITHM.md E1, E2, E5), so only those are looked up; the replayed
+// trajectory is already in the pool. The service and inspection share it, so
+// that a fold outside the service gives the service's pool.
+func Assemble(rep *wire.StepReport, scored func(id string) (*wire.Scored, bool)) (replay.Report, []string) {
 	r := replay.Report{Step: rep.Step, Mixed: rep.Mixed, Groups: make([]replay.Group, 0, len(rep.Groups))}
 	var missing []string
 	for _, g := range rep.Groups {
@@ -365,7 +376,7 @@ func (s *Service) assemble(rep *wire.StepReport) (replay.Report, []string) {
 				if i >= len(g.Rewards) || g.Rewards[i] != 1 || (g.Replayed && id == g.ReplayedID) {
 					continue
 				}
-				sc, ok := s.buffer[id]
+				sc, ok := scored(id)
 				if !ok {
 					missing = append(missing, id)
 					continue
