@@ -15,6 +15,13 @@ import (
 // ErrConfig marks an invalid configuration; the message says how to fix it.
 var ErrConfig = errors.New("bus: invalid config")
 
+// ErrStoreLocked: another embedded server (in this or another process) uses
+// the JetStream store directory. Connect to that server instead.
+var ErrStoreLocked = errors.New("bus: JetStream store in use by another server")
+
+// storeLockFile is the lock file StartServer holds in the store directory.
+const storeLockFile = "exgrpo.lock"
+
 // MaxPayload is the embedded server's max_payload: the largest wire message
 // plus room for headers. It is above nats' 8 MiB advice, which the server
 // logs as a warning; it stays well under the 64 MiB MaxPending.
@@ -69,8 +76,9 @@ func (c ServerConfig) Validate() error {
 
 // Server is a running embedded nats-server. Safe for concurrent use.
 type Server struct {
-	ns   *server.Server
-	once sync.Once
+	ns     *server.Server
+	once   sync.Once
+	unlock func() // releases the store lock
 }
 
 // StartServer starts the server and waits until it accepts clients and
@@ -126,8 +134,17 @@ func StartServer(cfg ServerConfig, log *zap.Logger) (*Server, error) {
 		}
 	}
 	opts.NoSigs = true // the process owns signals; cmd/ shuts us down.
+	unlock := func() {}
+	if opts.StoreDir != "" {
+		u, err := lockStore(opts.StoreDir)
+		if err != nil {
+			return nil, err
+		}
+		unlock = u
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("bus: new server: %w", err)
 	}
 	ns.SetLoggerV2(&serverLog{log.Named("nats").WithOptions(zap.AddStacktrace(zap.FatalLevel)).Sugar()}, cfg.Debug, false, false)
@@ -143,9 +160,11 @@ func StartServer(cfg ServerConfig, log *zap.Logger) (*Server, error) {
 	}
 	if !ns.ReadyForConnections(wait) {
 		ns.Shutdown()
+		ns.WaitForShutdown()
+		unlock()
 		return nil, fmt.Errorf("bus: server not ready after %s (port %d in use? store %s writable?)", wait, opts.Port, opts.StoreDir)
 	}
-	return &Server{ns: ns}, nil
+	return &Server{ns: ns, unlock: unlock}, nil
 }
 
 // ClientURL is the URL clients connect to (nats://host:port).
@@ -159,6 +178,9 @@ func (s *Server) Shutdown() {
 	s.once.Do(func() {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+		if s.unlock != nil {
+			s.unlock()
+		}
 	})
 }
 
