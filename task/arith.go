@@ -84,8 +84,13 @@ type Spec struct {
 	Levels  []int     // difficulty levels to draw from; level = number of operands, 2..9
 	Weights []float64 // relative weight per entry of Levels; nil = uniform
 	Digits  int       // digits per operand: operands uniform in [0, 10^Digits); 1..4, default 1
-	MaxAbs  int64     // bound on |every intermediate value|, which keeps solutions short; 0 = 10^(Digits+1)-1
-	Split   Split     // the partition questions come from
+	MaxAbs  int64     // bound on |every intermediate value|; 0 = 10^Digits-1 (results no longer than operands)
+	// Negative allows negative intermediate values. Off, every step's
+	// result lies in [0, MaxAbs]: with one-digit operands the whole task is
+	// then about 150 single-digit facts chained, which a small model learns
+	// in a minute; difficulty comes from the number of chained steps.
+	Negative bool
+	Split    Split // the partition questions come from
 }
 
 // ErrSpec reports an invalid Spec; ErrExhausted a request for more distinct
@@ -103,7 +108,7 @@ func (s Spec) withDefaults() Spec {
 		s.Digits = 1
 	}
 	if s.MaxAbs == 0 {
-		s.MaxAbs = pow10(s.Digits+1) - 1
+		s.MaxAbs = pow10(s.Digits) - 1
 	}
 	return s
 }
@@ -175,7 +180,11 @@ func (s Spec) drawLevel(level int, rng *rand.Rand) (Problem, error) {
 		if s.Split != SplitAny && SplitOf(expr) != s.Split {
 			continue
 		}
-		v, sol, err := Solve(expr, s.MaxAbs)
+		lo := int64(0)
+		if s.Negative {
+			lo = -s.MaxAbs
+		}
+		v, sol, err := solveIn(expr, lo, s.MaxAbs)
 		if err != nil {
 			continue
 		}
@@ -376,7 +385,7 @@ var builtinSets = []BuiltinSet{
 	{Name: "train", Spec: TrainSpec(), N: 4000, Seed: 1, Purpose: "RL question set: chain, 2-5 operands, train partition"},
 	{Name: "heldout", Spec: HeldOutSpec(), N: 400, Seed: 2, Purpose: "in-distribution evaluation: as train, held-out partition"},
 	{Name: "ood-long", Spec: Spec{Family: FamilyChain, Levels: []int{6, 7}, Digits: 1, Split: SplitHeldOut}, N: 200, Seed: 3, Purpose: "harder: 6-7 operands (trained on at most 5)"},
-	{Name: "ood-digits", Spec: Spec{Family: FamilyChain, Levels: []int{2, 3}, Digits: 2, MaxAbs: 999, Split: SplitHeldOut}, N: 200, Seed: 4, Purpose: "harder: two-digit operands (trained on one)"},
+	{Name: "ood-digits", Spec: Spec{Family: FamilyChain, Levels: []int{2, 3}, Digits: 2, Split: SplitHeldOut}, N: 200, Seed: 4, Purpose: "harder: two-digit numbers (trained on one digit)"},
 	{Name: "ood-paren", Spec: Spec{Family: FamilyParen, Levels: []int{3, 4}, Digits: 1, Split: SplitHeldOut}, N: 200, Seed: 5, Purpose: "unseen family: parentheses"},
 	{Name: "ood-div", Spec: Spec{Family: FamilyDiv, Levels: []int{2, 3, 4}, Digits: 1, Split: SplitHeldOut}, N: 200, Seed: 6, Purpose: "unseen family: exact division"},
 }

@@ -116,7 +116,7 @@ func TestPrintTreeRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 2000 {
 		n := randomTree(2+i%5, "+-*", func() int64 { return rng.Int64N(10) }, rng)
-		want, wantSteps, err := evalSteps(n, 0, nil)
+		want, wantSteps, err := evalSteps(n, -maxValue, maxValue, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +125,7 @@ func TestPrintTreeRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("parse %q: %v", s, err)
 		}
-		got, gotSteps, err := evalSteps(back, 0, nil)
+		got, gotSteps, err := evalSteps(back, -maxValue, maxValue, nil)
 		if err != nil || got != want || !reflect.DeepEqual(gotSteps, wantSteps) {
 			t.Fatalf("%q: value %d steps %v, want %d %v (err %v)", s, got, gotSteps, want, wantSteps, err)
 		}
@@ -249,14 +249,30 @@ func TestSplitsDisjoint(t *testing.T) {
 }
 
 func TestGenerateExhausted(t *testing.T) {
-	// Two one-digit operands give 300 questions; about 30 are held out.
+	// Enumerate the held-out two-operand questions, then ask for more.
 	s := Spec{Levels: []int{2}, Split: SplitHeldOut}
-	ds, err := Generate("x", s, 1000, 1)
+	want := map[string]bool{}
+	for a := range 10 {
+		for b := range 10 {
+			for _, op := range "+-*" {
+				e := strconv.Itoa(a) + string(op) + strconv.Itoa(b)
+				if _, _, err := solveIn(e, 0, 9); err == nil && SplitOf(e) == SplitHeldOut {
+					want[e] = true
+				}
+			}
+		}
+	}
+	ds, err := Generate("x", s, len(want)+1, 1)
 	if !errors.Is(err, ErrExhausted) {
 		t.Fatalf("err = %v, want ErrExhausted", err)
 	}
-	if len(ds.Problems) < 15 || len(ds.Problems) > 45 {
-		t.Errorf("drew %d distinct held-out two-operand questions, want about 30", len(ds.Problems))
+	if len(ds.Problems) != len(want) {
+		t.Fatalf("drew %d distinct held-out two-operand questions, there are %d", len(ds.Problems), len(want))
+	}
+	for _, p := range ds.Problems {
+		if !want[p.Prompt] {
+			t.Fatalf("drew %q, not a valid held-out question", p.Prompt)
+		}
 	}
 }
 

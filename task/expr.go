@@ -128,20 +128,17 @@ type step struct {
 // evalSteps evaluates n in post-order, left subtree first, appending one step
 // per operation. That order is what a person does: innermost parentheses
 // first, then products left to right, then sums left to right. Every
-// intermediate value must satisfy |v| <= maxAbs (maxAbs <= 0 or above
-// maxValue: maxValue).
-func evalSteps(n *node, maxAbs int64, steps []step) (int64, []step, error) {
-	if maxAbs <= 0 || maxAbs > maxValue {
-		maxAbs = maxValue
-	}
+// intermediate value must lie in [lo, hi], which callers keep within
+// ±maxValue.
+func evalSteps(n *node, lo, hi int64, steps []step) (int64, []step, error) {
 	if n.op == 0 {
 		return n.val, steps, nil
 	}
-	l, steps, err := evalSteps(n.l, maxAbs, steps)
+	l, steps, err := evalSteps(n.l, lo, hi, steps)
 	if err != nil {
 		return 0, steps, err
 	}
-	r, steps, err := evalSteps(n.r, maxAbs, steps)
+	r, steps, err := evalSteps(n.r, lo, hi, steps)
 	if err != nil {
 		return 0, steps, err
 	}
@@ -164,8 +161,8 @@ func evalSteps(n *node, maxAbs int64, steps []step) (int64, []step, error) {
 	default:
 		return 0, steps, fmt.Errorf("%w: operator %q", ErrExpr, n.op)
 	}
-	if v > maxAbs || v < -maxAbs {
-		return 0, steps, fmt.Errorf("%w: intermediate %d exceeds %d", ErrExpr, v, maxAbs)
+	if v < lo || v > hi {
+		return 0, steps, fmt.Errorf("%w: intermediate %d outside [%d, %d]", ErrExpr, v, lo, hi)
 	}
 	return v, append(steps, step{l: l, r: r, v: v, op: n.op}), nil
 }
@@ -178,11 +175,21 @@ func evalSteps(n *node, maxAbs int64, steps []step) (int64, []step, error) {
 // |v| <= maxAbs (maxAbs <= 0: the overflow guard 10^9 only); a division
 // must be exact.
 func Solve(expr string, maxAbs int64) (answer int64, solution string, err error) {
+	if maxAbs <= 0 || maxAbs > maxValue {
+		maxAbs = maxValue
+	}
+	return solveIn(expr, -maxAbs, maxAbs)
+}
+
+// solveIn is Solve with every intermediate value bounded to [lo, hi]
+// (clamped to ±maxValue).
+func solveIn(expr string, lo, hi int64) (answer int64, solution string, err error) {
+	lo, hi = max(lo, -maxValue), min(hi, maxValue)
 	n, err := parseExpr(expr)
 	if err != nil {
 		return 0, "", err
 	}
-	v, steps, err := evalSteps(n, maxAbs, nil)
+	v, steps, err := evalSteps(n, lo, hi, nil)
 	if err != nil {
 		return 0, "", fmt.Errorf("%w (in %q)", err, expr)
 	}
