@@ -313,7 +313,8 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 			s := rundir.Step{Step: r.Summary.Step, WallSeconds: since(start), Reward: r.Summary.Pass1, HeldOut: r.HeldOut,
 				Entropy: r.Summary.Entropy, Loss: r.Summary.Loss, GradNorm: r.Summary.GradNorm, Skipped: r.Summary.Skipped > 0,
 				Mixed: r.Summary.Mixed, Replayed: r.Replayed, PoolSize: pool.Questions, Retired: pool.Retired,
-				Rollouts: r.Rollouts, StaleDropped: r.Summary.StaleDropped, StepSeconds: r.Total.Seconds(), LR: cfg.Learner.Learner.LR}
+				Rollouts: r.Rollouts, StaleDropped: r.Summary.StaleDropped, StepSeconds: r.Total.Seconds(),
+				GatherSecs: r.Gather.Seconds(), TrainSecs: r.Train.Seconds(), LR: cfg.Learner.Learner.LR}
 			if err := dir.Append(s); err != nil {
 				log.Warn("metrics file", zap.Error(err))
 			}

@@ -53,10 +53,12 @@ type Step struct {
 	Rollouts     int64   `json:"rollouts"`     // fresh rollouts generated so far (cumulative)
 	StaleDropped int     `json:"stale"`        // rollouts dropped for staleness this step
 	StepSeconds  float64 `json:"step_s"`       // wall time of the step
+	GatherSecs   float64 `json:"gather_s"`     // of which waiting for rollouts
+	TrainSecs    float64 `json:"train_s"`      // of which in the update
 	LR           float64 `json:"lr,omitempty"` // learning rate used
 }
 
-var csvHeader = []string{"step", "wall_s", "reward", "heldout", "entropy", "loss", "grad_norm", "skipped", "mixed", "replayed", "pool", "retired", "rollouts", "stale", "step_s", "lr"}
+var csvHeader = []string{"step", "wall_s", "reward", "heldout", "entropy", "loss", "grad_norm", "skipped", "mixed", "replayed", "pool", "retired", "rollouts", "stale", "step_s", "gather_s", "train_s", "lr"}
 
 func (s Step) csvRow() []string {
 	f := func(v float64) string {
@@ -69,7 +71,7 @@ func (s Step) csvRow() []string {
 		strconv.FormatInt(s.Step, 10), f(s.WallSeconds), f(s.Reward), f(s.HeldOut), f(s.Entropy),
 		f(s.Loss), f(s.GradNorm), strconv.FormatBool(s.Skipped), strconv.FormatBool(s.Mixed),
 		strconv.Itoa(s.Replayed), strconv.Itoa(s.PoolSize), strconv.Itoa(s.Retired),
-		strconv.FormatInt(s.Rollouts, 10), strconv.Itoa(s.StaleDropped), f(s.StepSeconds), f(s.LR),
+		strconv.FormatInt(s.Rollouts, 10), strconv.Itoa(s.StaleDropped), f(s.StepSeconds), f(s.GatherSecs), f(s.TrainSecs), f(s.LR),
 	}
 }
 
