@@ -63,8 +63,9 @@ type Config struct {
 	// Paper: 0.2.
 	Eps float64
 	// MiniBatches is the number of optimiser steps per step: the step's
-	// groups are split into this many consecutive mini-batches of nearly
-	// equal size (E14). Paper: 2 (128 questions per step, 64 per update).
+	// groups are dealt into this many mini-batches of nearly equal size,
+	// group i to mini-batch i mod MiniBatches (E14). Paper: 2 (128 questions
+	// per step, 64 per update).
 	MiniBatches int
 	// Staleness is S, the largest allowed gap in policy versions between
 	// the step being trained and the policy that sampled a fresh rollout

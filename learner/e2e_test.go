@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/exgrpo/exgrpo/policy"
@@ -64,19 +65,34 @@ func (tk toyTask) meanReward(t testing.TB, m *policy.Model, n int, seed uint64) 
 // learner role drives it (ALGORITHM.md E4-E14): fresh questions by epoch,
 // pool questions by bucket, E7 selection, K-1 fresh rollouts joined with the
 // replayed one, the ExGRPO update, the fold of the step into the pool. Over
-// 80 steps on 36 questions (K = 8, B = 8, rho = 0.5, start = 0.2, lr 3e-3)
+// 80 steps on 36 questions (K = 8, B = 8, rho = 0.5, start = 0.2, lr 2e-3)
 // the policy's mean reward on all 36 questions, sampled at temperature 1,
-// rises from 0.115 by at least 0.3; training starts on-policy, switches to
-// mixed mode, and replays experience. (Seeds 1-8 of the step loop all gave
-// rises of 0.46 to 0.78. At lr 1e-2 mixed mode, which has no clipping, is
-// unstable on this task while PPO is not; the paper's lr is 1e-6.)
+// rises from 0.115 by at least 0.3 in the median of three seeds of the step
+// loop; each run starts on-policy, switches to mixed mode and replays
+// experience. Over seeds 1-10, 9 runs ended between 0.52 and 0.87 and one
+// (seed 7) collapsed at 0.17, hence the median: RL on a tiny model is noisy,
+// and the on-policy baseline had one weak seed too (0.45).
 func TestExGRPOEndToEndRewardRises(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end training: a few seconds")
 	}
+	var rises []float64
+	for seed := range uint64(3) {
+		before, after := e2eRun(t, seed+1)
+		rises = append(rises, after-before)
+	}
+	slices.Sort(rises)
+	if rises[1] < 0.3 {
+		t.Errorf("reward rises over 3 seeds %.3f, median %.3f; want a median rise of at least 0.3", rises, rises[1])
+	}
+}
+
+// e2eRun trains 80 steps with the step loop seeded by seed and returns the
+// mean reward before and after.
+func e2eRun(t *testing.T, seed uint64) (before, after float64) {
 	tk := newToyTask(36)
 	cfg := DefaultConfig()
-	cfg.B, cfg.Start, cfg.LMax, cfg.LR = 8, 0.2, 3, 3e-3
+	cfg.B, cfg.Start, cfg.LMax, cfg.LR = 8, 0.2, 3, 2e-3
 	m, err := policy.New(policy.Config{Vocab: tVocab, Context: 8, Layers: 1, Width: 32, Heads: 2, Tied: true}, rand.New(rand.NewPCG(1, 1)))
 	if err != nil {
 		t.Fatal(err)
@@ -91,12 +107,12 @@ func TestExGRPOEndToEndRewardRises(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rng := rand.New(rand.NewPCG(7, 7))
+	rng := rand.New(rand.NewPCG(seed, 7))
 	fresh, err := NewFreshSampler(tk.ids, rand.New(rand.NewPCG(8, 8)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := tk.meanReward(t, m, 64, 99)
+	before = tk.meanReward(t, m, 64, 99)
 
 	mixed := InitialMixed(cfg)
 	firstMixed, replayedGroups := -1, 0
@@ -166,14 +182,12 @@ func TestExGRPOEndToEndRewardRises(t *testing.T) {
 		}
 		mixed = sum.NextMixed
 	}
-	after := tk.meanReward(t, m, 64, 99)
-	t.Logf("reward %.3f -> %.3f, mixed from step %d, %d replayed groups", before, after, firstMixed, replayedGroups)
+	after = tk.meanReward(t, m, 64, 99)
+	t.Logf("seed %d: reward %.3f -> %.3f, mixed from step %d, %d replayed groups", seed, before, after, firstMixed, replayedGroups)
 	if firstMixed <= 0 || replayedGroups == 0 {
-		t.Errorf("mixed from step %d with %d replayed groups: want an on-policy phase, then replay", firstMixed, replayedGroups)
+		t.Errorf("seed %d: mixed from step %d with %d replayed groups: want an on-policy phase, then replay", seed, firstMixed, replayedGroups)
 	}
-	if after < before+0.3 {
-		t.Errorf("mean reward %.3f -> %.3f, want a rise of at least 0.3", before, after)
-	}
+	return before, after
 }
 
 // sampleGroup draws the fresh rollouts of one question (K, or K-1 beside a

@@ -126,8 +126,9 @@ func (s StepSummary) Retired() []string {
 }
 
 // Step trains on one step's groups (ALGORITHM.md E10-E14): the groups are
-// split into cfg.MiniBatches consecutive mini-batches of nearly equal size
-// (fewer when there are fewer groups); for each, one forward pass gives the
+// dealt into cfg.MiniBatches mini-batches of nearly equal size, group i to
+// mini-batch i mod MiniBatches (fewer mini-batches when there are fewer
+// groups), so that replayed and fresh groups mix; for each, one forward pass gives the
 // current log-probs and entropies, Objective their derivatives, one backward
 // pass the parameter gradients, and AdamW one update (clipped, or skipped on
 // a bad norm). Mini-batches after the first see the policy moved by the
@@ -158,8 +159,14 @@ func (l *Learner) Step(in StepInput) (StepSummary, error) {
 	nb := min(cfg.MiniBatches, len(in.Groups))
 	var entSum float64
 	for b := range nb {
-		lo, hi := b*len(in.Groups)/nb, (b+1)*len(in.Groups)/nb
-		st, info, err := l.update(in.Groups[lo:hi], in.Mixed)
+		// Strided, not consecutive: callers list replayed groups first, and
+		// a consecutive split would train all replayed groups in one update
+		// and all fresh ones in the next.
+		var mb []Group
+		for i := b; i < len(in.Groups); i += nb {
+			mb = append(mb, in.Groups[i])
+		}
+		st, info, err := l.update(mb, in.Mixed)
 		if err != nil {
 			return sum, fmt.Errorf("learner: step %d mini-batch %d: %w", in.Step, b, err)
 		}
