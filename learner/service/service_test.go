@@ -313,3 +313,31 @@ func TestResume(t *testing.T) {
 		}
 	}
 }
+
+// TestStalenessPipelines: with S = 1 the tasks of step t+1 go out before
+// step t trains, so its rollouts may come from version t (one behind); every
+// step still trains B groups of K, and no rollout older than S is used.
+func TestStalenessPipelines(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig(5)
+	cfg.Learner.Staleness = 1
+	_, results := e.runAll(t, cfg)
+	if len(results) != 5 {
+		t.Fatalf("%d steps, want 5", len(results))
+	}
+	behind := 0
+	for _, r := range e.reports(t) {
+		if len(r.Groups) != testB {
+			t.Errorf("step %d: %d groups", r.Step, len(r.Groups))
+		}
+		if r.PolicyVersion < r.Step-1 || r.PolicyVersion > r.Step {
+			t.Errorf("step %d asked rollouts of version %d: outside [t-S, t]", r.Step, r.PolicyVersion)
+		}
+		if r.PolicyVersion < r.Step {
+			behind++
+		}
+	}
+	if behind == 0 {
+		t.Error("no step used rollouts issued ahead of its update: the pipeline did not run ahead")
+	}
+}

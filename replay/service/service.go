@@ -503,10 +503,18 @@ func (s *Service) snapshotStore(ctx context.Context) (jetstream.ObjectStore, err
 	if s.bus.Config.Memory {
 		storage = jetstream.MemoryStorage
 	}
-	obs, err := s.bus.JS.CreateOrUpdateObjectStore(octx, jetstream.ObjectStoreConfig{
-		Bucket: SnapshotBucket(s.bus.Names), Description: "exgrpo replay pool snapshot",
-		Storage: storage, Replicas: s.bus.Config.Replicas,
-	})
+	// Look, then create: never update a declaration another process made
+	// (per-role credentials may allow reading it but not changing it).
+	obs, err := s.bus.JS.ObjectStore(octx, SnapshotBucket(s.bus.Names))
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		obs, err = s.bus.JS.CreateObjectStore(octx, jetstream.ObjectStoreConfig{
+			Bucket: SnapshotBucket(s.bus.Names), Description: "exgrpo replay pool snapshot",
+			Storage: storage, Replicas: s.bus.Config.Replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			obs, err = s.bus.JS.ObjectStore(octx, SnapshotBucket(s.bus.Names))
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("replay service: snapshot bucket: %w", err)
 	}
