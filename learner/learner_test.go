@@ -293,8 +293,9 @@ func cmpAbs(a, b float32) int {
 }
 
 // ALGORITHM.md E14: a step of 4 groups with 2 mini-batches makes 2 AdamW
-// updates that move the parameters; with a skip bound below the gradient
-// norm both updates are skipped and the parameters stay bit-identical.
+// updates that move the parameters, clipped (the norm exceeds ClipNorm = 1)
+// rather than skipped; with a skip bound below the gradient norm both
+// updates are skipped and the parameters stay bit-identical.
 func TestStepMiniBatchesE14(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
@@ -307,7 +308,7 @@ func TestStepMiniBatchesE14(t *testing.T) {
 			rng := rand.New(rand.NewPCG(4, 0))
 			groups := append(mixedBatch(t, m, rng), mixedBatch(t, m, rng)...)
 			cfg := DefaultConfig()
-			cfg.K, cfg.B, cfg.MiniBatches, cfg.ClipNorm, cfg.SkipNorm, cfg.Start = 4, 4, 2, tc.clip, tc.skip, 0
+			cfg.K, cfg.B, cfg.MiniBatches, cfg.ClipNorm, cfg.SkipNorm, cfg.Start, cfg.LMax = 4, 4, 2, tc.clip, tc.skip, 0, 1
 			l, err := New(cfg, m, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -325,6 +326,9 @@ func TestStepMiniBatchesE14(t *testing.T) {
 			}
 			if !(sum.GradNorm > 0) || sum.Tokens == 0 || sum.ReplayedTokens == 0 {
 				t.Fatalf("summary figures missing: %+v", sum)
+			}
+			if tc.wantSkipped == 0 && !(sum.GradNorm > cfg.ClipNorm) {
+				t.Fatalf("gradient norm %v does not exceed the clip %v: the clipped-update path is not exercised", sum.GradNorm, cfg.ClipNorm)
 			}
 			if len(sum.Groups) != 4 || !sum.Groups[0].Replayed || sum.Groups[0].ReplayedID != groups[0].Rollouts[0].ID || sum.Groups[0].Size != 4 {
 				t.Fatalf("group summary: %+v", sum.Groups[0])
