@@ -59,6 +59,14 @@ const evalBatch = 256
 // not fit are skipped and counted. Deterministic given rng's state; m is
 // used from this goroutine only.
 func Evaluate(m *policy.Model, tok *policy.Tokenizer, ds Dataset, K int, temperature float32, rng *rand.Rand) (EvalReport, error) {
+	sample := func(prompts [][]int32, maxNew int) ([]policy.Sampled, error) {
+		return m.Sample(prompts, policy.SampleOptions{Temperature: temperature, MaxNew: maxNew, EOS: tok.EOS()}, rng)
+	}
+	return evaluate(sample, m.Config.Context, tok, ds, K, temperature)
+}
+
+// evaluate is Evaluate over any sampler (tests pass scripted ones).
+func evaluate(sample func(prompts [][]int32, maxNew int) ([]policy.Sampled, error), context int, tok *policy.Tokenizer, ds Dataset, K int, temperature float32) (EvalReport, error) {
 	if K < 1 {
 		return EvalReport{}, fmt.Errorf("%w: K = %d < 1", ErrEval, K)
 	}
@@ -72,7 +80,7 @@ func Evaluate(m *policy.Model, tok *policy.Tokenizer, ds Dataset, K int, tempera
 	var items []item
 	for _, p := range ds.Problems {
 		prompt, err := EncodePrompt(tok, p)
-		if err != nil || len(prompt) >= m.Config.Context {
+		if err != nil || len(prompt) >= context {
 			rep.Skipped++
 			continue
 		}
@@ -88,7 +96,7 @@ func Evaluate(m *policy.Model, tok *policy.Tokenizer, ds Dataset, K int, tempera
 			checkers[kind] = c
 		}
 		p.Kind = kind
-		items = append(items, item{p: p, prompt: prompt, maxNew: min(MaxNew, m.Config.Context-len(prompt))})
+		items = append(items, item{p: p, prompt: prompt, maxNew: min(MaxNew, context-len(prompt))})
 	}
 	correct := make([]int, len(items))
 	totalTokens, samples := 0, 0
@@ -106,7 +114,10 @@ func Evaluate(m *policy.Model, tok *policy.Tokenizer, ds Dataset, K int, tempera
 				prompts = append(prompts, items[i].prompt)
 			}
 		}
-		out, err := m.Sample(prompts, policy.SampleOptions{Temperature: temperature, MaxNew: items[start].maxNew, EOS: tok.EOS()}, rng)
+		out, err := sample(prompts, items[start].maxNew)
+		if err == nil && len(out) != len(prompts) {
+			err = fmt.Errorf("%d responses for %d prompts", len(out), len(prompts))
+		}
 		if err != nil {
 			return rep, fmt.Errorf("%w: sample: %w", ErrEval, err)
 		}
