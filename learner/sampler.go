@@ -129,3 +129,70 @@ func (s *FreshSampler) newEpoch() {
 	// (unless retired), so they are not served twice.
 	s.deferred = s.deferred[:0]
 }
+
+// FreshState is a FreshSampler's position, for checkpoints: with it a
+// restarted learner continues the current epoch exactly where it stopped.
+type FreshState struct {
+	Epoch    int      `json:"epoch"`    // current epoch, -1 before the first draw
+	Order    []string `json:"order"`    // the current epoch's order
+	Pos      int      `json:"pos"`      // next position in Order
+	Deferred []string `json:"deferred"` // questions skipped by exclusion, served first
+	Retired  []string `json:"retired"`  // retired questions, dataset order
+}
+
+// State returns the sampler's position. The slices are fresh copies.
+func (s *FreshSampler) State() FreshState {
+	st := FreshState{Epoch: s.epoch, Pos: s.pos}
+	for _, i := range s.order {
+		st.Order = append(st.Order, s.ids[i])
+	}
+	for _, i := range s.deferred {
+		st.Deferred = append(st.Deferred, s.ids[i])
+	}
+	for i, id := range s.ids {
+		if s.retired[i] {
+			st.Retired = append(st.Retired, id)
+		}
+	}
+	return st
+}
+
+// RestoreFreshSampler rebuilds a sampler over ids at position st. rng shuffles
+// the epochs after the current one; give it the state the saved sampler's
+// generator had at State time (or a seed derived from the run's seed and
+// st.Epoch) to make the continuation deterministic.
+func RestoreFreshSampler(ids []string, st FreshState, rng *rand.Rand) (*FreshSampler, error) {
+	s, err := NewFreshSampler(ids, rng)
+	if err != nil {
+		return nil, err
+	}
+	look := func(what string, names []string) ([]int, error) {
+		out := make([]int, 0, len(names))
+		for _, id := range names {
+			i, ok := s.index[id]
+			if !ok {
+				return nil, fmt.Errorf("learner: restore fresh sampler: %s names unknown question %q", what, id)
+			}
+			out = append(out, i)
+		}
+		return out, nil
+	}
+	if s.order, err = look("order", st.Order); err != nil {
+		return nil, err
+	}
+	if s.deferred, err = look("deferred", st.Deferred); err != nil {
+		return nil, err
+	}
+	retired, err := look("retired", st.Retired)
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range retired {
+		s.retired[i] = true
+	}
+	if st.Pos < 0 || st.Pos > len(s.order) || st.Epoch < -1 {
+		return nil, fmt.Errorf("learner: restore fresh sampler: position %d of %d in epoch %d", st.Pos, len(s.order), st.Epoch)
+	}
+	s.epoch, s.pos = st.Epoch, st.Pos
+	return s, nil
+}
