@@ -65,14 +65,20 @@ func TestGradientCheck(t *testing.T) {
 		lens    []int
 		prompts []int
 		entOnly bool
+		width   int // 0 = tinyConfig's 16 (head size 8, the vector paths)
 	}{
-		{"tied", true, []int{9, 5, 14}, []int{3, 1, 6}, false},
-		{"untied", false, []int{7, 12}, []int{2, 4}, false},
-		{"entropy only", true, []int{8, 6}, []int{3, 2}, true},
-		{"logp only", false, []int{10, 3}, []int{5, 1}, false},
+		{"tied", true, []int{9, 5, 14}, []int{3, 1, 6}, false, 0},
+		{"untied", false, []int{7, 12}, []int{2, 4}, false, 0},
+		{"entropy only", true, []int{8, 6}, []int{3, 2}, true, 0},
+		{"logp only", false, []int{10, 3}, []int{5, 1}, false, 0},
+		{"head size 6", true, []int{11, 4}, []int{2, 3}, false, 12},
+		{"head size 24", false, []int{6, 13}, []int{1, 5}, false, 48},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tinyConfig(tc.tied)
+			if tc.width != 0 {
+				cfg.Width = tc.width
+			}
 			m := newTestModel(t, cfg, 7)
 			rng := rand.New(rand.NewPCG(3, 4))
 			seqs := randomSeqs(rng, cfg, tc.lens, tc.prompts)
