@@ -57,6 +57,9 @@ func predictedAnswer(text string) (string, bool) {
 
 // fromProse extracts an answer from text without boxes.
 func fromProse(text string) (string, bool) {
+	if strings.TrimSpace(text) == "" {
+		return "", false
+	}
 	if rem, ok := afterAnchor(text); ok {
 		if a, ok := fromRemainder(rem); ok {
 			return a, true
@@ -254,8 +257,15 @@ func isProse(s string) bool {
 		c := s[i]
 		if c == '\\' {
 			i++
+			j := i
 			for i < len(s) && isLetter(s[i]) {
 				i++
+			}
+			if cmd := s[j:i]; (cmd == "begin" || cmd == "end") && i < len(s) && s[i] == '{' {
+				// an environment name is not prose
+				for i < len(s) && s[i] != '}' {
+					i++
+				}
 			}
 			continue
 		}
