@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
+	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"go.uber.org/zap"
 )
 
@@ -29,6 +30,9 @@ func TestNamesMatchBus(t *testing.T) {
 			if n.stream(k) != bn.Stream(bk) || n.subject(k) != bn.Subject(bk) {
 				t.Errorf("%s: auth %s %s, bus %s %s", k, n.stream(k), n.subject(k), bn.Stream(bk), bn.Subject(bk))
 			}
+		}
+		if n.replayBucket() != rsvc.SnapshotBucket(bn) {
+			t.Errorf("replay snapshot bucket: auth %s, replay/service %s", n.replayBucket(), rsvc.SnapshotBucket(bn))
 		}
 		if n.kvBucket() != bn.StateBucket() || n.objBucket() != bn.WeightsBucket() || n.sample() != bn.SampleSubject() {
 			t.Errorf("buckets or sample subject differ: %s %s %s vs %s %s %s", n.kvBucket(), n.objBucket(), n.sample(), bn.StateBucket(), bn.WeightsBucket(), bn.SampleSubject())
@@ -60,11 +64,25 @@ func TestBusOpenPerRole(t *testing.T) {
 				}
 				cfg := bus.DefaultConfig(testRun)
 				cfg.OpTimeout = 2 * time.Second
-				_, err = bus.Open(ctx, nc, cfg, zap.NewNop())
-				cancel()
+				b, err := bus.Open(ctx, nc, cfg, zap.NewNop())
 				if err != nil {
+					cancel()
 					t.Fatalf("%s opens the bus: %v", r, Explain(nc, "", err))
 				}
+				if r == Learner { // the learner dead-letters poison messages
+					w, err := b.NewDeadWatcher(ctx, "learner")
+					if err != nil {
+						t.Fatal(err)
+					}
+					_ = w
+					if err := nc.FlushTimeout(5 * time.Second); err != nil {
+						t.Fatal(err)
+					}
+					if err := nc.LastError(); err != nil {
+						t.Fatalf("learner's dead watcher: %v", err)
+					}
+				}
+				cancel()
 				nc.Close()
 			}
 		})

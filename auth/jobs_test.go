@@ -132,6 +132,19 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 	_, err = rkv.Put(ctx, "replay.q1", []byte("bucket 1"))
 	must(rnc, "replay writes its state", err)
 
+	// Replay snapshots its pool into its own Object Store and reads it back.
+	snap, err := rjs.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: n.replayBucket(), Storage: jetstream.MemoryStorage})
+	must(rnc, "replay creates its snapshot store", err)
+	_, err = snap.PutBytes(ctx, "pool", []byte("pool state"))
+	must(rnc, "replay writes a snapshot", err)
+	_, err = snap.PutBytes(ctx, "pool", []byte("pool state 2"))
+	must(rnc, "replay replaces the snapshot", err)
+	got, err = snap.GetBytes(ctx, "pool")
+	must(rnc, "replay reads its snapshot", err)
+	if string(got) != "pool state 2" {
+		t.Fatalf("snapshot %q", got)
+	}
+
 	// Learner fetches the experience by subject (direct get).
 	lexp, err := ljs.Stream(ctx, n.stream(kExperience))
 	must(lnc, "learner experience stream", err)

@@ -91,6 +91,10 @@ const versionKey = "policy.version"
 func (n runNames) sample() string      { return "exgrpo." + n.run + ".replay.sample" }
 func (n runNames) kvBucket() string    { return "EXGRPO_" + n.up + "_STATE" }
 func (n runNames) objBucket() string   { return "EXGRPO_" + n.up + "_WEIGHTS" }
+// replayBucket is the replay service's snapshot Object Store
+// (replay/service.SnapshotBucket).
+func (n runNames) replayBucket() string { return "EXGRPO_" + n.up + "_REPLAY" }
+func (n runNames) replayStream() string { return "OBJ_" + n.replayBucket() }
 func (n runNames) kvStream() string    { return "KV_" + n.kvBucket() }
 func (n runNames) objStream() string   { return "OBJ_" + n.objBucket() }
 func (n runNames) kvSubjects() string  { return "$KV." + n.kvBucket() + ".>" }
@@ -102,7 +106,7 @@ func (n runNames) allStreams() []string {
 	for _, k := range streamKinds {
 		s = append(s, n.stream(k))
 	}
-	return append(s, n.kvStream(), n.objStream())
+	return append(s, n.kvStream(), n.objStream(), n.replayStream())
 }
 
 // data is both the base subject and everything below it.
@@ -217,21 +221,34 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 		}
 		add(&pub, apiGet(exp), apiConsume(exp), apiAck(exp), apiOwn(exp))
 		add(&pub, apiGet(kv), apiConsume(kv))
+		// Its pool snapshot (restarts resume from it).
+		snap := n.replayStream()
+		add(&pub, []string{"$O." + n.replayBucket() + ".>"}, apiGet(snap), apiConsume(snap), apiOwn(snap))
 		add(&sub, data(n.sample()))
 		perms.RespondToRequests = true
 	case Learner:
 		add(&pub, dead, data(n.subject(kTasks)), data(n.subject(kControl)),
 			[]string{n.kvSubjects(), n.objSubjects()}, data(n.sample()))
 		for _, s := range []string{scored, exp, control} {
-			add(&pub, apiGet(s), apiConsume(s), apiAck(s))
-			add(&sub, maxDeliveries(s))
+			add(&pub, apiConsume(s), apiAck(s))
+		}
+		// The learner is the run's privileged role: it also dead-letters
+		// poison messages of every stream (bus.DeadWatcher: the advisory,
+		// a get by sequence, a delete), so it reads them all.
+		for _, s := range n.allStreams() {
+			add(&pub, apiGet(s))
+		}
+		for _, k := range streamKinds {
+			if k != kDead {
+				add(&sub, maxDeliveries(n.stream(k)))
+			}
 		}
 		// The learner owns the topology: it may update every stream's
 		// declaration, purge and delete messages.
 		for _, s := range n.allStreams() {
 			add(&pub, apiOwn(s))
 		}
-		add(&pub, apiGet(tasks), apiGet(kv), apiConsume(kv), apiGet(obj), apiConsume(obj))
+		add(&pub, apiConsume(kv), apiConsume(obj))
 	case Inspect:
 		// Read-only: ordered (ack-none) consumers and single-message gets on
 		// every stream, no acks (which would move other readers' consumers),
