@@ -88,17 +88,18 @@ const (
 // versionKey is the KV key of the latest policy version (bus.VersionKey).
 const versionKey = "policy.version"
 
-func (n runNames) sample() string      { return "exgrpo." + n.run + ".replay.sample" }
-func (n runNames) kvBucket() string    { return "EXGRPO_" + n.up + "_STATE" }
-func (n runNames) objBucket() string   { return "EXGRPO_" + n.up + "_WEIGHTS" }
+func (n runNames) sample() string    { return "exgrpo." + n.run + ".replay.sample" }
+func (n runNames) kvBucket() string  { return "EXGRPO_" + n.up + "_STATE" }
+func (n runNames) objBucket() string { return "EXGRPO_" + n.up + "_WEIGHTS" }
+
 // replayBucket is the replay service's snapshot Object Store
 // (replay/service.SnapshotBucket).
 func (n runNames) replayBucket() string { return "EXGRPO_" + n.up + "_REPLAY" }
 func (n runNames) replayStream() string { return "OBJ_" + n.replayBucket() }
-func (n runNames) kvStream() string    { return "KV_" + n.kvBucket() }
-func (n runNames) objStream() string   { return "OBJ_" + n.objBucket() }
-func (n runNames) kvSubjects() string  { return "$KV." + n.kvBucket() + ".>" }
-func (n runNames) objSubjects() string { return "$O." + n.objBucket() + ".>" }
+func (n runNames) kvStream() string     { return "KV_" + n.kvBucket() }
+func (n runNames) objStream() string    { return "OBJ_" + n.objBucket() }
+func (n runNames) kvSubjects() string   { return "$KV." + n.kvBucket() + ".>" }
+func (n runNames) objSubjects() string  { return "$O." + n.objBucket() + ".>" }
 
 // allStreams are the run's streams including the KV and Object Store ones.
 func (n runNames) allStreams() []string {
