@@ -100,8 +100,12 @@ func (m *Math) equivalent(g, ans string, bud *budget) (bool, error) {
 	gn, gerr := parseAnswer(ng.s, bud)
 	pn, perr := parseAnswer(np.s, bud)
 	if gerr != nil || perr != nil {
-		// A side that cannot be parsed is compared as text only.
-		return textKey(ng.s) == textKey(np.s), nil
+		// A side that cannot be parsed equals only the same text (compared
+		// above, spaces aside): no guessing from fragments.
+		if gerr != nil && perr == nil && isWords(ng.s) {
+			return textKey(ng.s) == textKey(np.s), nil
+		}
+		return false, nil
 	}
 	if isWords(ng.s) || isWords(np.s) {
 		return textKey(ng.s) == textKey(np.s), nil
@@ -110,10 +114,16 @@ func (m *Math) equivalent(g, ans string, bud *budget) (bool, error) {
 	if c.same(gv, pv) {
 		return true, nil
 	}
+	hundred := &node{op: opNum, num: ratInt(100), dp: -1}
 	if ng.percent && !isCollection(gv) && gv.op != opRel {
 		// "28\%" also accepts 0.28
-		frac := &node{op: opDiv, kids: []*node{gv, {op: opNum, num: ratInt(100), dp: -1}}}
-		if c.same(frac, pv) {
+		if c.same(&node{op: opDiv, kids: []*node{gv, hundred}}, pv) {
+			return true, nil
+		}
+	}
+	if np.percent && !ng.percent && !isCollection(pv) && pv.op != opRel {
+		// "28\%" answers 0.28 (and, above, 28)
+		if c.same(gv, &node{op: opDiv, kids: []*node{pv, hundred}}) {
 			return true, nil
 		}
 	}

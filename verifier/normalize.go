@@ -59,6 +59,7 @@ func normalize(s string) normalized {
 	// Thousands separators written as ",\!" or "{,}" (before \! is dropped).
 	s = strings.ReplaceAll(s, `,\!`, "")
 	s = strings.ReplaceAll(s, `{,}`, "")
+	s = strings.ReplaceAll(s, `{, }`, "")
 	s = unicodeReplacer.Replace(s)
 	s = delimiterReplacer.Replace(s)
 	s = removeSizing(s)
@@ -79,6 +80,7 @@ func normalize(s string) normalized {
 		s = reWordOr.ReplaceAllString(s, "$1,$2")
 	}
 	s = strings.TrimSpace(s)
+	s = strings.Trim(s, "*") // markdown bold: **73**
 	s = strings.TrimRight(s, " .;:")
 	s = strings.TrimSpace(strings.TrimRight(s, ","))
 	s = strings.TrimLeft(s, ":")

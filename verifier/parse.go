@@ -217,6 +217,11 @@ func (p *parser) list(open byte, closeCmd string) (*node, error) {
 		if p.atListEnd(closeCmd) {
 			break
 		}
+		if p.isP(",") || p.isP(";") {
+			// an empty item ("1, , 2" after "and" became a comma)
+			p.next()
+			continue
+		}
 		it, err := p.rel()
 		if err != nil {
 			return nil, err
