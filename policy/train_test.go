@@ -36,7 +36,8 @@ func tinyTask(t testing.TB, tok *Tokenizer) []Seq {
 
 // TestTrainingReducesLoss trains on a fixed tiny dataset (25 additions) with
 // the NLL loss expressed through Backward's dL/dlogp = −1/M and requires the
-// mean NLL to fall below 25% of its starting value in 150 AdamW steps.
+// mean NLL to fall below 10% of its starting value in 150 AdamW steps
+// (measured: 2.74 -> 0.036).
 func TestTrainingReducesLoss(t *testing.T) {
 	tok := NewCharTokenizer("0123456789+=")
 	cfg := Config{Vocab: tok.Size(), Context: 16, Layers: 2, Width: 32, Heads: 4, Tied: true}
@@ -87,8 +88,9 @@ func TestTrainingReducesLoss(t *testing.T) {
 			t.Fatalf("step %d skipped, grad norm %g", step, info.GradNorm)
 		}
 	}
-	if !(last < 0.25*first) {
-		t.Errorf("mean NLL went from %.4f to %.4f, want below 25%% of the start", first, last)
+	t.Logf("mean NLL %.4f -> %.4f after 150 steps", first, last)
+	if !(last < 0.1*first) {
+		t.Errorf("mean NLL went from %.4f to %.4f, want below 10%% of the start", first, last)
 	}
 }
 
