@@ -490,10 +490,32 @@ func (c *comparer) proportional(f, g *node, positive bool) bool {
 	return valid >= (c.cfg.Points+1)/2
 }
 
-func (c *comparer) close(a, b complex128) bool {
+func (c *comparer) close(a, b complex128) bool { return closeTol(a, b, c.cfg.Tolerance) }
+
+// constTolerance is the relative tolerance for constants without decimal
+// literals: well above float64 rounding of a short expression, far below any
+// difference between distinct answers a task would have.
+const constTolerance = 1e-11
+
+func closeTol(a, b complex128, tol float64) bool {
 	d := cmplx.Abs(a - b)
 	s := math.Max(1, math.Max(cmplx.Abs(a), cmplx.Abs(b)))
-	return d <= c.cfg.Tolerance*s
+	return d <= tol*s
+}
+
+func hasDecimal(n *node) bool {
+	if n == nil {
+		return false
+	}
+	if n.op == opNum && n.dp > 0 {
+		return true
+	}
+	for _, k := range n.kids {
+		if hasDecimal(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // scalarSame compares two scalar expressions: exactly when both are
@@ -526,7 +548,14 @@ func (c *comparer) scalarSame(g, p *node) bool {
 		if !finite(a) || !finite(b) {
 			return isInfEq(a, b)
 		}
-		if c.close(a, b) {
+		// Constants without decimal literals are compared nearly exactly
+		// (floating-point noise only): sqrt(12) = 2 sqrt(3) passes, two
+		// different radicals that happen to be close do not.
+		tol := c.cfg.Tolerance
+		if !hasDecimal(g) && !hasDecimal(p) {
+			tol = math.Min(tol, constTolerance)
+		}
+		if closeTol(a, b, tol) {
 			return true
 		}
 		if math.Abs(imag(a)) > 1e-12 || math.Abs(imag(b)) > 1e-12 {

@@ -25,6 +25,8 @@ func TestMathConventions(t *testing.T) {
 		{"thousands braces", `12345`, `\boxed{12{,}345}`, true},
 		{"sqrt canonical", `2\sqrt{3}`, `\boxed{\sqrt{12}}`, true},
 		{"rationalised", `\frac{\sqrt{3}}{3}`, `\boxed{\frac{1}{\sqrt{3}}}`, true},
+		{"close radicals differ", `1000`, `\boxed{\sqrt{1000001}}`, false},
+		{"nested radicals", `\sqrt{2}+\sqrt{3}`, `\boxed{\sqrt{5+2\sqrt{6}}}`, true},
 		{"sqrt wrong", `2\sqrt{3}`, `\boxed{3\sqrt{2}}`, false},
 		{"interval closure matters", `[1,2)`, `\boxed{[1,2]}`, false},
 		{"interval same", `[1,2)`, `\boxed{[1, 2)}`, true},

@@ -125,14 +125,23 @@ func (c Config) Validate() error {
 }
 
 // Lookup returns the checker for a task kind: "math" (general math answers,
-// DefaultConfig, no format gate) or "arith" (the built-in arithmetic tasks).
+// DefaultConfig, no format gate; also the empty kind) or "arith" (the
+// built-in arithmetic tasks).
 // Unknown kinds return an error wrapping ErrUnknownKind.
+//
+// The returned checkers are shared (they hold only their configuration), so
+// calling Lookup per item costs nothing.
 func Lookup(kind string) (Checker, error) {
 	switch strings.ToLower(strings.TrimSpace(kind)) {
 	case "math", "":
-		return NewMath(DefaultConfig())
+		return defaultMath, nil
 	case "arith", "arithmetic":
-		return NewArith(DefaultConfig())
+		return defaultArith, nil
 	}
 	return nil, fmt.Errorf("%w: %q (known: math, arith)", ErrUnknownKind, kind)
 }
+
+var (
+	defaultMath  = &Math{cfg: DefaultConfig()}
+	defaultArith = &Arith{cfg: DefaultConfig()}
+)
