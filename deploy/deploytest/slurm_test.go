@@ -1,0 +1,145 @@
+package deploytest
+
+import (
+	"context"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// planLine is one "plan: host=H name=N env=E cmd=..." line of a dry run.
+type planLine struct{ host, name, env, cmd string }
+
+var planRe = regexp.MustCompile(`^plan: host=(\S+) name=(\S+) env=(\S+) cmd=(.*)$`)
+
+func parsePlan(t *testing.T, out string) []planLine {
+	t.Helper()
+	var p []planLine
+	for _, l := range strings.Split(out, "\n") {
+		if m := planRe.FindStringSubmatch(l); m != nil {
+			p = append(p, planLine{m[1], m[2], m[3], m[4]})
+		}
+	}
+	return p
+}
+
+// TestSlurmDryRun runs deploy/slurm/exgrpo.sbatch in dry-run mode on a
+// made-up allocation and checks the layout: three NATS nodes clustered
+// with each other, learner and replay on the first node, one actor per GPU
+// pinned with CUDA_VISIBLE_DEVICES on the GPU nodes, verifier workers on the
+// CPU node, every process an srun step on its node, nothing started.
+func TestSlurmDryRun(t *testing.T) {
+	root := repoRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	env := []string{"SLURM_JOB_NODELIST=gpu[01-03],cpu07", "SLURM_JOB_ID=4242", "SLURM_SUBMIT_DIR=/shared/u",
+		"EXGRPO_GPUS_PER_NODE=4", "EXGRPO_CPU_NODES=1", "EXGRPO_VERIFIERS_PER_CPU_NODE=3",
+		"EXGRPO_AUTH=/shared/u/auth", "EXGRPO_TRAIN_ARGS=--steps 50", "PATH=/usr/bin:/bin"}
+	out, err := run(ctx, root, env, "bash", filepath.Join(root, "deploy", "slurm", "exgrpo.sbatch"), "--dry-run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := parsePlan(t, out)
+	count := map[string]int{}
+	for _, p := range plan {
+		role := strings.SplitN(p.name, "-", 2)[0]
+		count[p.host+"/"+role]++
+		switch role {
+		case "nats":
+			if !strings.Contains(p.cmd, "--cluster-port") || !strings.Contains(p.cmd, "--config /shared/u/auth/server.conf") ||
+				!strings.Contains(p.cmd, "--store /tmp/exgrpo-4242/jetstream") {
+				t.Errorf("NATS node not clustered with auth and a node-local store: %s", p.cmd)
+			}
+			if strings.Contains(p.cmd, "nats-route://"+p.host+":") {
+				t.Errorf("NATS node %s routes to itself: %s", p.host, p.cmd)
+			}
+		case "actor", "verifier", "learner", "replay":
+			if !strings.Contains(p.cmd, "--replicas 3") || !strings.Contains(p.cmd, "--creds /shared/u/auth/"+role+".creds") ||
+				!strings.Contains(p.cmd, "--nats nats://gpu01:4222,nats://gpu02:4222,nats://gpu03:4222") {
+				t.Errorf("%s on %s lacks replicas, its credentials or the cluster URL: %s", p.name, p.host, p.cmd)
+			}
+		}
+		if role == "actor" && p.env != "CUDA_VISIBLE_DEVICES="+strings.TrimPrefix(p.name, "actor-") {
+			t.Errorf("%s on %s: env %s, want it pinned to its own GPU", p.name, p.host, p.env)
+		}
+		if (role == "learner" || role == "replay") && !strings.Contains(p.cmd, "--steps 50") {
+			t.Errorf("%s without the training flags: %s", role, p.cmd)
+		}
+	}
+	want := map[string]int{
+		"gpu01/nats": 1, "gpu02/nats": 1, "gpu03/nats": 1,
+		"gpu01/learner": 1, "gpu01/replay": 1, "gpu01/verifier": 1,
+		"gpu02/actor": 4, "gpu03/actor": 4, "cpu07/verifier": 3,
+	}
+	for k, n := range want {
+		if count[k] != n {
+			t.Errorf("%s: %d processes, want %d", k, count[k], n)
+		}
+	}
+	for k := range count {
+		if _, ok := want[k]; !ok {
+			t.Errorf("unexpected process %s", k)
+		}
+	}
+	// Every planned process is launched as an srun step on its node, and
+	// the NATS nodes are awaited before the roles start.
+	runs := regexp.MustCompile(`(?m)^run: srun .* -w (\S+) .*$`).FindAllStringSubmatch(out, -1)
+	if len(runs) != len(plan) {
+		t.Errorf("%d srun steps for %d planned processes", len(runs), len(plan))
+	}
+	waited := false
+	for _, l := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(l, "wait: "):
+			waited = true
+		case strings.HasPrefix(l, "run: srun"):
+			if isServer := strings.Contains(l, " exgrpo server "); isServer == waited {
+				t.Errorf("launch order: NATS nodes first, then a health wait, then the roles; got %q (waited=%v)", l, waited)
+			}
+		}
+	}
+	if !strings.Contains(out, "dry run: nothing was started") {
+		t.Error("dry run did not say it started nothing")
+	}
+}
+
+// TestSSHDryRun checks the ssh launcher's plan for the example hosts file
+// and that a dry run touches no host.
+func TestSSHDryRun(t *testing.T) {
+	root := repoRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := run(ctx, root, []string{"EXGRPO_SSH=false"}, filepath.Join(root, "deploy", "launch-ssh.sh"),
+		"-H", filepath.Join(root, "deploy", "hosts.example"), "--run", "demo", "--dry-run", "start")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := parsePlan(t, out)
+	actors := map[string]int{}
+	nats := 0
+	for _, p := range plan {
+		switch {
+		case p.name == "nats":
+			nats++
+		case strings.HasPrefix(p.name, "actor-"):
+			actors[p.host]++
+			if p.env != "CUDA_VISIBLE_DEVICES="+strings.TrimPrefix(p.name, "actor-") {
+				t.Errorf("%s on %s: env %s", p.name, p.host, p.env)
+			}
+		}
+	}
+	if nats != 3 || actors["gpu0"] != 8 || actors["gpu1"] != 8 || len(actors) != 2 {
+		t.Errorf("plan: %d NATS nodes, actors %v; want 3 and 8 per GPU host", nats, actors)
+	}
+	if !strings.Contains(out, "dry run: nothing was started") || !strings.Contains(out, "--- false gpu0 sh -s") {
+		t.Errorf("dry run output unexpected:\n%s", tail(out, 3000))
+	}
+	// A broken hosts file is refused with a reason.
+	bad := filepath.Join(t.TempDir(), "hosts")
+	writeFile(t, bad, "n1 nats,actor,wizard 0\n")
+	if out, err := run(ctx, root, nil, filepath.Join(root, "deploy", "launch-ssh.sh"), "-H", bad, "--dry-run", "plan"); err == nil || !strings.Contains(out, "unknown role 'wizard'") {
+		t.Errorf("bad role accepted or unexplained: %v\n%s", err, out)
+	}
+}
