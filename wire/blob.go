@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"unsafe"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -23,31 +24,83 @@ var (
 	_ msgpack.CustomDecoder = (*Float32s)(nil)
 )
 
+// littleEndian hosts (amd64, arm64) copy blobs straight between the wire
+// and the slice's memory; others convert element by element.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// asBytes views 4-byte elements as their bytes (little-endian hosts only).
+func asBytes[T int32 | float32](s []T) []byte {
+	if len(s) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), 4*len(s))
+}
+
+// encodeBlob writes s as one bin blob of 4*len(s) bytes.
+func encodeBlob[T int32 | float32](enc *msgpack.Encoder, s []T, bits func(T) uint32) error {
+	if !littleEndian {
+		b := make([]byte, 4*len(s))
+		for i, v := range s {
+			binary.LittleEndian.PutUint32(b[4*i:], bits(v))
+		}
+		return enc.EncodeBytes(b)
+	}
+	if err := enc.EncodeBytesLen(4 * len(s)); err != nil {
+		return err
+	}
+	if len(s) == 0 {
+		return nil
+	}
+	_, err := enc.Writer().Write(asBytes(s))
+	return err
+}
+
+// decodeBlob reads a bin blob into a fresh slice: nil for msgpack nil, an
+// empty slice for an empty blob. The declared length is checked against
+// MaxMessageBytes before anything is allocated.
+func decodeBlob[T int32 | float32](dec *msgpack.Decoder, what string, from func(uint32) T) ([]T, error) {
+	n, err := dec.DecodeBytesLen()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case n == -1:
+		return nil, nil
+	case n < 0 || n > MaxMessageBytes:
+		return nil, fmt.Errorf("%s blob of %d bytes exceeds %d", what, n, MaxMessageBytes)
+	case n%4 != 0:
+		return nil, fmt.Errorf("%s blob of %d bytes is not a multiple of 4", what, n)
+	}
+	out := make([]T, n/4)
+	if n == 0 {
+		return out, nil
+	}
+	if littleEndian {
+		if err := dec.ReadFull(asBytes(out)); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
+	b := make([]byte, n)
+	if err := dec.ReadFull(b); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		out[i] = from(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return out, nil
+}
+
 // EncodeMsgpack writes the blob.
 func (s Int32s) EncodeMsgpack(enc *msgpack.Encoder) error {
-	b := make([]byte, 4*len(s))
-	for i, v := range s {
-		binary.LittleEndian.PutUint32(b[4*i:], uint32(v))
-	}
-	return enc.EncodeBytes(b)
+	return encodeBlob(enc, s, func(v int32) uint32 { return uint32(v) })
 }
 
 // DecodeMsgpack reads the blob; its length must be a multiple of 4.
 func (s *Int32s) DecodeMsgpack(dec *msgpack.Decoder) error {
-	b, err := dec.DecodeBytes()
+	out, err := decodeBlob(dec, "int32", func(u uint32) int32 { return int32(u) })
 	if err != nil {
 		return err
-	}
-	if len(b)%4 != 0 {
-		return fmt.Errorf("int32 blob of %d bytes is not a multiple of 4", len(b))
-	}
-	if b == nil {
-		*s = nil
-		return nil
-	}
-	out := make([]int32, len(b)/4)
-	for i := range out {
-		out[i] = int32(binary.LittleEndian.Uint32(b[4*i:]))
 	}
 	*s = out
 	return nil
@@ -55,29 +108,14 @@ func (s *Int32s) DecodeMsgpack(dec *msgpack.Decoder) error {
 
 // EncodeMsgpack writes the blob.
 func (s Float32s) EncodeMsgpack(enc *msgpack.Encoder) error {
-	b := make([]byte, 4*len(s))
-	for i, v := range s {
-		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
-	}
-	return enc.EncodeBytes(b)
+	return encodeBlob(enc, s, math.Float32bits)
 }
 
 // DecodeMsgpack reads the blob; its length must be a multiple of 4.
 func (s *Float32s) DecodeMsgpack(dec *msgpack.Decoder) error {
-	b, err := dec.DecodeBytes()
+	out, err := decodeBlob(dec, "float32", math.Float32frombits)
 	if err != nil {
 		return err
-	}
-	if len(b)%4 != 0 {
-		return fmt.Errorf("float32 blob of %d bytes is not a multiple of 4", len(b))
-	}
-	if b == nil {
-		*s = nil
-		return nil
-	}
-	out := make([]float32, len(b)/4)
-	for i := range out {
-		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
 	}
 	*s = out
 	return nil

@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -44,21 +45,40 @@ type Message interface {
 	schema() (kind string, want uint16, got uint16)
 }
 
-// Encode marshals a message. The caller owns the returned slice.
+// encoders recycles encoders and their buffers: growing a fresh buffer to
+// a trajectory's ~13 KiB cost more than the encoding itself.
+var encoders = sync.Pool{New: func() any {
+	e := &pooledEncoder{}
+	e.enc = msgpack.NewEncoder(&e.buf)
+	e.enc.UseCompactInts(true)
+	return e
+}}
+
+type pooledEncoder struct {
+	buf bytes.Buffer
+	enc *msgpack.Encoder
+}
+
+// Encode marshals a message. The caller owns the returned slice. Safe for
+// concurrent use.
 func Encode(m Message) ([]byte, error) {
 	Stamp(m)
-	var buf bytes.Buffer
-	enc := msgpack.NewEncoder(&buf)
-	enc.UseCompactInts(true)
-	if err := enc.Encode(m); err != nil {
+	e := encoders.Get().(*pooledEncoder)
+	defer func() {
+		if e.buf.Cap() <= 4<<20 { // do not pin the rare huge buffer
+			encoders.Put(e)
+		}
+	}()
+	e.buf.Reset()
+	if err := e.enc.Encode(m); err != nil {
 		kind, _, _ := m.schema()
 		return nil, fmt.Errorf("wire: encode %s: %w", kind, err)
 	}
-	if buf.Len() > MaxMessageBytes {
+	if e.buf.Len() > MaxMessageBytes {
 		kind, _, _ := m.schema()
-		return nil, fmt.Errorf("%w: %s of %d bytes (cap %d)", ErrTooLarge, kind, buf.Len(), MaxMessageBytes)
+		return nil, fmt.Errorf("%w: %s of %d bytes (cap %d)", ErrTooLarge, kind, e.buf.Len(), MaxMessageBytes)
 	}
-	return buf.Bytes(), nil
+	return bytes.Clone(e.buf.Bytes()), nil
 }
 
 // Decode unmarshals b into m (a pointer to a wire type) and checks its size
