@@ -277,6 +277,9 @@ func (c *comparer) same(g, p *node) bool {
 		}
 		return c.same(g, lastPart(p))
 	}
+	if isVectorTuplePair(g, p) {
+		return len(g.kids) == len(p.kids) && c.ordered(g.kids, p.kids)
+	}
 	gc, pc := isCollection(g), isCollection(p)
 	if gc || pc {
 		return c.collectionSame(g, p, gc, pc)
@@ -323,6 +326,17 @@ func (c *comparer) same(g, p *node) bool {
 }
 
 func isCollection(n *node) bool { return n.op == opSeq }
+
+// isVectorTuplePair reports a one-column or one-row matrix against a
+// parenthesised tuple: a vector written as \begin{pmatrix}1\\2\end{pmatrix}
+// or as (1, 2); they are compared element by element.
+func isVectorTuplePair(g, p *node) bool {
+	m, t := g, p
+	if m.op != opMatrix {
+		m, t = p, g
+	}
+	return m.op == opMatrix && t.op == opSeq && t.open == '(' && t.close == ')' && (m.rows == 1 || m.cols == 1)
+}
 
 func isTuple(n *node) bool {
 	return n.op == opSeq && (n.open == '(' || n.open == '[')

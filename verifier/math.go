@@ -108,7 +108,9 @@ func (m *Math) equivalent(g, ans string, bud *budget) (bool, error) {
 		return false, nil
 	}
 	if isWords(ng.s) || isWords(np.s) {
-		return textKey(ng.s) == textKey(np.s), nil
+		// words compare without case ("Monday", "monday"); single letters
+		// keep it (E is not e) because they are not words
+		return strings.EqualFold(textKey(ng.s), textKey(np.s)), nil
 	}
 	gv, pv := c.canon(gn, true), c.canon(pn, false)
 	if c.same(gv, pv) {

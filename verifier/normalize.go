@@ -1,6 +1,7 @@
 package verifier
 
 import (
+	"math/big"
 	"regexp"
 	"strings"
 )
@@ -47,6 +48,7 @@ var (
 	reFracLetters    = regexp.MustCompile(`\\frac\s*([a-zA-Z\d])\s*([a-zA-Z\d])`)
 	reSqrtDigit      = regexp.MustCompile(`\\sqrt\s*(\d)`)
 	reSqrtParen      = regexp.MustCompile(`\\sqrt\s*\(`)
+	reRepeating      = regexp.MustCompile(`(\d*)\.(\d*)\\overline\{(\d{1,30})\}`)
 	reWordOr         = regexp.MustCompile(`([\d)\]}])\s*(?:or|and)\s*([A-Z(\[\d\\-])`)
 )
 
@@ -107,6 +109,9 @@ func normalize(s string) normalized {
 		s = reFracDigitBrace.ReplaceAllString(s, `\frac{$1}{`)
 		s = reFracBraceDigit.ReplaceAllString(s, `\frac$1{$2}`)
 		s = reFracLetters.ReplaceAllString(s, `\frac{$1}{$2}`)
+	}
+	if strings.Contains(s, `\overline`) {
+		s = reRepeating.ReplaceAllStringFunc(s, repeatingToFrac)
 	}
 	if strings.Contains(s, `sqrt`) {
 		s = reSqrtDigit.ReplaceAllString(s, `\sqrt{$1}`)
@@ -386,4 +391,21 @@ func dropUnits(s string) string {
 		return s
 	}
 	return string(append(b, s[last:]...))
+}
+
+// repeatingToFrac turns a repeating decimal A.B\overline{C} into the exact
+// fraction (ABC - AB) / (10^|B| (10^|C| - 1)).
+func repeatingToFrac(m string) string {
+	sub := reRepeating.FindStringSubmatch(m)
+	a, b, c := sub[1], sub[2], sub[3]
+	if len(a)+len(b) > 30 {
+		return m
+	}
+	abc, _ := new(big.Int).SetString("0"+a+b+c, 10)
+	ab, _ := new(big.Int).SetString("0"+a+b, 10)
+	num := new(big.Int).Sub(abc, ab)
+	den := new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(len(c))), nil)
+	den.Sub(den, big.NewInt(1))
+	den.Mul(den, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(len(b))), nil))
+	return `\frac{` + num.String() + `}{` + den.String() + `}`
 }
