@@ -1,0 +1,274 @@
+package inspect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/replay"
+	rsvc "github.com/exgrpo/exgrpo/replay/service"
+	"github.com/exgrpo/exgrpo/wire"
+)
+
+// Report is one step report as read from CONTROL.
+type Report struct {
+	Seq    uint64 // CONTROL stream sequence
+	Report wire.StepReport
+}
+
+// Point is the pool and the step's figures after one folded step report:
+// one point of the curves and of the bucket histogram over time.
+type Point struct {
+	Step    int64   `json:"step"`
+	Mixed   bool    `json:"mixed"`   // the step trained in mixed mode (ALGORITHM.md E5)
+	Pass1   float64 `json:"pass1"`   // batch Pass@1 of the step's rollouts (the reward curve)
+	Entropy float64 `json:"entropy"` // mean token entropy of the step's rollouts
+	Loss    float64 `json:"loss"`
+	Groups  int     `json:"groups"`
+	// Replayed groups of the step (ALGORITHM.md E8).
+	Replayed int `json:"replayed"`
+	// Buckets[k] is the number of pool questions in bucket k after the fold
+	// (index 0 unused, len K; ALGORITHM.md E3).
+	Buckets      []int `json:"buckets"`
+	Pool         int   `json:"pool"`
+	Retired      int   `json:"retired"`
+	Trajectories int   `json:"trajectories"`
+	// Missing counts the trajectories the report names that SCORED no
+	// longer holds (its byte limit dropped them); the fold, like the replay
+	// service after its wait, goes on without them.
+	Missing int `json:"missing"`
+	// Skipped is why the fold skipped this report ("" when folded): a
+	// repeated step, or a report the pool refuses (the service dead-letters it).
+	Skipped string `json:"skipped,omitempty"`
+}
+
+// Ledger is what the streams say happened: every step report in stream
+// order, every scored trajectory by id, and the pool folded from them.
+// Update reads what was added since the last read, so a live view stays
+// cheap. A Ledger is not safe for concurrent use.
+type Ledger struct {
+	// K is the group size (fixed by the first report with a group, unless
+	// given).
+	K       int
+	Reports []Report
+	Scored  map[string]*wire.Scored
+	// Points has one entry per report, in stream order.
+	Points []Point
+	// Undecodable counts CONTROL and SCORED messages that failed to decode
+	// (the roles dead-letter those).
+	Undecodable int
+
+	pool           *replay.Pool
+	ctrlSeq, scSeq uint64
+	byStep         map[int64]int // step -> index in Reports (the folded one)
+	folded         int           // Reports[:folded] are in pool
+}
+
+// NewLedger is an empty ledger; k = 0 takes K from the first report.
+func NewLedger(k int) *Ledger {
+	return &Ledger{K: k, Scored: map[string]*wire.Scored{}, byStep: map[int64]int{}}
+}
+
+// Load reads the whole run once.
+func (s *Source) Load(ctx context.Context) (*Ledger, error) {
+	l := NewLedger(s.K)
+	if err := l.Update(ctx, s); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Update reads the CONTROL and SCORED messages added since the last Update
+// and folds the new reports. CONTROL is read first: the learner gathered a
+// report's trajectories from SCORED before publishing it, so reading SCORED
+// afterwards finds every trajectory the new reports name.
+func (l *Ledger) Update(ctx context.Context, s *Source) error {
+	var err error
+	l.ctrlSeq, err = s.read(ctx, bus.Control, l.ctrlSeq+1, func(m raw) {
+		var r wire.StepReport
+		if wire.Decode(m.data, &r) != nil {
+			l.Undecodable++
+			return
+		}
+		l.Reports = append(l.Reports, Report{Seq: m.seq, Report: r})
+	})
+	if err != nil {
+		return err
+	}
+	l.scSeq, err = s.read(ctx, bus.Scored, l.scSeq+1, func(m raw) {
+		sc := new(wire.Scored)
+		if wire.Decode(m.data, sc) != nil {
+			l.Undecodable++
+			return
+		}
+		if _, dup := l.Scored[sc.Traj.ID]; !dup { // a redelivered rollout: the first one counts
+			l.Scored[sc.Traj.ID] = sc
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return l.foldNew()
+}
+
+// lookup finds a scored trajectory by id.
+func (l *Ledger) lookup(id string) (*wire.Scored, bool) {
+	sc, ok := l.Scored[id]
+	return sc, ok
+}
+
+// poolConfig is the pool inspect folds into: the run's K; every stored
+// trajectory listed as a candidate (the cap only limits what Candidates
+// returns, not the fold).
+func (l *Ledger) poolConfig() replay.Config {
+	c := replay.DefaultConfig()
+	c.K, c.Mu = l.K, float64(l.K)/2
+	c.MaxCandidates = math.MaxInt32
+	return c
+}
+
+// ensurePool creates the pool once K is known.
+func (l *Ledger) ensurePool() error {
+	if l.pool != nil {
+		return nil
+	}
+	if l.K == 0 {
+		for _, r := range l.Reports {
+			if len(r.Report.Groups) > 0 {
+				l.K = r.Report.Groups[0].Size
+				break
+			}
+		}
+	}
+	if l.K == 0 {
+		return nil // no group yet
+	}
+	p, err := replay.New(l.poolConfig())
+	if err != nil {
+		return fmt.Errorf("inspect: group size K = %d from the step reports: %w", l.K, err)
+	}
+	l.pool = p
+	return nil
+}
+
+// foldNew folds the reports read since the last fold.
+func (l *Ledger) foldNew() error {
+	if err := l.ensurePool(); err != nil {
+		return err
+	}
+	if l.pool == nil {
+		return nil
+	}
+	for ; l.folded < len(l.Reports); l.folded++ {
+		r := &l.Reports[l.folded]
+		pt, ok := apply(l.pool, &r.Report, l.lookup)
+		if ok {
+			l.byStep[r.Report.Step] = l.folded
+		}
+		l.Points = append(l.Points, pt)
+	}
+	return nil
+}
+
+// apply folds one report into p as the replay service does (stream order;
+// a repeated step or a refused report leaves the pool as it was) and returns
+// the point after it; ok says it was folded.
+func apply(p *replay.Pool, rep *wire.StepReport, lookup func(string) (*wire.Scored, bool)) (Point, bool) {
+	r, missing := rsvc.Assemble(rep, lookup)
+	err := p.Apply(r)
+	pt := point(p, rep)
+	pt.Missing = len(missing)
+	switch {
+	case errors.Is(err, replay.ErrStaleReport):
+		pt.Skipped = "step already folded (repeated report)"
+	case err != nil:
+		pt.Skipped = err.Error()
+	}
+	return pt, err == nil
+}
+
+func point(p *replay.Pool, rep *wire.StepReport) Point {
+	st := p.Stats()
+	pt := Point{Step: rep.Step, Mixed: rep.Mixed, Pass1: finite(rep.Pass1), Entropy: finite(rep.Entropy),
+		Loss: finite(rep.Loss), Groups: len(rep.Groups), Buckets: st.Buckets, Pool: st.Questions,
+		Retired: st.Retired, Trajectories: st.Trajectories}
+	for _, g := range rep.Groups {
+		if g.Replayed {
+			pt.Replayed++
+		}
+	}
+	return pt
+}
+
+// finite maps NaN and infinities to 0: JSON has no NaN.
+func finite(x float64) float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return 0
+	}
+	return x
+}
+
+// Pool is the pool after every report read (nil before the first group).
+func (l *Ledger) Pool() *replay.Pool { return l.pool }
+
+// LastStep is the last folded step, -1 before any.
+func (l *Ledger) LastStep() int64 {
+	if l.pool == nil {
+		return -1
+	}
+	if s, ok := l.pool.LastStep(); ok {
+		return s
+	}
+	return -1
+}
+
+// FoldTo folds, into a fresh pool, the reports (in stream order) up to and
+// including step n: the pool as it was right after step n. It also returns
+// the point of the last report folded (zero when none).
+func (l *Ledger) FoldTo(n int64) (*replay.Pool, Point, int, error) {
+	if err := l.ensurePool(); err != nil {
+		return nil, Point{}, 0, err
+	}
+	p, err := replay.New(l.poolConfig())
+	if err != nil || l.pool == nil {
+		if l.K == 0 {
+			return nil, Point{}, 0, nil
+		}
+		return nil, Point{}, 0, err
+	}
+	var last Point
+	folded := 0
+	for i := range l.Reports {
+		rep := &l.Reports[i].Report
+		if rep.Step > n {
+			continue // a report of a later step (stream order is step order; be exact anyway)
+		}
+		pt, ok := apply(p, rep, l.lookup)
+		if ok {
+			last, folded = pt, folded+1
+		}
+	}
+	return p, last, folded, nil
+}
+
+// Report returns the folded report of step n.
+func (l *Ledger) Report(n int64) (*Report, bool) {
+	i, ok := l.byStep[n]
+	if !ok {
+		return nil, false
+	}
+	return &l.Reports[i], true
+}
+
+// Steps lists the folded steps in order.
+func (l *Ledger) Steps() []int64 {
+	out := make([]int64, 0, len(l.byStep))
+	for s := range l.byStep {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
