@@ -249,24 +249,36 @@ func attentionForward(out, att, qkv []float32, offs, attOff []int, nh, C int) {
 }
 
 // attentionBackward: given dout (N, C), accumulates dqkv (N, 3C, zeroed by
-// the caller) from the saved qkv and att of attentionForward.
+// the caller) from the saved qkv and att of attentionForward. Per (sequence,
+// head): a pass over query rows gives dscores (kept in scratch) and dq; a
+// pass over key rows then gathers a column of probabilities and of dscores
+// and accumulates dv and dk with register-held sums (cheaper than updating
+// every key row once per query).
 func attentionBackward(dqkv, dout, qkv, att []float32, offs, attOff []int, nh, C int) {
 	hs := C / nh
 	scale := float32(1 / math.Sqrt(float64(hs)))
 	B := len(offs) - 1
-	parallelFor(B*nh, func(_, job int) {
+	maxT := 0
+	for s := 0; s < B; s++ {
+		maxT = max(maxT, offs[s+1]-offs[s])
+	}
+	scratch := make([][]float32, workers()) // per worker: dscores (T, T), column (T)
+	parallelFor(B*nh, func(worker, job int) {
+		if scratch[worker] == nil {
+			scratch[worker] = make([]float32, maxT*maxT+maxT)
+		}
 		s, h := job/nh, job%nh
 		o, T := offs[s], offs[s+1]-offs[s]
-		datt := make([]float32, T)
+		D, col := scratch[worker][:T*T], scratch[worker][maxT*maxT:maxT*maxT+T]
+		P := att[attOff[s]+h*T*T : attOff[s]+(h+1)*T*T]
 		keys, dkeys := qkv[o*3*C+C+h*hs:], dqkv[o*3*C+C+h*hs:]
 		values, dvalues := qkv[o*3*C+2*C+h*hs:], dqkv[o*3*C+2*C+h*hs:]
 		for t := 0; t < T; t++ {
-			row := att[attOff[s]+h*T*T+t*T : attOff[s]+h*T*T+t*T+t+1]
+			row := P[t*T : t*T+t+1]
 			dy := dout[(o+t)*C+h*hs : (o+t)*C+h*hs+hs]
-			da := datt[:t+1]
-			// through y = Σ p·v
+			da := D[t*T : t*T+t+1]
+			// through y = Σ p·v: dp = dy·v
 			dotRows(da, dy, values, 3*C)
-			addRows(dvalues, row, dy, 3*C)
 			// through the softmax: dscore = p·(dp − Σ p·dp), times the scale
 			var sum float32
 			for t2, p := range row {
@@ -277,7 +289,20 @@ func attentionBackward(dqkv, dout, qkv, att []float32, offs, attOff []int, nh, C
 			}
 			qo := (o+t)*3*C + h*hs
 			sumRows(dqkv[qo:qo+hs], da, keys, 3*C)
-			addRows(dkeys, da, qkv[qo:qo+hs], 3*C)
+		}
+		for t2 := 0; t2 < T; t2++ {
+			n := T - t2
+			w := col[:n]
+			// dv[t2] = Σ_{t ≥ t2} p[t][t2]·dy[t]
+			for i := range w {
+				w[i] = P[(t2+i)*T+t2]
+			}
+			sumRows(dvalues[t2*3*C:t2*3*C+hs], w, dout[(o+t2)*C+h*hs:], C)
+			// dk[t2] = Σ_{t ≥ t2} dscore[t][t2]·q[t]
+			for i := range w {
+				w[i] = D[(t2+i)*T+t2]
+			}
+			sumRows(dkeys[t2*3*C:t2*3*C+hs], w, qkv[(o+t2)*3*C+h*hs:], 3*C)
 		}
 	})
 }
