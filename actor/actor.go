@@ -4,8 +4,8 @@
 // Store and hot-swapping them between tasks), samples the task's completions
 // and publishes each as a wire.Trajectory to ROLLOUTS with id
 // "<taskID>/<i>". The task is acked only after every trajectory's publish is
-// acked, so a crash mid-task leaves it to be redelivered; sample i is drawn
-// with seed Seed+i, so the redelivered task reproduces the same trajectories
+// acked, so a crash mid-task leaves it to be redelivered; samples are drawn
+// from seeds derived from the task's Seed, so the redelivered task reproduces the same trajectories
 // and the ones already stored are deduplicated by id.
 //
 // The policy backend is an interface (Policy), so that an inference engine
@@ -53,6 +53,15 @@ type Policy interface {
 	// Sample draws completion i of task t; it must depend only on the
 	// weights, t and i (seed t.Seed+i), so a redelivered task reproduces it.
 	Sample(ctx context.Context, t wire.Task, i int) (Completion, error)
+}
+
+// BatchPolicy is an optional extension of Policy: all of a task's
+// completions in one call, which a batched forward pass makes several times
+// faster than one completion at a time. Like Sample, the result must depend
+// only on the weights and t (so a redelivered task reproduces it). The actor
+// uses it when the backend has it.
+type BatchPolicy interface {
+	SampleTask(ctx context.Context, t wire.Task) ([]Completion, error)
 }
 
 // ErrBadTask marks a task the policy can never serve (a prompt it cannot
@@ -279,12 +288,30 @@ func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publi
 	subj := a.b.Names.Subject(bus.Rollouts)
 	batch := pub.Batch()
 	version := a.pol.Version()
+	var all []Completion // the whole task at once, when the backend can
+	sample := func(i int) (Completion, error) {
+		bp, ok := a.pol.(BatchPolicy)
+		if !ok {
+			return a.pol.Sample(ctx, t, i)
+		}
+		if all == nil {
+			cs, err := bp.SampleTask(ctx, t)
+			if err != nil {
+				return Completion{}, err
+			}
+			if len(cs) != t.Samples {
+				return Completion{}, fmt.Errorf("actor: backend returned %d completions for %d samples", len(cs), t.Samples)
+			}
+			all = cs
+		}
+		return all[i], nil
+	}
 	for i := range t.Samples {
 		if ctx.Err() != nil {
 			return // stopped mid-task: no ack, the task is redelivered
 		}
 		s0 := time.Now()
-		c, err := a.pol.Sample(ctx, t, i)
+		c, err := sample(i)
 		if err != nil {
 			if errors.Is(err, ErrBadTask) {
 				a.dead(ctx, msg, err.Error())

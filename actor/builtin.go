@@ -55,6 +55,41 @@ func (p *Builtin) Load(version int64, checkpoint []byte) error {
 // the same seeds.
 const seedStream = 0x6163746f72 // "actor"
 
+// SampleTask implements BatchPolicy: the t.Samples completions of t in one
+// batched call, drawn from one stream seeded by t.Seed (deterministic for t).
+func (p *Builtin) SampleTask(ctx context.Context, t wire.Task) ([]Completion, error) {
+	if p.model == nil {
+		return nil, fmt.Errorf("actor: no weights loaded")
+	}
+	prompt, err := task.EncodePrompt(p.tok, task.Problem{ID: t.QuestionID, Prompt: t.Prompt, Answer: t.Answer, Kind: t.Kind})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadTask, err)
+	}
+	room := p.model.Config.Context - len(prompt)
+	if room < 1 {
+		return nil, fmt.Errorf("%w: prompt of %d tokens fills the %d-token context", ErrBadTask, len(prompt), p.model.Config.Context)
+	}
+	maxNew := t.MaxNew
+	if maxNew <= 0 || maxNew > room {
+		maxNew = room
+	}
+	prompts := make([][]int32, t.Samples)
+	for i := range prompts {
+		prompts[i] = prompt
+	}
+	rng := rand.New(rand.NewPCG(uint64(t.Seed), seedStream+1))
+	out, err := p.model.Sample(prompts, policy.SampleOptions{Temperature: t.Temp, MaxNew: maxNew, EOS: p.tok.EOS()}, rng)
+	if err != nil {
+		return nil, fmt.Errorf("actor: sample %s: %w", t.TaskID, err)
+	}
+	cs := make([]Completion, len(out))
+	for i, s := range out {
+		cs[i] = Completion{PromptTokens: prompt, Tokens: s.Tokens, LogProbs: s.LogProbs, Entropies: s.Entropies,
+			Text: task.ResponseText(p.tok, s.Tokens), Finish: s.Finish}
+	}
+	return cs, nil
+}
+
 // Sample implements Policy: completion i of t, drawn with seed t.Seed+i.
 func (p *Builtin) Sample(ctx context.Context, t wire.Task, i int) (Completion, error) {
 	if p.model == nil {
