@@ -138,8 +138,29 @@ func fromRemainder(rem string) (string, bool) {
 	if !isProse(rem) {
 		return rem, true
 	}
-	if num, _, ok := lastNumber(rem); ok {
+	// prose after the anchor: the answer is the number right after it
+	// ("The answer is 11 because 5+6=11, not 12")
+	if num, ok := firstNumber(rem); ok {
 		return num, true
+	}
+	return "", false
+}
+
+// firstNumber finds the first standalone number (see lastNumber).
+func firstNumber(s string) (string, bool) {
+	for i := 0; i < len(s); i++ {
+		if !isDigit(s[i]) || (i > 0 && (isLetter(s[i-1]) || s[i-1] == '_' || s[i-1] == '^')) {
+			continue
+		}
+		start := i
+		if i > 0 && s[i-1] == '-' {
+			start = i - 1
+		}
+		j := i
+		for j < len(s) && (isDigit(s[j]) || ((s[j] == ',' || s[j] == '.' || s[j] == '/') && j+1 < len(s) && isDigit(s[j+1]))) {
+			j++
+		}
+		return s[start:j], true
 	}
 	return "", false
 }

@@ -354,11 +354,13 @@ func unionItems(n *node) []*node {
 // compared in order; a one-item collection equals its item.
 func (c *comparer) collectionSame(g, p *node, gc, pc bool) bool {
 	if !gc || !pc {
-		if gc && len(g.kids) == 1 && !isTuple(g) {
-			return c.same(g.kids[0], p)
+		// a single value against a set or list is the one-item set
+		// (\boxed{1}\boxed{1} answers 1; \boxed{1}\boxed{2} does not)
+		if gc && !isTuple(g) {
+			return c.setSame(g.kids, []*node{p})
 		}
-		if pc && len(p.kids) == 1 && !isTuple(p) {
-			return c.same(g, p.kids[0])
+		if pc && !isTuple(p) {
+			return c.setSame([]*node{g}, p.kids)
 		}
 		return false
 	}

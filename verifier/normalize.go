@@ -256,7 +256,8 @@ func unwrapText(s string) string {
 		switch {
 		case lt == "and" || lt == "or" || lt == "," || lt == "und" || lt == "et":
 			repl = ", "
-		case (name == `\text` || name == `\mbox` || name == `\textnormal` || name == `\textrm` || name == `\hbox` || name == `\textbf` || name == `\textit`) &&
+		case (name == `\text` || name == `\mbox` || name == `\textnormal` || name == `\textrm` || name == `\hbox` || name == `\textbf` || name == `\textit` ||
+			(name == `\mathrm` && (len(t) >= 2 || unitWords[t]))) &&
 			isUnitText(t) && before != "" && (isDigit(before[len(before)-1]) || strings.HasSuffix(before, "}") || strings.HasSuffix(before, ")")):
 			repl = " "
 			// a power of the unit ("\mbox{ cm}^2") goes with it
