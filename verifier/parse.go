@@ -451,9 +451,14 @@ func (p *parser) term() (*node, error) {
 		default:
 			return left, nil
 		}
+		mixed := o == opMul && left.op == opNum && left.dp < 0 && p.isC(`\frac`)
 		r, err := p.unary()
 		if err != nil {
 			return nil, err
+		}
+		if mixed && r.op == opDiv && r.kids[0].op == opNum && r.kids[1].op == opNum {
+			// a mixed number: 2\frac{1}{2} is 5/2
+			o = opAdd
 		}
 		left = &node{op: o, kids: []*node{left, r}}
 	}
