@@ -1,0 +1,341 @@
+package experiment
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/exgrpo/exgrpo/learner"
+	"github.com/exgrpo/exgrpo/replay"
+	"github.com/exgrpo/exgrpo/task"
+)
+
+// ErrConfig marks an invalid Plan, Setting or Arm.
+var ErrConfig = errors.New("experiment: invalid config")
+
+// Arm is one training algorithm compared in a setting: on-policy Dr.GRPO,
+// ExGRPO, or ExGRPO with one ablation.
+type Arm struct {
+	Name string `json:"name"`
+	// OnPolicy is the Dr.GRPO baseline: no pool, PPO clip throughout
+	// (learner.Config.OnPolicyOnly, Rho = 0).
+	OnPolicy bool `json:"on_policy"`
+	// Rho is the replayed fraction of a step's questions (E6); ignored on-policy.
+	Rho float64 `json:"rho"`
+	// Start is the delayed-start threshold (E5); <= 0 means mixed from step 0.
+	Start float64 `json:"start"`
+	// Selection is the replayed-trajectory rule (E7).
+	Selection learner.Selection `json:"trajectory_selection"`
+	// QuestionSelection is the pool's question rule (E6); uniform is the
+	// "no question selection" ablation.
+	QuestionSelection string `json:"question_selection"`
+	// NoShaping and NoIS are the E11 ablations.
+	NoShaping bool `json:"no_shaping"`
+	NoIS      bool `json:"no_is"`
+	// About says in one line what the arm tests.
+	About string `json:"about"`
+}
+
+// Setting is the environment arms are compared in: the base model and the
+// training question set. Each setting's in-distribution evaluation draws
+// from the held-out partition of its own training distribution.
+type Setting struct {
+	Name string `json:"name"`
+	// Pretrain is the warm-up behind the base model (cached by task.BaseModel).
+	Pretrain task.PretrainConfig `json:"pretrain"`
+	// Train is the training distribution; the held-out set is the same Spec
+	// on task.SplitHeldOut.
+	Train task.Spec `json:"train"`
+	// Questions is the size of the fixed training set; a small set is
+	// revisited for several epochs within the budget.
+	Questions int    `json:"questions"`
+	DataSeed  uint64 `json:"data_seed"` // training-set draw
+	// Arms compared in this setting; the first on-policy arm is the baseline
+	// whose final accuracy the others' "rollouts to reach" refer to.
+	Arms  []Arm  `json:"arms"`
+	About string `json:"about"`
+}
+
+// Plan is a whole experiment.
+type Plan struct {
+	Name     string    `json:"name"`
+	Settings []Setting `json:"settings"`
+	Seeds    []uint64  `json:"seeds"`
+	// Budget is the number of fresh rollouts (sampled and verified) per run:
+	// every arm of a setting gets the same. A replayed trajectory is not a
+	// rollout; ExGRPO therefore trains a few more steps for the same budget.
+	Budget int `json:"budget_rollouts"`
+	// K and B are the group size and questions per step (E6, E8).
+	K int `json:"k"`
+	B int `json:"b"`
+	// LR is AdamW's learning rate (E14); the paper's 1e-6 does not move a
+	// model this small.
+	LR float64 `json:"lr"`
+	// MaxNew caps sampled response tokens; it is also L_max (E12).
+	MaxNew int `json:"max_new"`
+	// EvalEvery is the number of steps between in-distribution evaluations
+	// (learning curves); there is always one at step 0 and one at the end.
+	EvalEvery int `json:"eval_every"`
+	// HeldOut questions and EvalSamples samples per question give each
+	// held-out pass@1; OODQuestions questions per out-of-distribution set.
+	HeldOut      int `json:"heldout_questions"`
+	OODQuestions int `json:"ood_questions"`
+	EvalSamples  int `json:"eval_samples"`
+	// OODSets are built-in set names (task.OODSetNames) evaluated at the end.
+	OODSets []string `json:"ood_sets"`
+}
+
+// Runs is the number of runs of p.
+func (p Plan) Runs() int {
+	n := 0
+	for _, s := range p.Settings {
+		n += len(s.Arms) * len(p.Seeds)
+	}
+	return n
+}
+
+// Validate reports the first problem with p, saying how to fix it.
+func (p Plan) Validate() error {
+	switch {
+	case len(p.Settings) == 0:
+		return fmt.Errorf("%w: no settings", ErrConfig)
+	case len(p.Seeds) == 0:
+		return fmt.Errorf("%w: no seeds", ErrConfig)
+	case p.K < 2 || p.B < 1:
+		return fmt.Errorf("%w: K = %d, B = %d: need K >= 2 and B >= 1", ErrConfig, p.K, p.B)
+	case p.Budget < p.K*p.B:
+		return fmt.Errorf("%w: budget %d rollouts is less than one step (K*B = %d)", ErrConfig, p.Budget, p.K*p.B)
+	case !(p.LR > 0):
+		return fmt.Errorf("%w: LR %v must be > 0", ErrConfig, p.LR)
+	case p.MaxNew < 1 || p.EvalEvery < 1 || p.HeldOut < 1 || p.EvalSamples < 1 || p.OODQuestions < 0:
+		return fmt.Errorf("%w: MaxNew, EvalEvery, HeldOut and EvalSamples must be >= 1, OODQuestions >= 0", ErrConfig)
+	}
+	ood := map[string]bool{}
+	for _, n := range task.OODSetNames() {
+		ood[n] = true
+	}
+	for _, n := range p.OODSets {
+		if !ood[n] {
+			return fmt.Errorf("%w: OOD set %q: want one of %s", ErrConfig, n, strings.Join(task.OODSetNames(), ", "))
+		}
+	}
+	names := map[string]bool{}
+	for _, s := range p.Settings {
+		if s.Name == "" || names[s.Name] {
+			return fmt.Errorf("%w: setting name %q empty or repeated", ErrConfig, s.Name)
+		}
+		names[s.Name] = true
+		if s.Questions < p.B {
+			return fmt.Errorf("%w: setting %s: %d questions for B = %d per step", ErrConfig, s.Name, s.Questions, p.B)
+		}
+		if err := s.Train.Validate(); err != nil {
+			return fmt.Errorf("%w: setting %s: %w", ErrConfig, s.Name, err)
+		}
+		if err := s.Pretrain.Validate(); err != nil {
+			return fmt.Errorf("%w: setting %s: %w", ErrConfig, s.Name, err)
+		}
+		arms := map[string]bool{}
+		for _, a := range s.Arms {
+			if a.Name == "" || arms[a.Name] {
+				return fmt.Errorf("%w: setting %s: arm name %q empty or repeated", ErrConfig, s.Name, a.Name)
+			}
+			arms[a.Name] = true
+			if _, err := p.learnerConfig(a); err != nil {
+				return fmt.Errorf("%w: setting %s arm %s: %w", ErrConfig, s.Name, a.Name, err)
+			}
+			if _, err := p.poolConfig(a); err != nil {
+				return fmt.Errorf("%w: setting %s arm %s: %w", ErrConfig, s.Name, a.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// learnerConfig is the learner's configuration for arm a: the built-in
+// task's defaults (learner.DefaultConfig) with the plan's K, B, LR and L_max
+// and the arm's switches.
+func (p Plan) learnerConfig(a Arm) (learner.Config, error) {
+	c := learner.DefaultConfig()
+	c.K, c.B, c.LR, c.LMax = p.K, p.B, p.LR, p.MaxNew
+	c.Start = a.Start
+	c.Selection = a.Selection
+	if c.Selection == "" {
+		c.Selection = learner.SelectLowestEntropy
+	}
+	c.NoPolicyShaping, c.NoISCorrection = a.NoShaping, a.NoIS
+	if a.OnPolicy {
+		c.OnPolicyOnly, c.Rho = true, 0
+	} else {
+		c.Rho = a.Rho
+	}
+	return c, c.Validate()
+}
+
+// poolConfig is the replay pool's configuration for arm a (E6).
+func (p Plan) poolConfig(a Arm) (replay.Config, error) {
+	c := replay.DefaultConfig()
+	c.K = p.K
+	c.Mu = float64(p.K) / 2
+	c.MaxCandidates = learner.DefaultConfig().Candidates
+	if a.QuestionSelection != "" {
+		sel, err := replay.ParseSelection(a.QuestionSelection)
+		if err != nil {
+			return c, err
+		}
+		c.Selection = sel
+	}
+	return c, c.Validate()
+}
+
+// Arms of the plans. ExGRPO's defaults are the paper's (rho 0.5, delayed
+// start 0.35, Gaussian question selection, lowest-entropy trajectory,
+// shaping with beta 0.1, IS correction); each ablation changes one thing.
+var (
+	ArmOnPolicy = Arm{Name: "onpolicy", OnPolicy: true, About: "Dr.GRPO baseline, PPO clip, no replay"}
+	ArmExGRPO   = Arm{Name: "exgrpo", Rho: 0.5, Start: 0.35, About: "ExGRPO with the paper's defaults"}
+	// ArmExGRPONoDelay is ExGRPO mixed from step 0, the paper's setting for
+	// a weak base model.
+	ArmExGRPONoDelay = Arm{Name: "exgrpo-nodelay", Rho: 0.5, Start: 0, About: "ExGRPO, delayed start off (mixed from step 0)"}
+)
+
+// Ablations are the paper's ablations of ExGRPO, in its order.
+func Ablations() []Arm {
+	a := func(name, about string, f func(*Arm)) Arm {
+		x := ArmExGRPO
+		x.Name, x.About = name, about
+		f(&x)
+		return x
+	}
+	return []Arm{
+		a("no-qsel", "no question selection: pool questions drawn uniformly (E6)", func(x *Arm) { x.QuestionSelection = "uniform" }),
+		a("no-tsel", "no trajectory selection: a random stored success (E7)", func(x *Arm) { x.Selection = learner.SelectRandom }),
+		a("no-shaping", "no policy shaping: replayed tokens -A*w (E11)", func(x *Arm) { x.NoShaping = true }),
+		a("no-is", "no IS correction: w = 1 for replayed tokens (E11)", func(x *Arm) { x.NoIS = true }),
+		a("high-entropy", "replay the highest-entropy success (E7)", func(x *Arm) { x.Selection = learner.SelectHighestEntropy }),
+		a("rho-0.25", "rho = 0.25", func(x *Arm) { x.Rho = 0.25 }),
+		a("rho-0.75", "rho = 0.75", func(x *Arm) { x.Rho = 0.75 }),
+	}
+}
+
+// BaseSetting is the built-in task as `exgrpo run` trains it: the default
+// base model and 4000 questions of the training mix (2-5 operands).
+func BaseSetting(arms ...Arm) Setting {
+	return Setting{Name: "base", Pretrain: task.DefaultPretrainConfig(), Train: task.TrainSpec(), Questions: 4000, DataSeed: 1,
+		Arms: arms, About: "built-in task: default base model, 4000 questions of 2-5 operands (mostly seen once)"}
+}
+
+// WeakSetting is BaseSetting on the weak base model (task.WeakPretrainConfig,
+// the paper's weak-Llama situation).
+func WeakSetting(arms ...Arm) Setting {
+	s := BaseSetting(arms...)
+	s.Name, s.Pretrain = "weak", task.WeakPretrainConfig()
+	s.About = "weak base model (150 warm-up steps instead of 400), same questions"
+	return s
+}
+
+// HardSpec is the hard training mix: only 4 and 5 operands, where the
+// default base model solves most questions in 0-2 of 8 samples.
+func HardSpec() task.Spec {
+	s := task.TrainSpec()
+	s.Levels, s.Weights = []int{4, 5}, []float64{1, 1}
+	return s
+}
+
+// HardSetting is the regime where experience should help: a hard-skewed
+// mix and a small fixed question set revisited for many epochs, so that a
+// rare success can be replayed on a question that fresh sampling seldom
+// solves.
+func HardSetting(questions int, arms ...Arm) Setting {
+	return Setting{Name: "hard", Pretrain: task.DefaultPretrainConfig(), Train: HardSpec(), Questions: questions, DataSeed: 1,
+		Arms: arms, About: fmt.Sprintf("hard fixed set: %d questions of 4-5 operands, revisited for many epochs", questions)}
+}
+
+// basePlan holds the settings shared by the quick and full plans.
+func basePlan() Plan {
+	return Plan{K: 8, B: 32, LR: learner.DefaultConfig().LR, MaxNew: task.TrainMaxNew,
+		EvalSamples: 4, OODSets: task.OODSetNames()}
+}
+
+// QuickPlan is `exgrpo experiment --quick`: on-policy against ExGRPO on the
+// built-in task and on the hard fixed set, one seed, a small budget; about
+// ten minutes on two cores. It shows the machinery and the direction of an
+// effect, not its size.
+func QuickPlan() Plan {
+	p := basePlan()
+	p.Name = "quick"
+	p.Seeds = []uint64{1}
+	p.Budget = 25 * 256
+	p.EvalEvery = 5
+	p.HeldOut, p.OODQuestions = 100, 50
+	p.Settings = []Setting{
+		BaseSetting(ArmOnPolicy, ArmExGRPO),
+		HardSetting(256, ArmOnPolicy, ArmExGRPONoDelay),
+	}
+	return p
+}
+
+// FullPlan is `exgrpo experiment`: every arm of issue 8 with three seeds at
+// equal budget (base: on-policy, ExGRPO and the seven ablations; weak base:
+// on-policy, ExGRPO, ExGRPO with the delayed start off; hard fixed set:
+// on-policy, ExGRPO, ExGRPO with the delayed start off). Sized for about
+// three hours on two idle cores.
+func FullPlan() Plan {
+	p := basePlan()
+	p.Name = "full"
+	p.Seeds = []uint64{1, 2, 3}
+	p.Budget = 60 * 256
+	p.EvalEvery = 10
+	p.HeldOut, p.OODQuestions = 200, 100
+	base := append([]Arm{ArmOnPolicy, ArmExGRPO}, Ablations()...)
+	p.Settings = []Setting{
+		BaseSetting(base...),
+		WeakSetting(ArmOnPolicy, ArmExGRPO, ArmExGRPONoDelay),
+		HardSetting(256, ArmOnPolicy, ArmExGRPO, ArmExGRPONoDelay),
+	}
+	return p
+}
+
+// Filter keeps the settings and arms whose names are listed (all when the
+// list is empty) and reports names that match nothing.
+func (p Plan) Filter(settings, arms []string) (Plan, error) {
+	keep := func(list []string, name string) bool {
+		if len(list) == 0 {
+			return true
+		}
+		for _, n := range list {
+			if n == name {
+				return true
+			}
+		}
+		return false
+	}
+	used := map[string]bool{}
+	out := p
+	out.Settings = nil
+	for _, s := range p.Settings {
+		if !keep(settings, s.Name) {
+			continue
+		}
+		used[s.Name] = true
+		s2 := s
+		s2.Arms = nil
+		for _, a := range s.Arms {
+			if keep(arms, a.Name) {
+				used[a.Name] = true
+				s2.Arms = append(s2.Arms, a)
+			}
+		}
+		if len(s2.Arms) > 0 {
+			out.Settings = append(out.Settings, s2)
+		}
+	}
+	for _, n := range append(append([]string(nil), settings...), arms...) {
+		if !used[n] {
+			return out, fmt.Errorf("%w: no setting or arm named %q in plan %s", ErrConfig, n, p.Name)
+		}
+	}
+	if len(out.Settings) == 0 {
+		return out, fmt.Errorf("%w: the filter leaves no run", ErrConfig)
+	}
+	return out, nil
+}

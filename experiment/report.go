@@ -1,0 +1,154 @@
+package experiment
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Results is what an experiment writes to results.json.
+type Results struct {
+	Plan    Plan        `json:"plan"`
+	Command string      `json:"command"`
+	Commit  string      `json:"commit"`
+	Date    string      `json:"date"`
+	Runs    []RunResult `json:"runs"`
+	Rows    []Row       `json:"rows"`
+}
+
+// WriteJSON writes r to path (indented).
+func (r Results) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(r, "", " ")
+	if err != nil {
+		return fmt.Errorf("experiment: results: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("experiment: results: %w", err)
+	}
+	return nil
+}
+
+// ReadResults reads a results.json written by WriteJSON.
+func ReadResults(path string) (Results, error) {
+	var r Results
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return r, fmt.Errorf("experiment: results: %w", err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("experiment: results %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// pm formats a Cell as "mean ± sd" (just the mean for one seed) with the
+// given scale (100 for points).
+func pm(c Cell, scale float64, decimals int) string {
+	if c.N == 0 {
+		return "-"
+	}
+	if c.N == 1 {
+		return fmt.Sprintf("%.*f", decimals, c.Mean*scale)
+	}
+	return fmt.Sprintf("%.*f ± %.*f", decimals, c.Mean*scale, decimals, c.SD*scale)
+}
+
+// WriteMarkdown writes the result tables: outcomes (held-out and OOD pass@1
+// in points, rollouts to reach the on-policy final accuracy) and the
+// diagnostics of experience management.
+func WriteMarkdown(w io.Writer, p Plan, rows []Row) error {
+	var b strings.Builder
+	sets := append([]string(nil), p.OODSets...)
+	sort.Strings(sets)
+	fmt.Fprintf(&b, "Pass@1 in points (mean ± sample sd over seeds; %d held-out questions and %d per OOD set, %d samples each, T = 1). "+
+		"Budget %d fresh rollouts per run (K = %d, B = %d). \"Reach\" = fresh rollouts until the held-out pass@1 first reached the setting's on-policy final mean "+
+		"(measured every %d steps; n/N seeds got there).\n\n", p.HeldOut, p.OODQuestions, p.EvalSamples, p.Budget, p.K, p.B, p.EvalEvery)
+	fmt.Fprintf(&b, "| setting | arm | seeds | ID base | ID final | ID gain | OOD base | OOD final |")
+	for _, s := range sets {
+		fmt.Fprintf(&b, " %s |", s)
+	}
+	fmt.Fprintf(&b, " reach (rollouts) |\n|---|---|---|---|---|---|---|---|")
+	for range sets {
+		b.WriteString("---|")
+	}
+	b.WriteString("---|\n")
+	for _, r := range rows {
+		gain := Cell{N: r.FinalID.N, Mean: r.FinalID.Mean - r.BaseID.Mean, SD: r.FinalID.SD}
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %+.1f | %s | %s |", r.Setting, r.Arm, r.Seeds, pm(r.BaseID, 100, 1), pm(r.FinalID, 100, 1),
+			100*gain.Mean, pm(r.BaseOOD, 100, 1), pm(r.OOD, 100, 1))
+		for _, s := range sets {
+			fmt.Fprintf(&b, " %s |", pm(r.OODSets[s], 100, 1))
+		}
+		reach := "-"
+		if r.Target > 0 {
+			reach = fmt.Sprintf("%d/%d", r.Reached, r.Seeds)
+			if r.Reached > 0 {
+				reach = fmt.Sprintf("%.0f (%d/%d)", r.Reach.Mean, r.Reached, r.Seeds)
+			}
+		}
+		fmt.Fprintf(&b, " %s |\n", reach)
+	}
+	fmt.Fprintf(&b, "\nExperience management, over all steps of all seeds. Signal = the group has 0 < k < %d correct, so a non-zero advantage (E9); "+
+		"\"only\" = the replayed success was the group's only correct rollout (k = 1). Entropies are mean token entropies in nats over steps with replay: "+
+		"the replayed trajectory under the policy that replays it (E7) against the same steps' fresh rollouts (all, and correct ones). "+
+		"Pool occupancy is buckets 1..%d at the last step (mean over seeds).\n\n", p.K, p.K-1)
+	b.WriteString("| setting | arm | steps | mixed from | fresh groups w/ signal | replayed groups | replayed w/ signal | replayed k=K | replayed only | H replayed | H fresh | H fresh correct | pool at end (k=1..K-1) | replayed from (k=1..K-1, %) | retired | s/step |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		var occ, from []string
+		for k := 1; k < len(r.FinalBuckets); k++ {
+			occ = append(occ, fmt.Sprintf("%.0f", r.FinalBuckets[k]))
+			from = append(from, fmt.Sprintf("%.0f", 100*r.ReplayedFrom[k]))
+		}
+		mixed := "never"
+		if r.MixedFrom.N > 0 {
+			mixed = fmt.Sprintf("%.0f", r.MixedFrom.Mean)
+		}
+		h := func(x float64) string {
+			if r.ReplayedGroups == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.3f", x)
+		}
+		fr := func(x float64) string {
+			if r.ReplayedGroups == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.0f%%", 100*x)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %.0f%% | %d | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.2f |\n",
+			r.Setting, r.Arm, r.Steps.Mean, mixed, 100*r.FreshSignal, r.ReplayedGroups, fr(r.ReplayedSignal), fr(r.ReplayedAllOK), fr(r.ReplayedOnly),
+			h(r.ReplayedEntropy), h(r.FreshEntropy), h(r.FreshCorrectEntropy), strings.Join(occ, " "), strings.Join(from, " "), r.Retired.Mean, r.StepSeconds.Mean)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// WriteAll writes results.json, table.md and the plots into dir.
+func WriteAll(dir string, r Results) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("experiment: %w", err)
+	}
+	r.Rows = Aggregate(r.Plan, r.Runs)
+	if err := r.WriteJSON(filepath.Join(dir, "results.json")); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "table.md"))
+	if err != nil {
+		return fmt.Errorf("experiment: %w", err)
+	}
+	fmt.Fprintf(f, "# Experiment %s\n\ncommit %s, %s\n\n`%s`\n\n", r.Plan.Name, r.Commit, r.Date, r.Command)
+	if err := WriteMarkdown(f, r.Plan, r.Rows); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("experiment: %w", err)
+	}
+	_, err = Plot(dir, r.Plan, r.Runs)
+	return err
+}
