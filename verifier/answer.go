@@ -42,7 +42,7 @@ func predictedAnswer(text string) (string, bool) {
 	if b, end, ok := lastBoxesEnd(text); ok {
 		// "... \boxed{255} ... The final answer is $10,455$": an anchor after
 		// the last box states the conclusion.
-		if rem, at, ok := afterAnchorAt(text); ok && at > end {
+		if rem, _, ok := afterAnchorAt(tail(text[end:])); ok {
 			if a, ok := fromRemainder(rem); ok {
 				return a, true
 			}
@@ -57,6 +57,7 @@ func predictedAnswer(text string) (string, bool) {
 
 // fromProse extracts an answer from text without boxes.
 func fromProse(text string) (string, bool) {
+	text = tail(text)
 	if strings.TrimSpace(text) == "" {
 		return "", false
 	}
@@ -79,6 +80,24 @@ func fromProse(text string) (string, bool) {
 		return text, strings.TrimSpace(text) != ""
 	}
 	return "", false
+}
+
+// proseWindow bounds the text searched for anchors, math regions and
+// numbers: the answer of a response without a box is at its end, and the
+// bound keeps the work of the prose fallbacks independent of input size.
+const proseWindow = 64 << 10
+
+// tail returns the last proseWindow bytes of s, starting after a newline
+// when one is near the cut (so that $ delimiters pair up as written).
+func tail(s string) string {
+	if len(s) <= proseWindow {
+		return s
+	}
+	t := s[len(s)-proseWindow:]
+	if i := strings.IndexByte(t, '\n'); i >= 0 && i < 4096 {
+		t = t[i+1:]
+	}
+	return t
 }
 
 // afterAnchor returns the text after the anchor phrase that ends last, up to
