@@ -174,9 +174,9 @@ case $cmd in
     for h in $nats_hosts; do remote "$h" "$(wait_nats_script)"; done
     for h in "${plan_hosts[@]}"; do
       s=$(start_script "$h" roles)
-      grep -q 'started\|already' <<<"$s" && remote "$h" "$s"
+      if grep -q 'started\|already' <<<"$s"; then remote "$h" "$s"; fi
     done
-    ((dry)) && echo "dry run: nothing was started"
+    if ((dry)); then echo "dry run: nothing was started"; fi
     ;;
   stop)
     # Roles everywhere first, then the NATS nodes, so that nothing loses its

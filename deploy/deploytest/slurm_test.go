@@ -2,8 +2,10 @@ package deploytest
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -141,5 +143,92 @@ func TestSSHDryRun(t *testing.T) {
 	writeFile(t, bad, "n1 nats,actor,wizard 0\n")
 	if out, err := run(ctx, root, nil, filepath.Join(root, "deploy", "launch-ssh.sh"), "-H", bad, "--dry-run", "plan"); err == nil || !strings.Contains(out, "unknown role 'wizard'") {
 		t.Errorf("bad role accepted or unexplained: %v\n%s", err, out)
+	}
+}
+
+// fakeSrun stands in for Slurm's srun on a machine without Slurm: it drops
+// the step options, applies --export=ALL,VAR=value and runs the command on
+// this machine (every "node" is this machine).
+const fakeSrun = `#!/bin/sh
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --export=*) e=${1#--export=}; old=$IFS; IFS=,
+      for kv in $e; do case $kv in ALL) ;; *) export "$kv" ;; esac; done; IFS=$old ;;
+    -w|-N|-n) shift ;;
+    -*) ;;
+    *) break ;;
+  esac
+  shift
+done
+exec "$@"
+`
+
+// TestSlurmBatchRuns executes deploy/slurm/exgrpo.sbatch for real on a
+// one-node "allocation" (this machine) with a stand-in srun: the NATS node,
+// learner, replay, a verifier and an actor start as steps, the job ends when
+// the learner has done its steps, exits with the learner's status, and
+// leaves no process behind.
+func TestSlurmBatchRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs a short training run")
+	}
+	dir := t.TempDir()
+	root := repoRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	bin := filepath.Join(dir, "exgrpo")
+	if out, err := run(ctx, root, nil, "go", "build", "-o", bin, "./cmd/exgrpo"); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	shims := filepath.Join(dir, "shims")
+	if err := os.MkdirAll(shims, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(shims, "srun"), []byte(fakeSrun), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	authDir := filepath.Join(dir, "auth")
+	if _, err := run(ctx, "", nil, bin, "auth", "init", "--out", authDir, "--run", "slurmci"); err != nil {
+		t.Fatal(err)
+	}
+	ports := freePorts(t, 3)
+	work := filepath.Join(dir, "work")
+	const steps = 4
+	env := []string{
+		"PATH=" + shims + string(os.PathListSeparator) + os.Getenv("PATH"),
+		"SLURM_JOB_NODELIST=localhost", "SLURM_JOB_ID=77", "SLURM_SUBMIT_DIR=" + dir,
+		"EXGRPO_BIN=" + bin, "EXGRPO_RUN=slurmci", "EXGRPO_WORKDIR=" + work, "EXGRPO_STORE=" + filepath.Join(dir, "store"),
+		"EXGRPO_AUTH=" + authDir, "EXGRPO_METRICS_BASE=0",
+		"EXGRPO_NATS_PORT=" + strconv.Itoa(ports[0]), "EXGRPO_CLUSTER_PORT=" + strconv.Itoa(ports[1]),
+		"EXGRPO_MONITOR_PORT=" + strconv.Itoa(ports[2]),
+		"EXGRPO_TRAIN_ARGS=--steps " + strconv.Itoa(steps) + " --k 4 --batch 4 --minibatches 1 --max-new 24 --train-questions 100 " +
+			"--heldout 8 --eval-samples 1 --eval-every 100000 --pretrain-steps 20",
+	}
+	out, err := run(ctx, root, env, "bash", filepath.Join(root, "deploy", "slurm", "exgrpo.sbatch"))
+	logs := filepath.Join(work, "logs")
+	if err != nil {
+		for _, n := range []string{"nats", "learner", "replay", "actor-0", "verifier-0"} {
+			b, _ := os.ReadFile(filepath.Join(logs, "localhost-"+n+".log"))
+			t.Logf("--- %s (tail)\n%s", n, tail(string(b), 2000))
+		}
+		t.Fatalf("batch script: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "learner exited with 0") {
+		t.Errorf("batch output does not report the learner's exit:\n%s", out)
+	}
+	b, err := os.ReadFile(filepath.Join(logs, "localhost-learner.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), `"msg":"step"`); n != steps {
+		t.Errorf("learner log has %d step lines, want %d", n, steps)
+	}
+	for _, n := range []string{"nats", "replay", "actor-0", "verifier-0"} {
+		if _, err := os.Stat(filepath.Join(logs, "localhost-"+n+".log")); err != nil {
+			t.Errorf("no log for %s: %v", n, err)
+		}
+	}
+	if left := processesRunning(bin); len(left) > 0 {
+		t.Errorf("processes of %s left after the job: %v", bin, left)
 	}
 }
