@@ -63,19 +63,3 @@ func sumRows(out, w, base []float32, stride int) {
 		axpy(wt, base[t*stride:t*stride+hs], out)
 	}
 }
-
-// addRows: base[t·stride+j] += w[t]·x[j] for j < len(x), t < len(w).
-func addRows(base, w, x []float32, stride int) {
-	n, hs := len(w), len(x)
-	if n == 0 {
-		return
-	}
-	_ = base[(n-1)*stride+hs-1]
-	if haveKernel && hs%8 == 0 && hs > 0 {
-		addRowsAVX(&w[0], &x[0], &base[0], stride, n, hs/8)
-		return
-	}
-	for t, wt := range w {
-		axpy(wt, x, base[t*stride:t*stride+hs])
-	}
-}

@@ -12,9 +12,6 @@ func dotRowsAVX(q, base *float32, stride, n, chunks int, out *float32)
 func sumRowsAVX(w, base *float32, stride, n, chunks int, out *float32)
 
 //go:noescape
-func addRowsAVX(w, x, base *float32, stride, n, chunks int)
-
-//go:noescape
 func geluAVX(out, in *float32, n int)
 
 //go:noescape

@@ -351,42 +351,6 @@ sumstore:
 	VZEROUPPER
 	RET
 
-// func addRowsAVX(w, x, base *float32, stride, n, chunks int)
-// base[t·stride+j] += w[t]·x[j] for j < 8·chunks, t < n.
-TEXT ·addRowsAVX(SB), NOSPLIT, $0-48
-	MOVQ w+0(FP), SI
-	MOVQ x+8(FP), BX
-	MOVQ base+16(FP), DI
-	MOVQ stride+24(FP), R8
-	SHLQ $2, R8
-	MOVQ n+32(FP), CX
-	MOVQ chunks+40(FP), R9
-	TESTQ CX, CX
-	JZ   adddone
-
-addrow:
-	VBROADCASTSS (SI), Y1
-	MOVQ R9, R10
-	MOVQ BX, R11
-	MOVQ DI, R12
-
-addchunk:
-	VMOVUPS (R11), Y2
-	VFMADD213PS (R12), Y1, Y2
-	VMOVUPS Y2, (R12)
-	ADDQ $32, R11
-	ADDQ $32, R12
-	DECQ R10
-	JNZ  addchunk
-	ADDQ $4, SI
-	ADDQ R8, DI
-	DECQ CX
-	JNZ  addrow
-
-adddone:
-	VZEROUPPER
-	RET
-
 // func geluAVX(out, in *float32, n int)
 // out = x·sigmoid(2u) = x / (1 + exp(−2u)), u = √(2/π)(x + 0.044715x³),
 // which equals GPT-2's tanh GELU; n a multiple of 8.
