@@ -142,3 +142,32 @@ func TestDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentUse: one checker shared by goroutines gives the verdicts it
+// gives sequentially (run with -race to check for shared state).
+func TestConcurrentUse(t *testing.T) {
+	cases := loadCorpus(t)
+	c, _ := Lookup("math")
+	want := make([]Verdict, len(cases))
+	for i, tc := range cases {
+		want[i] = c.Check(tc.Gold, tc.Prediction)
+	}
+	const workers = 4
+	errs := make(chan string, workers)
+	for w := 0; w < workers; w++ {
+		go func(w int) {
+			for i := w; i < len(cases); i += workers {
+				if got := c.Check(cases[i].Gold, cases[i].Prediction); got != want[i] {
+					errs <- cases[i].Gold
+					return
+				}
+			}
+			errs <- ""
+		}(w)
+	}
+	for w := 0; w < workers; w++ {
+		if g := <-errs; g != "" {
+			t.Errorf("concurrent verdict differs for gold %q", g)
+		}
+	}
+}

@@ -53,7 +53,7 @@ var (
 	errDepth  = errors.New("depth")
 )
 
-const maxDepth = 200
+const maxDepth = 1000
 
 // token kinds
 type tkind uint8
