@@ -12,14 +12,16 @@ import (
 
 // PretrainConfig configures the supervised warm-up: teacher-forced
 // next-token training on worked solutions of the training distribution,
-// which turns a random network into a weak base model for RL.
+// which turns a random network into a weak base model for RL. Start from
+// DefaultPretrainConfig; zero fields take its values, except Warmup and
+// WeightDecay, where 0 means none.
 type PretrainConfig struct {
 	Model       policy.Config `json:"model"`        // policy shape; zero value = ModelConfig()
 	Data        Spec          `json:"data"`         // training distribution; zero value (no Levels) = TrainSpec()
 	Steps       int           `json:"steps"`        // optimiser steps; default 450
 	Batch       int           `json:"batch"`        // sequences (fresh questions) per step; default 32
 	LR          float64       `json:"lr"`           // peak AdamW learning rate; default 3e-3
-	Warmup      int           `json:"warmup"`       // linear learning-rate warm-up, in steps; default 30
+	Warmup      int           `json:"warmup"`       // linear learning-rate warm-up, in steps; default 30 (0 = none)
 	MinLRFrac   float64       `json:"min_lr_frac"`  // cosine decay ends at LR*MinLRFrac; default 0.1
 	WeightDecay float64       `json:"weight_decay"` // AdamW decoupled decay of matrices; default 0.01
 	Seed        uint64        `json:"seed"`         // initialisation and data order; default 1
