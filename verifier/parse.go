@@ -758,10 +758,7 @@ func (p *parser) arg() (*node, error) {
 	if t.k == tIdent && len(t.s) > 1 {
 		p.splitIdent()
 	}
-	return p.postfixNoImplicit()
-}
-
-func (p *parser) postfixNoImplicit() (*node, error) {
+	// one primary, without implicit multiplication: \frac ab is a/b
 	return p.primary()
 }
 
@@ -988,12 +985,10 @@ func (p *parser) command() (*node, error) {
 	case `\overline`, `\vec`, `\hat`, `\bar`, `\tilde`, `\widehat`, `\overrightarrow`, `\angle`, `\triangle`, `\dot`:
 		// a named object (segment, vector, angle): an opaque atom
 		if p.isP("{") {
-			start := p.peek().pos
 			g, err := p.subscriptText()
 			if err != nil {
 				return nil, err
 			}
-			_ = start
 			return &node{op: opVar, name: t.s + "{" + g + "}"}, nil
 		}
 		a, err := p.primary()
