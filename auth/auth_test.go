@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -166,6 +168,10 @@ func TestDenied(t *testing.T) {
 		_, err := js.UpdateStream(ctx, jetstream.StreamConfig{Name: n.stream(kControl), Subjects: []string{n.subject(kControl)}, Storage: jetstream.MemoryStorage, MaxMsgs: 1})
 		return err
 	}
+	readScored := func(ctx context.Context, js jetstream.JetStream) error {
+		_, err := js.CreateOrUpdateConsumer(ctx, n.stream(kScored), jetstream.ConsumerConfig{Durable: "snoop", AckPolicy: jetstream.AckExplicitPolicy})
+		return err
+	}
 	weights := "$O." + n.objBucket() + ".>"
 	version := "$KV." + n.kvBucket() + "." + versionKey
 	cases := []struct {
@@ -180,6 +186,7 @@ func TestDenied(t *testing.T) {
 			{"scored", n.subject(kScored), pub(n.subject(kScored))},
 			{"policy version", version, putVersion},
 			{"stream update", "$JS.API.STREAM.UPDATE." + n.stream(kControl), updateStream},
+			{"read scored", "$JS.API.CONSUMER.CREATE." + n.stream(kScored) + ".>", readScored},
 		}},
 		{Verifier, []op{
 			{"weights", "", putWeights}, // refused already when looking up the object
@@ -199,24 +206,48 @@ func TestDenied(t *testing.T) {
 			{"stream update", "$JS.API.STREAM.UPDATE." + n.stream(kControl), updateStream},
 		}},
 	}
-	t.Run("ops", func(t *testing.T) {
-		for _, c := range cases {
-			for _, o := range c.ops {
-				t.Run(string(c.role)+"/"+o.name, func(t *testing.T) {
-					t.Parallel() // each waits out a timeout
-					nc, js := connect(t, s.ClientURL(), dir, c.role)
-					err := o.do(ctxT(t, 1500*time.Millisecond), js)
-					if err == nil {
-						t.Fatalf("%s was allowed to %s", c.role, o.name)
-					}
-					err = Explain(nc, o.subject, err)
-					if !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), "Permissions Violation") {
-						t.Fatalf("want ErrDenied naming the server's violation on %q, got %v", o.subject, err)
-					}
-				})
-			}
+	// The operations run concurrently (each waits out its timeout), then
+	// each is judged in its own subtest.
+	type result struct {
+		role Role
+		op   op
+		err  error
+	}
+	var results []*result
+	var wg sync.WaitGroup
+	for _, c := range cases {
+		for _, o := range c.ops {
+			r := &result{role: c.role, op: o}
+			results = append(results, r)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				nc, err := nats.Connect(s.ClientURL(), nats.UserCredentials(CredsFile(dir, r.role)),
+					nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+				if err != nil {
+					r.err = fmt.Errorf("connect: %w", err)
+					return
+				}
+				defer nc.Close()
+				js, _ := jetstream.New(nc)
+				ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+				defer cancel()
+				if err := r.op.do(ctx, js); err == nil {
+					r.err = errors.New("allowed")
+				} else {
+					r.err = Explain(nc, r.op.subject, err)
+				}
+			}()
 		}
-	})
+	}
+	wg.Wait()
+	for _, r := range results {
+		t.Run(string(r.role)+"/"+r.op.name, func(t *testing.T) {
+			if !errors.Is(r.err, ErrDenied) || !strings.Contains(r.err.Error(), "Permissions Violation") {
+				t.Fatalf("want ErrDenied naming the server's violation on %q, got %v", r.op.subject, r.err)
+			}
+		})
+	}
 	// Nothing got through.
 	ctx := ctxT(t, 5*time.Second)
 	for _, k := range []string{kControl, kTasks, kExperience, kScored, kRollouts, kDead} {
