@@ -150,12 +150,12 @@ func (m *Model) Forward(seqs []Seq) (*Pass, error) {
 		matmulForward(a.qkv, a.ln1, w.qkvw, w.qkvb, N, C, 3*C)
 		attentionForward(a.atty, a.att, a.qkv, pk.offs, pk.attOff, cfg.Heads, C)
 		matmulForward(a.res2, a.atty, w.attprojw, w.attprojb, N, C, C)
-		addInPlace(a.res2, res)
+		addResidual(a.res2, res)
 		layernormForward(a.ln2, a.ln2Mean, a.ln2Rstd, a.res2, w.ln2w, w.ln2b, N, C)
 		matmulForward(a.fch, a.ln2, w.fcw, w.fcb, N, C, 4*C)
 		geluForward(a.fchGelu, a.fch)
 		matmulForward(a.res3, a.fchGelu, w.fcprojw, w.fcprojb, N, 4*C, C)
-		addInPlace(a.res3, a.res2)
+		addResidual(a.res3, a.res2)
 		res = a.res3
 	}
 	for r, row := range pk.rows {
@@ -190,11 +190,17 @@ func (m *Model) embed(out []float32, tokens, pos []int32) {
 	}
 }
 
+// addInPlace: dst += src elementwise.
 func addInPlace(dst, src []float32) {
 	src = src[:len(dst)]
 	for i := range dst {
 		dst[i] += src[i]
 	}
+}
+
+// addResidual is addInPlace for (N, C) activations, split over the workers.
+func addResidual(dst, src []float32) {
+	parallelRange(len(dst), 1<<14, func(lo, hi int) { addInPlace(dst[lo:hi], src[lo:hi]) })
 }
 
 // attentionRow computes one query's causal attention: scores of q (HS)

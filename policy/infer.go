@@ -143,12 +143,12 @@ func (m *Model) infer(kv *kvCache, pw *packedWeights, bufs inferBufs, slots, cou
 			}
 		})
 		matmulForwardPacked(tmp, atty, w.attprojw, pw.attproj[l], w.attprojb, N, C, C)
-		addInPlace(x, tmp)
+		addResidual(x, tmp)
 		layernormForward(ln, nil, nil, x, w.ln2w, w.ln2b, N, C)
 		matmulForwardPacked(fch, ln, w.fcw, pw.fc[l], w.fcb, N, C, 4*C)
 		geluForward(fchG, fch)
 		matmulForwardPacked(tmp, fchG, w.fcprojw, pw.fcproj[l], w.fcprojb, N, 4*C, C)
-		addInPlace(x, tmp)
+		addResidual(x, tmp)
 	}
 	lnf := b.lnf[:M*C]
 	for r, row := range predRows {

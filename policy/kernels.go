@@ -205,12 +205,14 @@ func matmulForwardPacked(out, inp, w []float32, pw *packedB, bias []float32, n, 
 		sgemm(false, true, n, oc, ic, inp, ic, w, ic, 0, out, oc)
 	}
 	if bias != nil {
-		for r := 0; r < n; r++ {
-			row := out[r*oc : r*oc+oc]
-			for j, b := range bias {
-				row[j] += b
+		parallelRange(n, 256, func(lo, hi int) {
+			for r := lo; r < hi; r++ {
+				row := out[r*oc : r*oc+oc]
+				for j, b := range bias {
+					row[j] += b
+				}
 			}
-		}
+		})
 	}
 }
 
@@ -258,29 +260,31 @@ const lnEps = 1e-5
 
 // layernormForward normalises each row of inp (N, C) to out (N, C) with gain
 // w (C) and shift b (C), keeping mean (N) and rstd (N) for the backward pass
-// (either may be nil when not needed).
+// (either may be nil when not needed). Rows are split over the workers.
 func layernormForward(out, mean, rstd, inp, w, b []float32, n, c int) {
-	for r := 0; r < n; r++ {
-		x := inp[r*c : r*c+c]
-		var s float32
-		for _, v := range x {
-			s += v
+	parallelRange(n, 128, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			x := inp[r*c : r*c+c]
+			var s float32
+			for _, v := range x {
+				s += v
+			}
+			mu := s / float32(c)
+			var vs float32
+			for _, v := range x {
+				d := v - mu
+				vs += d * d
+			}
+			rs := float32(1 / math.Sqrt(float64(vs/float32(c))+lnEps))
+			o := out[r*c : r*c+c]
+			for i, v := range x {
+				o[i] = (v-mu)*rs*w[i] + b[i]
+			}
+			if mean != nil {
+				mean[r], rstd[r] = mu, rs
+			}
 		}
-		mu := s / float32(c)
-		var vs float32
-		for _, v := range x {
-			d := v - mu
-			vs += d * d
-		}
-		rs := float32(1 / math.Sqrt(float64(vs/float32(c))+lnEps))
-		o := out[r*c : r*c+c]
-		for i, v := range x {
-			o[i] = (v-mu)*rs*w[i] + b[i]
-		}
-		if mean != nil {
-			mean[r], rstd[r] = mu, rs
-		}
-	}
+	})
 }
 
 // layernormBackwardRow accumulates one row: dinp (C) += ..., dw, db (C) +=
@@ -306,9 +310,34 @@ func layernormBackwardRow(dinp, dw, db, dout, inp, w []float32, mean, rstd float
 }
 
 // layernormBackward runs layernormBackwardRow over N rows of (N, C) buffers.
+// Large batches split the rows over the workers, each summing dw and db into
+// its own partial, added in worker order (so the result depends only on N
+// and GOMAXPROCS, not on scheduling).
 func layernormBackward(dinp, dw, db, dout, inp, w, mean, rstd []float32, n, c int) {
-	for r := 0; r < n; r++ {
-		layernormBackwardRow(dinp[r*c:r*c+c], dw, db, dout[r*c:r*c+c], inp[r*c:r*c+c], w, mean[r], rstd[r])
+	parts := min(workers(), n/256)
+	if parts <= 1 {
+		for r := 0; r < n; r++ {
+			layernormBackwardRow(dinp[r*c:r*c+c], dw, db, dout[r*c:r*c+c], inp[r*c:r*c+c], w, mean[r], rstd[r])
+		}
+		return
+	}
+	partial := make([]float32, parts*2*c) // per part: dw (C), db (C)
+	var wg sync.WaitGroup
+	wg.Add(parts)
+	for p := range parts {
+		lo, hi := p*n/parts, (p+1)*n/parts
+		pdw, pdb := partial[2*p*c:2*p*c+c], partial[2*p*c+c:2*p*c+2*c]
+		go func() {
+			defer wg.Done()
+			for r := lo; r < hi; r++ {
+				layernormBackwardRow(dinp[r*c:r*c+c], pdw, pdb, dout[r*c:r*c+c], inp[r*c:r*c+c], w, mean[r], rstd[r])
+			}
+		}()
+	}
+	wg.Wait()
+	for p := range parts {
+		addInPlace(dw, partial[2*p*c:2*p*c+c])
+		addInPlace(db, partial[2*p*c+c:2*p*c+2*c])
 	}
 }
 

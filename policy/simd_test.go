@@ -160,3 +160,36 @@ func TestGELU(t *testing.T) {
 		}
 	}
 }
+
+// TestLayernormBackwardSplit: the row-split backward (with per-worker dw, db
+// partials) equals the serial one within 1e-5 relative (sums reassociate).
+func TestLayernormBackwardSplit(t *testing.T) {
+	const n, c = 1000, 24
+	rng := rand.New(rand.NewPCG(7, 7))
+	r := func(k int) []float32 {
+		x := make([]float32, k)
+		for i := range x {
+			x[i] = float32(rng.NormFloat64())
+		}
+		return x
+	}
+	inp, dout, w, b := r(n*c), r(n*c), r(c), r(c)
+	out, mean, rstd := make([]float32, n*c), make([]float32, n), make([]float32, n)
+	layernormForward(out, mean, rstd, inp, w, b, n, c)
+	dinp, dw, db := make([]float32, n*c), make([]float32, c), make([]float32, c)
+	layernormBackward(dinp, dw, db, dout, inp, w, mean, rstd, n, c)
+	sdinp, sdw, sdb := make([]float32, n*c), make([]float32, c), make([]float32, c)
+	for i := 0; i < n; i++ {
+		layernormBackwardRow(sdinp[i*c:i*c+c], sdw, sdb, dout[i*c:i*c+c], inp[i*c:i*c+c], w, mean[i], rstd[i])
+	}
+	for _, p := range []struct {
+		name      string
+		got, want []float32
+	}{{"dinp", dinp, sdinp}, {"dw", dw, sdw}, {"db", db, sdb}} {
+		for i := range p.got {
+			if d := math.Abs(float64(p.got[i] - p.want[i])); d > 1e-5*(1+math.Abs(float64(p.want[i]))) {
+				t.Fatalf("%s[%d] = %g, serial %g", p.name, i, p.got[i], p.want[i])
+			}
+		}
+	}
+}
