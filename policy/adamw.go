@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"math"
+	"sync"
 )
 
 // AdamWConfig configures the optimiser.
@@ -67,11 +68,7 @@ type StepInfo struct {
 // it always zeroes the gradients.
 func (o *AdamW) Step(m *Model) StepInfo {
 	c := o.Config
-	var ss float64
-	for _, g := range m.Grads {
-		ss += float64(g) * float64(g)
-	}
-	norm := math.Sqrt(ss)
+	norm := math.Sqrt(sumSquares(m.Grads))
 	lr := c.LR
 	if c.Schedule != nil {
 		lr *= c.Schedule(o.T)
@@ -99,14 +96,49 @@ func (o *AdamW) Step(m *Model) StepInfo {
 		p, g, mm, vv := m.Params[lo:hi], m.Grads[lo:hi], o.M[lo:hi], o.V[lo:hi]
 		step, decay, sc, eps := float32(lr/bc1), float32(1-lr*wd), float32(scale), float32(c.Eps)
 		rbc2 := float32(1 / math.Sqrt(bc2))
-		for i := range p {
-			gi := g[i] * sc
-			mm[i] = b1*mm[i] + (1-b1)*gi
-			vv[i] = b2*vv[i] + (1-b2)*gi*gi
-			den := float32(math.Sqrt(float64(vv[i])))*rbc2 + eps
-			p[i] = p[i]*decay - step*mm[i]/den
-		}
+		parallelRange(len(p), 1<<15, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				gi := g[i] * sc
+				mm[i] = b1*mm[i] + (1-b1)*gi
+				vv[i] = b2*vv[i] + (1-b2)*gi*gi
+				den := float32(math.Sqrt(float64(vv[i])))*rbc2 + eps
+				p[i] = p[i]*decay - step*mm[i]/den
+			}
+		})
 	}
 	m.ZeroGrads()
 	return info
+}
+
+// sumSquares is Σ g² in float64, over fixed chunks added in order (the
+// result depends only on len(g) and GOMAXPROCS).
+func sumSquares(g []float32) float64 {
+	parts := min(workers(), len(g)/(1<<15))
+	if parts <= 1 {
+		var ss float64
+		for _, v := range g {
+			ss += float64(v) * float64(v)
+		}
+		return ss
+	}
+	sums := make([]float64, parts)
+	var wg sync.WaitGroup
+	wg.Add(parts)
+	for p := range parts {
+		lo, hi := p*len(g)/parts, (p+1)*len(g)/parts
+		go func() {
+			defer wg.Done()
+			var ss float64
+			for _, v := range g[lo:hi] {
+				ss += float64(v) * float64(v)
+			}
+			sums[p] = ss
+		}()
+	}
+	wg.Wait()
+	var ss float64
+	for _, s := range sums {
+		ss += s
+	}
+	return ss
 }
