@@ -28,10 +28,13 @@
 // padded), M the number of predicted (response) tokens, B sequences.
 //
 // Concurrency: a Model is safe for use by one goroutine at a time; use Clone
-// to give another goroutine its own copy. Internally the maths kernels may
-// split work over GOMAXPROCS goroutines (matrix products, attention per
-// sequence); they finish before the call returns and never change results,
-// so everything is deterministic given the *rand.Rand passed in.
+// to give another goroutine its own copy. Internally the maths kernels split
+// work over GOMAXPROCS goroutines (matrix products, attention per sequence
+// and head, row-wise LayerNorm and GELU); they finish before the call
+// returns. Results are deterministic given the *rand.Rand passed in and
+// GOMAXPROCS: scheduling never changes them, while a different worker count
+// may reassociate a few sums (LayerNorm gain gradients, the gradient norm)
+// and change the last bits.
 //
 // Speed: matrix products go through sgemm. On amd64 CPUs with AVX2 and FMA
 // it is a packed GEMM around a 6×16 register-tile kernel in Go assembly
