@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sort"
+	"sync"
 
 	"github.com/exgrpo/exgrpo/verifier"
 )
@@ -29,6 +31,7 @@ func runVerify(ctx context.Context, args []string) error {
 	gold := fs.String("gold", "", "one-pair form: the gold answer")
 	pred := fs.String("prediction", "", "one-pair form: the response to grade")
 	extracted := fs.Bool("extracted", false, "also output the extracted answer")
+	workers := fs.Int("workers", runtime.NumCPU(), "lines graded in parallel (output stays in input order)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,7 +75,10 @@ func runVerify(ctx context.Context, args []string) error {
 	}
 	w := bufio.NewWriter(os.Stdout)
 	defer w.Flush()
-	sum, err := verifyStream(ctx, c, in, w, *extracted)
+	sum, err := verifyStream(ctx, c, in, w, *extracted, *workers)
+	if ferr := w.Flush(); err == nil && ferr != nil {
+		err = fmt.Errorf("verify: write: %w", ferr)
+	}
 	if err != nil {
 		return err
 	}
@@ -112,12 +118,49 @@ func (s *verifySummary) print(w io.Writer) {
 	}
 }
 
+// verifyBatch is how many lines are graded together (in parallel) before
+// their results are written in input order.
+const verifyBatch = 512
+
+type verifyItem struct {
+	line       []byte
+	rec        map[string]json.RawMessage
+	gold, pred string
+	v          verifier.Verdict
+}
+
 // verifyStream grades each JSONL line of in and writes the line back with
-// "correct" and "reason" added, in order.
-func verifyStream(ctx context.Context, c verifier.Checker, in io.Reader, out io.Writer, withExtracted bool) (*verifySummary, error) {
+// "correct" and "reason" added, in input order, grading up to workers lines
+// at a time in parallel.
+func verifyStream(ctx context.Context, c verifier.Checker, in io.Reader, out io.Writer, withExtracted bool, workers int) (*verifySummary, error) {
 	sum := &verifySummary{byCat: map[string][2]int{}, reasons: map[string]int{}}
+	if workers < 1 {
+		workers = 1
+	}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), maxVerifyLine)
+	batch := make([]verifyItem, 0, verifyBatch)
+	flush := func() error {
+		var wg sync.WaitGroup
+		for w := 0; w < workers && w < len(batch); w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := w; i < len(batch); i += workers {
+					batch[i].v = c.Check(batch[i].gold, batch[i].pred)
+				}
+			}(w)
+		}
+		wg.Wait()
+		for _, it := range batch {
+			sum.add(it)
+			if err := writeVerified(out, it.line, it.rec, it.v, withExtracted); err != nil {
+				return err
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
 	for sc.Scan() {
 		if err := ctx.Err(); err != nil {
 			return sum, err
@@ -127,42 +170,50 @@ func verifyStream(ctx context.Context, c verifier.Checker, in io.Reader, out io.
 			continue
 		}
 		sum.lines++
-		var rec map[string]json.RawMessage
-		if err := json.Unmarshal(line, &rec); err != nil {
+		it := verifyItem{line: append([]byte(nil), line...)}
+		if err := json.Unmarshal(line, &it.rec); err != nil {
 			return sum, fmt.Errorf("verify: line %d: %w", sum.lines, err)
 		}
-		var gold, pred string
-		if err := decodeString(rec, "gold", &gold); err != nil {
+		if err := decodeString(it.rec, "gold", &it.gold); err != nil {
 			return sum, fmt.Errorf("verify: line %d: %w", sum.lines, err)
 		}
-		if err := decodeString(rec, "prediction", &pred); err != nil {
+		if err := decodeString(it.rec, "prediction", &it.pred); err != nil {
 			return sum, fmt.Errorf("verify: line %d: %w", sum.lines, err)
 		}
-		v := c.Check(gold, pred)
-		sum.reasons[v.Reason]++
-		if raw, ok := rec["expected"]; ok {
-			var exp bool
-			if json.Unmarshal(raw, &exp) == nil {
-				var cat string
-				_ = decodeString(rec, "category", &cat)
-				t := sum.byCat[cat]
-				t[1]++
-				sum.labelled++
-				if exp == v.Correct {
-					sum.agree++
-					t[0]++
-				}
-				sum.byCat[cat] = t
+		batch = append(batch, it)
+		if len(batch) == verifyBatch {
+			if err := flush(); err != nil {
+				return sum, err
 			}
-		}
-		if err := writeVerified(out, line, rec, v, withExtracted); err != nil {
-			return sum, err
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return sum, fmt.Errorf("verify: read line %d: %w", sum.lines+1, err)
 	}
-	return sum, nil
+	return sum, flush()
+}
+
+// add counts one graded line.
+func (s *verifySummary) add(it verifyItem) {
+	s.reasons[it.v.Reason]++
+	raw, ok := it.rec["expected"]
+	if !ok {
+		return
+	}
+	var exp bool
+	if json.Unmarshal(raw, &exp) != nil {
+		return
+	}
+	var cat string
+	_ = decodeString(it.rec, "category", &cat)
+	t := s.byCat[cat]
+	t[1]++
+	s.labelled++
+	if exp == it.v.Correct {
+		s.agree++
+		t[0]++
+	}
+	s.byCat[cat] = t
 }
 
 var errMissingField = errors.New("missing field")

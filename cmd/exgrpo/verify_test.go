@@ -19,7 +19,7 @@ func TestVerifyStream(t *testing.T) {
 	}, "\n")
 	c, _ := verifier.Lookup("math")
 	var out bytes.Buffer
-	sum, err := verifyStream(context.Background(), c, strings.NewReader(in), &out, false)
+	sum, err := verifyStream(context.Background(), c, strings.NewReader(in), &out, false, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestVerifyStream(t *testing.T) {
 func TestVerifyStreamRejectsBadLines(t *testing.T) {
 	c, _ := verifier.Lookup("math")
 	for _, in := range []string{`{"gold":"1"}`, `not json`, `{"gold":[1],"prediction":"1"}`} {
-		if _, err := verifyStream(context.Background(), c, strings.NewReader(in), &bytes.Buffer{}, false); err == nil {
+		if _, err := verifyStream(context.Background(), c, strings.NewReader(in), &bytes.Buffer{}, false, 2); err == nil {
 			t.Errorf("%q accepted", in)
 		}
 	}
