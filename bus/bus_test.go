@@ -317,3 +317,21 @@ func TestWeightsRoundTrip(t *testing.T) {
 		t.Fatalf("tampered fetch: %v, want ErrDigest", err)
 	}
 }
+
+// A refused declaration (here: more memory than the server has) fails Open
+// at once instead of being retried until the context ends.
+func TestOpenPermanentErrorFailsFast(t *testing.T) {
+	s := bustest.Server(t)
+	cfg := bus.DefaultConfig("toolarge")
+	cfg.Memory = true
+	cfg.ExperienceMaxBytes = 1 << 50
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := bus.Open(ctx, bustest.Conn(t, s, "test"), cfg, nil)
+	if err == nil {
+		t.Fatal("Open succeeded with a 1 PiB memory stream")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("Open retried a permanent error until the deadline: %v", err)
+	}
+}

@@ -33,6 +33,10 @@ type Config struct {
 	ExperienceMaxBytes int64 // default 4 GiB
 	ControlMaxBytes    int64 // default 1 GiB
 	DeadMaxBytes       int64 // default 256 MiB
+	// WorkQueueMaxBytes bounds TASKS and ROLLOUTS each (new publishes are
+	// refused, and retried by the publisher, when full); default 2 GiB.
+	// Memory storage reserves it up front, so lower it with Memory.
+	WorkQueueMaxBytes int64
 	// KeepWeights is how many policy versions the Object Store keeps; default 3.
 	KeepWeights int
 	// OpTimeout bounds each management call (create stream, info, ...);
@@ -46,8 +50,8 @@ func DefaultConfig(run string) Config {
 		Run: run, Replicas: 1, Duplicates: 10 * time.Minute,
 		TaskAckWait: 60 * time.Second, TaskMaxDeliver: 5,
 		RolloutAckWait: 30 * time.Second, RolloutMaxDeliver: 5,
-		MaxAckPending:  4096,
-		ScoredMaxBytes: 1 << 30, ExperienceMaxBytes: 4 << 30, ControlMaxBytes: 1 << 30, DeadMaxBytes: 256 << 20,
+		MaxAckPending:     4096,
+		WorkQueueMaxBytes: 2 << 30, ScoredMaxBytes: 1 << 30, ExperienceMaxBytes: 4 << 30, ControlMaxBytes: 1 << 30, DeadMaxBytes: 256 << 20,
 		KeepWeights: 3, OpTimeout: 10 * time.Second,
 	}
 }
@@ -110,7 +114,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Bus
 		if err == nil {
 			return b, nil
 		}
-		if errors.Is(err, ErrConfig) || ctx.Err() != nil {
+		if errors.Is(err, ErrConfig) || ctx.Err() != nil || !transient(err) {
 			return nil, err
 		}
 		log.Debug("topology not ready, retrying", zap.Error(err))
@@ -123,6 +127,24 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Bus
 			backoff *= 2
 		}
 	}
+}
+
+// transient reports errors worth retrying while a server or cluster comes
+// up: no API answer at all (timeouts, no responders, reconnecting) or the
+// cluster saying it is not ready. Refusals (insufficient resources, a
+// conflicting declaration, bad config) are permanent.
+func transient(err error) bool {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) {
+		return true
+	}
+	switch api.ErrorCode {
+	case 10008, // JetStream cluster not available (meta leader election)
+		10005, // no suitable peers for placement (cluster still forming)
+		jetstream.JSErrCodeJetStreamNotEnabled, jetstream.JSErrCodeJetStreamNotEnabledForAccount:
+		return true
+	}
+	return false
 }
 
 func (b *Bus) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -155,7 +177,10 @@ func (b *Bus) StreamConfig(k Kind) jetstream.StreamConfig {
 		// Work queues push back instead of losing work: a full queue
 		// refuses new publishes, which the publisher retries.
 		sc.Discard = jetstream.DiscardNew
-		sc.MaxBytes = 2 << 30
+		sc.MaxBytes = c.WorkQueueMaxBytes
+		if sc.MaxBytes == 0 {
+			sc.MaxBytes = 2 << 30
+		}
 	case Scored:
 		sc.Retention = jetstream.LimitsPolicy
 		sc.MaxBytes = c.ScoredMaxBytes

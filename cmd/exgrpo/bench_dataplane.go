@@ -8,9 +8,11 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
@@ -33,9 +35,10 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("bench dataplane", flag.ContinueOnError)
 	n := fs.Int("n", 4000, "trajectories per measurement")
 	tokens := fs.Int("tokens", 1024, "response tokens per trajectory")
-	reps := fs.Int("reps", 3, "repetitions of each measurement (best is reported)")
+	reps := fs.Int("reps", 5, "repetitions of each measurement (best is reported)")
 	quick := fs.Bool("quick", false, "short run (n=500, reps=1)")
 	conc := fs.Int("verifier-concurrency", runtime.NumCPU(), "verifier worker concurrency")
+	memory := fs.Bool("memory", false, "memory storage for every stream (default file storage)")
 	profile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (server included) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,20 +71,33 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	defer srv.Shutdown()
 
 	payloads, trajs := makeTrajectories(*n, *tokens)
-	fmt.Printf("dataplane: %d trajectories of %d tokens (%d bytes each encoded), %d CPUs, GOMAXPROCS %d, file storage\n",
-		*n, *tokens, len(payloads[0]), runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	storage := "file"
+	if *memory {
+		storage = "memory"
+	}
+	benchMemory = *memory
+	fmt.Printf("dataplane: %d trajectories of %d tokens (%d bytes each encoded), %d CPUs, GOMAXPROCS %d, %s storage\n",
+		*n, *tokens, len(payloads[0]), runtime.NumCPU(), runtime.GOMAXPROCS(0), storage)
 	var bestBare, bestPipe time.Duration
+	var ratios []float64
+	var cpuBare, cpuPipe time.Duration // process CPU (server included), summed over reps
 	for r := range *reps {
+		c0 := dataplaneCPU()
 		bare, err := benchBare(ctx, srv, fmt.Sprintf("bare%d", r), payloads)
 		if err != nil {
 			return fmt.Errorf("bare: %w", err)
 		}
+		c1 := dataplaneCPU()
 		pipe, err := benchPipeline(ctx, srv, fmt.Sprintf("pipe%d", r), trajs, *conc)
 		if err != nil {
 			return fmt.Errorf("pipeline: %w", err)
 		}
-		fmt.Printf("  rep %d: bare %.0f traj/s (%.2fs), pipeline %.0f traj/s (%.2fs)\n", r+1,
-			float64(*n)/bare.Seconds(), bare.Seconds(), float64(*n)/pipe.Seconds(), pipe.Seconds())
+		c2 := dataplaneCPU()
+		cpuBare += c1 - c0
+		cpuPipe += c2 - c1
+		fmt.Printf("  rep %d: bare %.0f traj/s (%.2fs wall, %.2fs CPU), pipeline %.0f traj/s (%.2fs wall, %.2fs CPU)\n", r+1,
+			float64(*n)/bare.Seconds(), bare.Seconds(), (c1 - c0).Seconds(), float64(*n)/pipe.Seconds(), pipe.Seconds(), (c2 - c1).Seconds())
+		ratios = append(ratios, bare.Seconds()/pipe.Seconds())
 		if bestBare == 0 || bare < bestBare {
 			bestBare = bare
 		}
@@ -92,9 +108,17 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	bt, pt := float64(*n)/bestBare.Seconds(), float64(*n)/bestPipe.Seconds()
 	fmt.Printf("bare JetStream publish+consume: %.0f traj/s (%.1f MB/s)\n", bt, bt*float64(len(payloads[0]))/1e6)
 	fmt.Printf("pipeline actor->verifier->SCORED->learner+replay: %.0f traj/s\n", pt)
-	fmt.Printf("ratio pipeline/bare: %.2f (goal >= 0.60)\n", pt/bt)
+	per := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(*n**reps) }
+	fmt.Printf("CPU per trajectory (all roles and the server in this process): bare %.0f us, pipeline %.0f us; CPU-bound ratio %.2f\n",
+		per(cpuBare), per(cpuPipe), cpuBare.Seconds()/cpuPipe.Seconds())
+	sort.Float64s(ratios)
+	fmt.Printf("ratio pipeline/bare: %.2f of the bests, %.2f median of the %d adjacent pairs (goal >= 0.60)\n",
+		pt/bt, ratios[len(ratios)/2], len(ratios))
 	return nil
 }
+
+// benchMemory selects memory storage for the measurement's streams.
+var benchMemory bool
 
 // makeTrajectories builds n trajectories with `tokens` response tokens each
 // (random ids, log-probs and entropies; an arith answer half of them get
@@ -131,7 +155,12 @@ func benchBus(ctx context.Context, srv *bus.Server, run, name string) (*nats.Con
 	if err != nil {
 		return nil, nil, err
 	}
-	b, err := bus.Open(ctx, nc, bus.DefaultConfig(run), zap.NewNop())
+	cfg := bus.DefaultConfig(run)
+	if cfg.Memory = benchMemory; cfg.Memory { // memory streams reserve their limits
+		cfg.WorkQueueMaxBytes, cfg.ScoredMaxBytes, cfg.ExperienceMaxBytes = 256<<20, 256<<20, 64<<20
+		cfg.ControlMaxBytes, cfg.DeadMaxBytes = 64<<20, 64<<20
+	}
+	b, err := bus.Open(ctx, nc, cfg, zap.NewNop())
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
@@ -156,7 +185,11 @@ func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]by
 	js2, _ := jetstream.New(nc2)
 	name := "BARE_" + strings.ToUpper(run)
 	subj := "bare." + run
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}, MaxMsgSize: bus.MaxPayload}); err != nil {
+	storage := jetstream.FileStorage
+	if benchMemory {
+		storage = jetstream.MemoryStorage
+	}
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}, MaxMsgSize: bus.MaxPayload, Storage: storage, MaxBytes: 256 << 20}); err != nil {
 		return 0, err
 	}
 	cons, err := js2.CreateConsumer(ctx, name, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096})
@@ -310,6 +343,10 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 				lr, _ := vb.ConsumerLag(ctx, bus.Rollouts, bus.VerifiersConsumer)
 				ll, _ := vb.ConsumerLag(ctx, bus.Scored, "learner")
 				fmt.Printf("    %.2fs rollouts %+v learner %+v\n", time.Since(start).Seconds(), lr, ll)
+				if f, err := os.Create(fmt.Sprintf("/tmp/dp-goroutines-%d.txt", time.Since(start)/time.Second)); err == nil {
+					_ = pprof.Lookup("goroutine").WriteTo(f, 1)
+					f.Close()
+				}
 			}
 		}()
 	}
@@ -321,4 +358,13 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 		return 0, fmt.Errorf("readers saw %d correct, want %d", got, want)
 	}
 	return el, nil
+}
+
+// dataplaneCPU is the user+system CPU time this process used so far.
+func dataplaneCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
