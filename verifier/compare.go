@@ -65,6 +65,9 @@ func (c *comparer) canon(n *node, gold bool) *node {
 			return withOrig(c.canon(parts[1], gold), n)
 		case len(parts) == 3 && simple(parts[1]):
 			if iv := chainInterval(n); iv != nil {
+				if u := c.absInterval(parts[1], iv); u != nil {
+					return withOrig(u, n)
+				}
 				return withOrig(iv, n)
 			}
 		}
@@ -133,6 +136,24 @@ func bracketFor(rel string, open bool) byte {
 		return ')'
 	}
 	return ']'
+}
+
+// absInterval turns an interval of |x| with a non-negative lower end,
+// "a <= |x| <= b", into the set of x: [-b, -a] \cup [a, b]. It returns nil
+// when middle is not an absolute value or the lower end is not known to be
+// non-negative.
+func (c *comparer) absInterval(middle, iv *node) *node {
+	if middle.op != opFunc || middle.name != "abs" {
+		return nil
+	}
+	lo, hi := iv.kids[0], iv.kids[1]
+	if v := exact(lo, c.bud); v == nil || v.Sign() < 0 {
+		return nil
+	}
+	neg := func(x *node) *node { return &node{op: opNeg, kids: []*node{x}} }
+	mirror := map[byte]byte{'(': ')', '[': ']', ')': '(', ']': '['}
+	left := &node{op: opSeq, open: mirror[iv.close], close: mirror[iv.open], kids: []*node{neg(hi), neg(lo)}}
+	return &node{op: opUnion, kids: []*node{left, iv}}
 }
 
 // relInterval turns "x > 5" ("5 < x", "x \le 2") into an interval when one

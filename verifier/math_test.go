@@ -57,6 +57,8 @@ func TestMathConventions(t *testing.T) {
 		{"mixed number", `\frac{5}{2}`, `\boxed{2\frac{1}{2}}`, true},
 		{"negative mixed number", `-\frac{5}{2}`, `\boxed{-2\frac12}`, true},
 		{"coefficient times fraction", `\frac{2x}{3}`, `\boxed{2\frac{x}{3}}`, true},
+		{"absolute value chain", `1 \le |z| < 2`, `\boxed{(-2,-1] \cup [1,2)}`, true},
+		{"absolute value chain wrong closure", `1 \le |z| < 2`, `\boxed{[-2,-1] \cup [1,2)}`, false},
 		{"degrees", `90^\circ`, `\boxed{90}`, true},
 		{"units dropped", `12`, `\boxed{12 \text{ cm}}`, true},
 		{"equation simple lhs", `x = 3`, `\boxed{3}`, true},
