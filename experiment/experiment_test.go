@@ -117,14 +117,15 @@ func TestFilter(t *testing.T) {
 	}
 }
 
-// The ablation arms differ from ExGRPO in exactly the switch they name.
+// The ablation arms differ from ExGRPO (delayed start off) in exactly the
+// switch they name.
 func TestAblationConfigs(t *testing.T) {
 	p := FullPlan()
-	ex, err := p.learnerConfig(ArmExGRPO)
+	ex, err := p.learnerConfig(ArmExGRPONoDelay)
 	if err != nil {
 		t.Fatal(err)
 	}
-	exPool, _ := p.poolConfig(ArmExGRPO)
+	exPool, _ := p.poolConfig(ArmExGRPONoDelay)
 	for _, a := range Ablations() {
 		lc, err := p.learnerConfig(a)
 		if err != nil {
@@ -170,13 +171,13 @@ func TestAggregateTargetAndReach(t *testing.T) {
 	}
 	runs := []RunResult{
 		mk("onpolicy", 1, 0.30, nil),
-		mk("exgrpo", 1, 0.35, []Eval{{0, 0, 0.2}, {5, 1000, 0.31}}),
+		mk("exgrpo-nodelay", 1, 0.35, []Eval{{0, 0, 0.2}, {5, 1000, 0.31}}),
 		mk("onpolicy", 2, 0.20, nil),
-		mk("exgrpo", 2, 0.22, []Eval{{0, 0, 0.2}, {5, 1000, 0.22}, {10, 2000, 0.26}}),
+		mk("exgrpo-nodelay", 2, 0.22, []Eval{{0, 0, 0.2}, {5, 1000, 0.22}, {10, 2000, 0.26}}),
 	}
 	rows := Aggregate(p, runs)
-	if len(rows) != 2 || rows[0].Arm != "onpolicy" || rows[1].Arm != "exgrpo" {
-		t.Fatalf("rows %+v, want onpolicy then exgrpo", rows)
+	if len(rows) != 2 || rows[0].Arm != "onpolicy" || rows[1].Arm != "exgrpo-nodelay" {
+		t.Fatalf("rows %+v, want onpolicy then exgrpo-nodelay", rows)
 	}
 	ex := rows[1]
 	if math.Abs(ex.Target-0.25) > 1e-12 || ex.Reached != 2 || ex.Reach.Mean != 1500 {
@@ -305,5 +306,24 @@ func TestWriteAll(t *testing.T) {
 	back, err := ReadResults(filepath.Join(dir, "results.json"))
 	if err != nil || len(back.Runs) != 2 || len(back.Rows) != 2 {
 		t.Errorf("ReadResults: %d runs, %d rows, %v", len(back.Runs), len(back.Rows), err)
+	}
+}
+
+func TestMerge(t *testing.T) {
+	a, b := QuickPlan(), QuickPlan()
+	a.Settings, b.Settings = a.Settings[:1], a.Settings[1:]
+	b.Seeds = []uint64{2}
+	ra := Results{Plan: a, Command: "a", Runs: []RunResult{{Setting: "base", Arm: "onpolicy", Seed: 1}}}
+	rb := Results{Plan: b, Command: "b", Runs: []RunResult{{Setting: "hard", Arm: "onpolicy", Seed: 2}, {Setting: "base", Arm: "onpolicy", Seed: 1}}}
+	m, err := Merge(ra, rb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Plan.Settings) != 2 || len(m.Runs) != 2 || len(m.Plan.Seeds) != 2 || m.Command != "a; b" {
+		t.Errorf("merged: %d settings, %d runs, seeds %v, command %q; want 2, 2 (duplicate dropped), [1 2], \"a; b\"", len(m.Plan.Settings), len(m.Runs), m.Plan.Seeds, m.Command)
+	}
+	rb.Plan.Budget++
+	if _, err := Merge(ra, rb); !errors.Is(err, ErrConfig) {
+		t.Errorf("merging different budgets: %v, want ErrConfig", err)
 	}
 }

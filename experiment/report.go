@@ -152,3 +152,71 @@ func WriteAll(dir string, r Results) error {
 	_, err = Plot(dir, r.Plan, r.Runs)
 	return err
 }
+
+// Merge combines the results of experiments run separately (for instance
+// settings run in parallel processes) into one: runs concatenated (a run
+// present twice, same setting, arm and seed, is kept once, the first),
+// settings and arms united in order of appearance, seeds united. The plans
+// must agree on everything that makes runs comparable (budget, K, B, LR,
+// lengths, evaluation sizes).
+func Merge(rs ...Results) (Results, error) {
+	if len(rs) == 0 {
+		return Results{}, fmt.Errorf("%w: nothing to merge", ErrConfig)
+	}
+	out := rs[0]
+	out.Runs = nil
+	out.Plan.Settings = nil
+	out.Plan.Seeds = nil
+	same := func(a, b Plan) bool {
+		return a.Budget == b.Budget && a.K == b.K && a.B == b.B && a.LR == b.LR && a.MaxNew == b.MaxNew &&
+			a.HeldOut == b.HeldOut && a.OODQuestions == b.OODQuestions && a.EvalSamples == b.EvalSamples
+	}
+	seen := map[string]bool{}
+	seeds := map[uint64]bool{}
+	var cmds, commits []string
+	for _, r := range rs {
+		if !same(r.Plan, rs[0].Plan) {
+			return out, fmt.Errorf("%w: plan %s differs from %s in budget, K, B, LR, lengths or evaluation sizes", ErrConfig, r.Plan.Name, rs[0].Plan.Name)
+		}
+		cmds = append(cmds, r.Command)
+		commits = append(commits, r.Commit)
+		for _, s := range r.Plan.Settings {
+			i := -1
+			for j := range out.Plan.Settings {
+				if out.Plan.Settings[j].Name == s.Name {
+					i = j
+				}
+			}
+			if i < 0 {
+				s.Arms = append([]Arm(nil), s.Arms...)
+				out.Plan.Settings = append(out.Plan.Settings, s)
+				continue
+			}
+			for _, a := range s.Arms {
+				dup := false
+				for _, b := range out.Plan.Settings[i].Arms {
+					dup = dup || b.Name == a.Name
+				}
+				if !dup {
+					out.Plan.Settings[i].Arms = append(out.Plan.Settings[i].Arms, a)
+				}
+			}
+		}
+		for _, s := range r.Plan.Seeds {
+			if !seeds[s] {
+				seeds[s] = true
+				out.Plan.Seeds = append(out.Plan.Seeds, s)
+			}
+		}
+		for _, run := range r.Runs {
+			k := fmt.Sprintf("%s/%s/%d", run.Setting, run.Arm, run.Seed)
+			if !seen[k] {
+				seen[k] = true
+				out.Runs = append(out.Runs, run)
+			}
+		}
+	}
+	out.Command = strings.Join(cmds, "; ")
+	out.Commit = strings.Join(commits, ", ")
+	return out, nil
+}

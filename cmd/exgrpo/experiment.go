@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/experiment"
-	"github.com/exgrpo/exgrpo/local"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
 	"github.com/schollz/progressbar/v3"
@@ -33,9 +32,16 @@ func expList(s string) []string {
 	return out
 }
 
+// buildRevision, when set at link time (-ldflags "-X main.buildRevision=..."),
+// names the commit a binary built outside a git checkout comes from.
+var buildRevision string
+
 // buildCommit is the VCS revision the binary was built from, with
 // "+modified" when the tree had uncommitted changes.
 func buildCommit() string {
+	if buildRevision != "" {
+		return buildRevision
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "unknown"
@@ -65,10 +71,11 @@ func runExperiment(ctx context.Context, args []string) error {
 	lr := fs.Float64("lr", 0, "learning rate, overriding the plan's")
 	hardN := fs.Int("hard-questions", 0, "size of the hard fixed question set, overriding the plan's")
 	evalEvery := fs.Int("eval-every", 0, "steps between held-out evaluations, overriding the plan's")
-	cacheDir := fs.String("cache-dir", "", "base-model cache (default ~/.cache/exgrpo)")
+	cacheDir := fs.String("cache-dir", "", "base-model cache (default <out>/base-models: pretrained by this tree's task code, so a stale shared cache cannot leak in)")
 	resume := fs.Bool("resume", false, "keep the runs already in <out>/results.json and run only the missing ones")
 	replot := fs.Bool("replot", false, "only rewrite table.md and the plots from <out>/results.json")
 	listOnly := fs.Bool("list", false, "print the plan and exit")
+	merge := fs.String("merge", "", "comma-separated output directories whose results.json to merge into --out (then table.md and plots)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -83,6 +90,22 @@ func runExperiment(ctx context.Context, args []string) error {
 		*out = filepath.Join("results", "experiment-"+plan.Name)
 	}
 	resultsPath := filepath.Join(*out, "results.json")
+	if *merge != "" {
+		var all []experiment.Results
+		for _, d := range expList(*merge) {
+			r, err := experiment.ReadResults(filepath.Join(d, "results.json"))
+			if err != nil {
+				return err
+			}
+			all = append(all, r)
+		}
+		m, err := experiment.Merge(all...)
+		if err != nil {
+			return err
+		}
+		m.Date = time.Now().UTC().Format(time.RFC3339)
+		return experiment.WriteAll(*out, m)
+	}
 	if *replot {
 		r, err := experiment.ReadResults(resultsPath)
 		if err != nil {
@@ -124,7 +147,7 @@ func runExperiment(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
 	if *cacheDir == "" {
-		*cacheDir = local.DefaultCacheDir()
+		*cacheDir = filepath.Join(*out, "base-models")
 	}
 	fmt.Fprintf(os.Stderr, "exgrpo experiment %s: %d run(s) of %d fresh rollouts (K = %d, B = %d, lr %g), seeds %v\n",
 		plan.Name, plan.Runs(), plan.Budget, plan.K, plan.B, plan.LR, plan.Seeds)
