@@ -40,22 +40,54 @@ func transferDeadline(size int64) time.Duration {
 // newest KeepWeights. Versions must increase.
 func (b *Bus) PublishWeights(ctx context.Context, version int64, data []byte) error {
 	sum := sha256.Sum256(data)
-	pctx, cancel := context.WithTimeout(ctx, transferDeadline(int64(len(data))))
-	defer cancel()
 	meta := jetstream.ObjectMeta{Name: WeightsObject(version),
 		Description: "policy weights, safetensors",
 		Metadata:    map[string]string{"sha256": hex.EncodeToString(sum[:]), "version": strconv.FormatInt(version, 10)},
 		Opts:        &jetstream.ObjectMetaOptions{ChunkSize: weightsChunk}}
-	if _, err := b.Weights.Put(pctx, meta, bytes.NewReader(data)); err != nil {
+	// Both steps are retried: in a cluster, losing the node that leads the
+	// Object Store's or the KV's stream leaves publishes unanswered until a
+	// new leader is elected (seconds), and a put of the same name replaces
+	// the partial object.
+	err := b.retryWeights(ctx, "put", version, func() error {
+		pctx, cancel := context.WithTimeout(ctx, transferDeadline(int64(len(data))))
+		defer cancel()
+		_, err := b.Weights.Put(pctx, meta, bytes.NewReader(data))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("bus: put weights v%d (%d bytes): %w", version, len(data), err)
 	}
-	octx, cancel2 := b.opCtx(ctx)
-	defer cancel2()
-	if _, err := b.State.Put(octx, VersionKey, []byte(strconv.FormatInt(version, 10))); err != nil {
+	err = b.retryWeights(ctx, "announce", version, func() error {
+		octx, cancel := b.opCtx(ctx)
+		defer cancel()
+		_, err := b.State.Put(octx, VersionKey, []byte(strconv.FormatInt(version, 10)))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("bus: announce weights v%d: %w", version, err)
 	}
 	b.pruneWeights(ctx, version)
 	return nil
+}
+
+// weightsAttempts bounds PublishWeights' tries of each step.
+const weightsAttempts = 4
+
+// retryWeights runs op up to weightsAttempts times, a second apart, while
+// ctx lasts; it returns the last error.
+func (b *Bus) retryWeights(ctx context.Context, what string, version int64, op func() error) error {
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = op(); err == nil || ctx.Err() != nil || attempt == weightsAttempts {
+			return err
+		}
+		b.log.Warn("weights "+what+" failed, retrying", zap.Int64("version", version), zap.Int("attempt", attempt), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func (b *Bus) pruneWeights(ctx context.Context, latest int64) {
