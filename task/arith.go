@@ -177,7 +177,7 @@ func (s Spec) Validate() error {
 // accepted about once in 2,000 tries.
 const maxDrawTries = 200000
 
-// Draw samples one question of the given level from s (s must be valid and
+// drawLevel samples one question of the given level from s (s must be valid and
 // defaulted). It is deterministic given rng's state.
 func (s Spec) drawLevel(level int, rng *rand.Rand) (Problem, error) {
 	for range maxDrawTries {
