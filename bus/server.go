@@ -41,7 +41,9 @@ type ServerConfig struct {
 	// MaxPayload overrides the max message size; default bus.MaxPayload.
 	MaxPayload int32
 	// Cluster mode (the 3-node compose cluster): a cluster name, the route
-	// listen port and the other nodes' route URLs ("nats-route://host:6222").
+	// listen port and the nodes' route URLs ("nats-route://host:6222"). Give
+	// every node the same full list, itself included: clustered JetStream
+	// refuses to start without configured routes.
 	ClusterName string
 	ClusterHost string // default "0.0.0.0"
 	ClusterPort int    // 0 = no cluster
@@ -158,11 +160,18 @@ func StartServer(cfg ServerConfig, log *zap.Logger) (*Server, error) {
 		// JetStream meta leader needs a quorum, which Open's retries absorb.
 		wait = 4 * wait
 	}
-	if !ns.ReadyForConnections(wait) {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-		unlock()
-		return nil, fmt.Errorf("bus: server not ready after %s (port %d in use? store %s writable?)", wait, opts.Port, opts.StoreDir)
+	deadline := time.Now().Add(wait)
+	for !ns.ReadyForConnections(100 * time.Millisecond) {
+		stopped := !ns.Running()
+		if stopped || time.Now().After(deadline) {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			unlock()
+			if stopped {
+				return nil, fmt.Errorf("bus: server stopped while starting (see its log; a cluster node needs --routes, its own included)")
+			}
+			return nil, fmt.Errorf("bus: server not ready after %s (port %d in use? store %s writable?)", wait, opts.Port, opts.StoreDir)
+		}
 	}
 	return &Server{ns: ns, unlock: unlock}, nil
 }

@@ -26,7 +26,7 @@ func runServer(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.HTTPPort, "http-port", 0, "monitoring port (/healthz, /varz, /jsz); 0 = off")
 	fs.StringVar(&cfg.ClusterName, "cluster-name", "", "cluster name (cluster mode)")
 	fs.IntVar(&cfg.ClusterPort, "cluster-port", 0, "route listen port (cluster mode), e.g. 6222")
-	routes := fs.String("routes", "", "comma-separated routes to the other nodes, e.g. nats-route://n2:6222,nats-route://n3:6222")
+	routes := fs.String("routes", "", "comma-separated routes of every cluster node, this one included (clustered JetStream needs them), e.g. nats-route://n1:6222,nats-route://n2:6222,nats-route://n3:6222")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
