@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/exgrpo/exgrpo/auth"
@@ -14,15 +15,19 @@ func init() {
 	register("auth", "NATS security: 'auth init' writes a server config and per-role credentials", runAuth)
 }
 
+// authOut receives the command's messages (tests silence it).
+var authOut io.Writer = os.Stderr
+
 func runAuth(ctx context.Context, args []string) error {
 	if len(args) == 0 || args[0] != "init" {
-		fmt.Fprintf(os.Stderr, "usage: exgrpo auth init --out DIR --run ID [--tls-cert F --tls-key F [--tls-ca F] [--tls-verify]] [--force | --if-missing]\n")
+		fmt.Fprintf(authOut, "usage: exgrpo auth init --out DIR --run ID [--tls-cert F --tls-key F [--tls-ca F] [--tls-verify]] [--force | --if-missing]\n")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			return flag.ErrHelp
 		}
 		return fmt.Errorf("%w: the only subcommand is 'init'", errUsage)
 	}
 	fs := flag.NewFlagSet("auth init", flag.ContinueOnError)
+	fs.SetOutput(authOut)
 	out := fs.String("out", "", "directory to write server.conf, <role>.creds and keys/ into (required)")
 	run := fs.String("run", "", "run id the permissions are scoped to (required; the roles' --run)")
 	name := fs.String("name", "exgrpo", "operator and account name shown in server logs")
@@ -42,7 +47,7 @@ func runAuth(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w: --force and --if-missing contradict each other", errUsage)
 	}
 	if *ifMissing && auth.Exists(*out) {
-		fmt.Fprintf(os.Stderr, "exgrpo auth: %s already holds a configuration; kept\n", *out)
+		fmt.Fprintf(authOut, "exgrpo auth: %s already holds a configuration; kept\n", *out)
 		return nil
 	}
 	cfg := auth.DefaultConfig(*run)
@@ -58,7 +63,7 @@ func runAuth(ctx context.Context, args []string) error {
 	if err := b.Write(*out, *force); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "exgrpo auth: wrote %s and credentials for %d roles to %s (run %q)\n",
+	fmt.Fprintf(authOut, "exgrpo auth: wrote %s and credentials for %d roles to %s (run %q)\n",
 		auth.ServerConfFile, len(auth.Roles), *out, *run)
 	return nil
 }

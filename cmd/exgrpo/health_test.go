@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -45,6 +46,8 @@ func TestHealth(t *testing.T) {
 }
 
 func TestAuthInit(t *testing.T) {
+	authOut = io.Discard
+	defer func() { authOut = os.Stderr }()
 	dir := filepath.Join(t.TempDir(), "auth")
 	ctx := context.Background()
 	if err := runAuth(ctx, []string{"init", "--out", dir, "--run", "r1"}); err != nil {
