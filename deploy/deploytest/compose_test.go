@@ -3,7 +3,9 @@ package deploytest
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,7 +38,7 @@ func composeCommand(ctx context.Context) ([]string, error) {
 // the cluster down with its volumes.
 func TestComposeCluster(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds an image and runs a nine-container cluster")
+		t.Skip("builds an image and runs a ten-container cluster")
 	}
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
@@ -61,8 +63,9 @@ func TestComposeCluster(t *testing.T) {
 
 	ports := freePorts(t, 5)
 	const runID = "ci"
-	// A short, small run: enough steps to kill things in the middle.
-	train := "--steps 400 --k 4 --batch 4 --minibatches 1 --max-new 24 --train-questions 200 " +
+	// A small model and more steps than the test waits for, so that the
+	// kills always land mid-run; the test ends the run with compose down.
+	train := "--steps 100000 --k 4 --batch 4 --minibatches 1 --max-new 24 --train-questions 200 " +
 		"--heldout 8 --eval-samples 1 --eval-every 100000 --checkpoint-every 100000 --pretrain-steps 20"
 	env := []string{
 		"EXGRPO_IMAGE=" + image, "EXGRPO_RUN=" + runID, "EXGRPO_TRAIN_ARGS=" + train,
@@ -114,9 +117,22 @@ func TestComposeCluster(t *testing.T) {
 	led := followLedger(ctx, t, nc, runID)
 	const before, after = 4, 6
 	if !led.waitSteps(before, 8*time.Minute, nil) {
-		t.Fatalf("only %d steps after 8 minutes", led.steps())
+		t.Fatalf("too few steps after 8 minutes: %s", led.status())
 	}
 	firstSteps := time.Now()
+	// The inspect page and the learner's metrics answer on their host ports.
+	for _, u := range []string{
+		fmt.Sprintf("http://127.0.0.1:%d/", ports[4]),
+		fmt.Sprintf("http://127.0.0.1:%d/api/streams", ports[4]),
+		fmt.Sprintf("http://127.0.0.1:%d/metrics", ports[2]),
+	} {
+		body, err := httpGet(ctx, u)
+		if err != nil {
+			t.Errorf("%v", err)
+		} else if strings.HasSuffix(u, "/metrics") && !strings.Contains(body, "exgrpo_") {
+			t.Errorf("%s has no exgrpo metrics", u)
+		}
+	}
 
 	// One actor and one NATS node die.
 	for _, s := range []string{"actor-2", "nats-3"} {
@@ -128,7 +144,7 @@ func TestComposeCluster(t *testing.T) {
 	t.Logf("killed actor-2 and nats-3 after %d steps", killedAt)
 	// A task the actor held comes back after its ack wait (60 s by default).
 	if !led.waitSteps(killedAt+after, 6*time.Minute, nil) {
-		t.Fatalf("training stalled: %d steps, %d before the kill", led.steps(), killedAt)
+		t.Fatalf("training stalled: %d steps before the kill; %s", killedAt, led.status())
 	}
 	done := time.Now()
 	n := led.check(t)
@@ -139,4 +155,29 @@ func TestComposeCluster(t *testing.T) {
 	t.Logf("timing: image %s, cluster up to ledger %s, first %d steps %s, %d steps after the kills %s, total %s",
 		built.Sub(began).Round(time.Second), up.Sub(built).Round(time.Second), before, firstSteps.Sub(up).Round(time.Second),
 		after, done.Sub(firstSteps).Round(time.Second), time.Since(began).Round(time.Second))
+}
+
+// httpGet fetches u, retrying for a minute (a container may still be
+// starting), and returns the body of a 200 answer.
+func httpGet(ctx context.Context, u string) (string, error) {
+	var last error
+	for i := 0; i < 30; i++ {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			b, rerr := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+			resp.Body.Close()
+			cancel()
+			if resp.StatusCode == http.StatusOK && rerr == nil {
+				return string(b), nil
+			}
+			last = fmt.Errorf("GET %s: %s %s", u, resp.Status, tail(string(b), 300))
+		} else {
+			cancel()
+			last = fmt.Errorf("GET %s: %w", u, err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	return "", last
 }

@@ -70,13 +70,17 @@ func freePorts(t *testing.T, n int) []int {
 	return ports
 }
 
-// ledger follows a run's CONTROL stream (the learner's step reports) with an
-// ordered consumer, which needs nothing but read permissions.
+// ledger follows a run's CONTROL stream (the learner's step reports). It
+// polls: every two seconds a fresh ordered consumer (read permissions only)
+// reads from the next stream sequence to the end. A long-lived consumer
+// can sit on a NATS node that the test kills; a fresh one per poll lands on
+// a live node.
 type ledger struct {
 	mu      sync.Mutex
 	reports []wire.StepReport
 	bad     []string
-	cc      jetstream.ConsumeContext
+	lastErr error
+	next    uint64 // next stream sequence to read
 }
 
 func followLedger(ctx context.Context, t *testing.T, nc *nats.Conn, run string) *ledger {
@@ -86,36 +90,72 @@ func followLedger(ctx context.Context, t *testing.T, nc *nats.Conn, run string) 
 		t.Fatal(err)
 	}
 	stream := "EXGRPO_" + strings.ToUpper(run) + "_CONTROL"
-	var cons jetstream.Consumer
-	deadline := time.Now().Add(5 * time.Minute)
-	for {
-		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err = js.OrderedConsumer(octx, stream, jetstream.OrderedConsumerConfig{})
-		cancel()
-		if err == nil {
-			break
+	l := &ledger{next: 1}
+	pctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			err := l.poll(pctx, js, stream)
+			l.mu.Lock()
+			l.lastErr = err
+			l.mu.Unlock()
+			select {
+			case <-pctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			t.Fatalf("follow %s: %v", stream, err)
-		}
-		time.Sleep(2 * time.Second) // the learner has not declared the topology yet
-	}
-	l := &ledger{}
-	l.cc, err = cons.Consume(func(m jetstream.Msg) {
-		var r wire.StepReport
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		if err := wire.Decode(m.Data(), &r); err != nil {
-			l.bad = append(l.bad, err.Error())
-			return
-		}
-		l.reports = append(l.reports, r)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.cc.Stop)
+	}()
+	t.Cleanup(func() { stop(); <-done })
 	return l
+}
+
+// poll reads CONTROL from l.next to its end.
+func (l *ledger) poll(ctx context.Context, js jetstream.JetStream, stream string) error {
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cons, err := js.OrderedConsumer(octx, stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: l.next})
+	if err != nil {
+		return err // the learner may not have declared the topology yet
+	}
+	for {
+		batch, err := cons.Fetch(256, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			return err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			meta, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			var r wire.StepReport
+			l.mu.Lock()
+			if err := wire.Decode(m.Data(), &r); err != nil {
+				l.bad = append(l.bad, err.Error())
+			} else {
+				l.reports = append(l.reports, r)
+			}
+			l.next = meta.Sequence.Stream + 1
+			l.mu.Unlock()
+		}
+		if err := batch.Error(); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// status says how far the ledger got, for failure messages.
+func (l *ledger) status() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprintf("%d step reports read, last read error: %v", len(l.reports), l.lastErr)
 }
 
 // steps is the number of step reports seen so far.
