@@ -32,17 +32,24 @@ type QuestionResult struct {
 
 // EvalReport is the result of Evaluate.
 type EvalReport struct {
-	Dataset     string           `json:"dataset"`
-	K           int              `json:"k"`
-	Temperature float32          `json:"temperature"`
-	Overall     LevelStats       `json:"overall"`
-	Levels      []LevelStats     `json:"levels"`  // per (family, level), sorted
-	Buckets     []int            `json:"buckets"` // Buckets[k] = questions with k of K samples correct, k = 0..K
-	Skipped     int              `json:"skipped"` // questions the tokenizer or context could not take (not in any figure)
-	Reasons     map[string]int   `json:"reasons"` // verifier verdict reasons over all samples
-	MeanTokens  float64          `json:"mean_response_tokens"`
-	Truncated   int              `json:"truncated"` // samples that hit the length cap without EOS
-	Questions   []QuestionResult `json:"questions,omitempty"`
+	Dataset     string         `json:"dataset"`
+	K           int            `json:"k"`
+	Temperature float32        `json:"temperature"`
+	Overall     LevelStats     `json:"overall"`
+	Levels      []LevelStats   `json:"levels"`  // per (family, level), sorted
+	Buckets     []int          `json:"buckets"` // Buckets[k] = questions with k of K samples correct, k = 0..K
+	Skipped     int            `json:"skipped"` // questions the tokenizer or context could not take (not in any figure)
+	Reasons     map[string]int `json:"reasons"` // verifier verdict reasons over all samples
+	MeanTokens  float64        `json:"mean_response_tokens"`
+	Truncated   int            `json:"truncated"` // samples that hit the length cap without EOS
+	// Correct counts correct samples; Sound those among them whose text is
+	// exactly the problem's worked solution (problems without one never
+	// count as sound). On the built-in task the answer is a digit, so a
+	// correct answer after wrong steps (a lucky guess) is common: at the
+	// default base about half of the correct samples are not sound.
+	Correct   int              `json:"correct"`
+	Sound     int              `json:"sound"`
+	Questions []QuestionResult `json:"questions,omitempty"`
 }
 
 // ErrEval wraps evaluation failures.
@@ -123,10 +130,15 @@ func evaluate(sample func(prompts [][]int32, maxNew int) ([]policy.Sampled, erro
 		}
 		for j, s := range out {
 			it := &items[start+j/K]
-			v := checkers[it.p.Kind].Check(it.p.Answer, ResponseText(tok, s.Tokens))
+			text := ResponseText(tok, s.Tokens)
+			v := checkers[it.p.Kind].Check(it.p.Answer, text)
 			rep.Reasons[v.Reason]++
 			if v.Correct {
 				correct[start+j/K]++
+				rep.Correct++
+				if it.p.Solution != "" && text == it.p.Solution {
+					rep.Sound++
+				}
 			}
 			if s.Finish == policy.FinishLength {
 				rep.Truncated++
@@ -208,7 +220,11 @@ func (r EvalReport) WriteTable(w io.Writer) error {
 	if r.Skipped > 0 {
 		fmt.Fprintf(w, " (%d skipped: not encodable or too long)", r.Skipped)
 	}
-	fmt.Fprintf(w, ", mean response %.1f tokens, %d truncated samples\n", r.MeanTokens, r.Truncated)
+	fmt.Fprintf(w, ", mean response %.1f tokens, %d truncated samples", r.MeanTokens, r.Truncated)
+	if r.Correct > 0 {
+		fmt.Fprintf(w, ", %d of %d correct samples are exactly the worked solution", r.Sound, r.Correct)
+	}
+	fmt.Fprintln(w)
 	_, err := io.WriteString(w, r.Histogram())
 	return err
 }

@@ -93,6 +93,13 @@ func TestEvaluateAccounting(t *testing.T) {
 	if math.Abs(rep.Overall.Pass1-totalPass1/60) > tol {
 		t.Fatalf("overall pass@1 %v, want %v", rep.Overall.Pass1, totalPass1/60)
 	}
+	wantCorrect := 0
+	for _, k := range correctOf {
+		wantCorrect += k
+	}
+	if rep.Correct != wantCorrect || rep.Sound != wantCorrect { // the scripted correct samples are the worked solutions
+		t.Fatalf("correct %d sound %d, want %d and %d", rep.Correct, rep.Sound, wantCorrect, wantCorrect)
+	}
 	if rep.Reasons["correct"]+rep.Reasons["wrong_value"] != 60*K {
 		t.Fatalf("reasons %v do not cover %d samples", rep.Reasons, 60*K)
 	}
