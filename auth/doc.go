@@ -15,8 +15,10 @@
 //
 //	actor     reads TASKS and the weights, writes ROLLOUTS (and DEAD)
 //	verifier  reads ROLLOUTS, writes SCORED (and DEAD)
-//	replay    reads SCORED and CONTROL, writes and purges EXPERIENCE, answers sample requests
-//	learner   the only writer of TASKS, CONTROL, weights; reads SCORED and EXPERIENCE
+//	replay    reads SCORED and CONTROL, writes and purges EXPERIENCE, keeps its pool
+//	          snapshot, answers sample requests
+//	learner   the only writer of TASKS, CONTROL, weights and the policy version; owns
+//	          the topology; reads every stream (it dead-letters poison messages)
 //	inspect   reads every stream, the state and the weights; writes nothing, acks nothing
 //	admin     everything in the run's account (operators, stream surgery)
 //
