@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/exgrpo/exgrpo/learner"
@@ -36,6 +37,11 @@ func trainFlags(fs *flag.FlagSet, c *local.Config) {
 	fs.IntVar(&l.MiniBatches, "minibatches", l.MiniBatches, "optimiser steps per step")
 	fs.IntVar(&l.Staleness, "staleness", l.Staleness, "staleness bound S in policy versions (0 = synchronous, the paper)")
 	fs.IntVar(&c.Learner.MaxNew, "max-new", c.Learner.MaxNew, "response token cap per rollout")
+	fs.Func("temperature", "actors' sampling temperature (default 1; behaviour log-probs are recorded at T = 1 either way)", func(v string) error {
+		t, err := strconv.ParseFloat(v, 32)
+		c.Learner.Temperature = float32(t)
+		return err
+	})
 	fs.IntVar(&c.Learner.EvalEvery, "eval-every", c.Learner.EvalEvery, "held-out evaluation every N steps (and at the end)")
 	fs.IntVar(&c.Learner.CheckpointEvery, "checkpoint-every", c.Learner.CheckpointEvery, "checkpoint every N steps (and at the end)")
 	fs.IntVar(&c.TrainQuestions, "train-questions", c.TrainQuestions, "training questions (built-in train set)")
