@@ -112,7 +112,7 @@ func TestComposeCluster(t *testing.T) {
 	if err != nil {
 		t.Fatalf("connect to the cluster with the inspect credentials: %v", err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close) // after the ledger's own cleanup (LIFO)
 	up := time.Now()
 	led := followLedger(ctx, t, nc, runID)
 	const before, after = 4, 6
@@ -147,6 +147,7 @@ func TestComposeCluster(t *testing.T) {
 		t.Fatalf("training stalled: %d steps before the kill; %s", killedAt, led.status())
 	}
 	done := time.Now()
+	led.stop()
 	n := led.check(t)
 	if n == 0 {
 		t.Fatal("no trajectory ids in the ledger")

@@ -81,6 +81,9 @@ type ledger struct {
 	bad     []string
 	lastErr error
 	next    uint64 // next stream sequence to read
+	// stop ends the polling and waits for it; idempotent. Call it before
+	// closing the connection (also registered with t.Cleanup).
+	stop func()
 }
 
 func followLedger(ctx context.Context, t *testing.T, nc *nats.Conn, run string) *ledger {
@@ -107,7 +110,9 @@ func followLedger(ctx context.Context, t *testing.T, nc *nats.Conn, run string) 
 			}
 		}
 	}()
-	t.Cleanup(func() { stop(); <-done })
+	var once sync.Once
+	l.stop = func() { once.Do(func() { stop(); <-done }) }
+	t.Cleanup(l.stop)
 	return l
 }
 
@@ -116,7 +121,10 @@ func (l *ledger) poll(ctx context.Context, js jetstream.JetStream, stream string
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cons, err := js.OrderedConsumer(octx, stream, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: l.next})
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: l.next,
+		// A reset retries forever by default, ignoring the context: a
+		// closed connection or a lost node would hang the poll.
+		MaxResetAttempts: 2})
 	if err != nil {
 		return err // the learner may not have declared the topology yet
 	}

@@ -187,7 +187,7 @@ func TestSSHLauncher(t *testing.T) {
 		logs()
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close) // after the ledger's own cleanup (LIFO)
 	led := followLedger(ctx, t, nc, runID)
 	if !led.waitSteps(steps, 8*time.Minute, logs) {
 		t.Fatalf("fewer than %d steps completed through the ssh launcher: %s", steps, led.status())
@@ -200,6 +200,7 @@ func TestSSHLauncher(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("status:\n%s", status)
+	led.stop()
 	nc.Close()
 
 	stop()
