@@ -122,8 +122,12 @@ func Run(ctx context.Context, cfg Config, hooks Hooks, log *zap.Logger) (rundir.
 	if err != nil {
 		return sum, err
 	}
-	fmt.Fprintf(out, "\n%-28s %.3f\n%-28s %.3f\n%-28s %+.3f (%+.1f points)\n", "base held-out pass@1:", sum.BasePass1,
-		"final held-out pass@1:", sum.FinalPass1, "gain:", sum.Gain, 100*sum.Gain)
+	if sum.Completed {
+		fmt.Fprintf(out, "\n%-28s %.3f\n%-28s %.3f\n%-28s %+.3f (%+.1f points)\n", "base held-out pass@1:", sum.BasePass1,
+			"final held-out pass@1:", sum.FinalPass1, "gain:", sum.Gain, 100*sum.Gain)
+	} else {
+		fmt.Fprintf(out, "\nstopped before the last step: base held-out pass@1 %.3f, no final evaluation\n", sum.BasePass1)
+	}
 	fmt.Fprintf(out, "%d steps, %d rollouts, %.0f s; run directory %s\n", sum.Steps, sum.Rollouts, sum.WallSeconds, cfg.RunDir)
 	if !sum.Completed && ctx.Err() != nil {
 		return sum, ctx.Err()
