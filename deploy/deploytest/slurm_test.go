@@ -232,3 +232,29 @@ func TestSlurmBatchRuns(t *testing.T) {
 		t.Errorf("processes of %s left after the job: %v", bin, left)
 	}
 }
+
+// TestPlanRejects: hosts files the plan cannot run are refused with a reason.
+func TestPlanRejects(t *testing.T) {
+	root := repoRoot(t)
+	cases := []struct{ name, hosts, want string }{
+		{"no nats", "a learner,replay,actor 0\n", "no host has the nats role"},
+		{"two learners", "a nats,learner,replay 0\nb learner,actor 1\n", "exactly one host must have the learner role (found 2)"},
+		{"no replay", "a nats,learner,actor 0\n", "exactly one host must have the replay role (found 0)"},
+		{"bad gpu count", "a nats,learner,replay,actor x\n", "GPU count 'x' is not a number"},
+		{"unknown option", "a nats,learner,replay gpus=2\n", "GPU count 'gpus=2'"},
+		{"unknown key", "a nats,learner,replay 0 color=red\n", "unknown option 'color=red'"},
+		{"empty", "# nothing\n", "no hosts"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			hosts := filepath.Join(t.TempDir(), "hosts")
+			writeFile(t, hosts, c.hosts)
+			out, err := run(ctx, root, nil, filepath.Join(root, "deploy", "launch-ssh.sh"), "-H", hosts, "plan")
+			if err == nil || !strings.Contains(out, c.want) {
+				t.Fatalf("want a refusal saying %q, got err=%v\n%s", c.want, err, out)
+			}
+		})
+	}
+}
