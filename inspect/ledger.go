@@ -165,7 +165,9 @@ func (l *Ledger) foldNew() error {
 	for ; l.folded < len(l.Reports); l.folded++ {
 		r := &l.Reports[l.folded]
 		pt, ok := apply(l.pool, &r.Report, l.lookup)
-		if ok {
+		if _, seen := l.byStep[r.Report.Step]; ok || !seen {
+			// The folded report of a step, else the first that named it
+			// (its Point says why it was skipped).
 			l.byStep[r.Report.Step] = l.folded
 		}
 		l.Points = append(l.Points, pt)

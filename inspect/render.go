@@ -127,7 +127,11 @@ func (v StepView) table(w io.Writer) error {
 	if v.StaleDropped > 0 {
 		fmt.Fprintf(w, ", %d stale rollouts dropped", v.StaleDropped)
 	}
-	fmt.Fprintf(w, ", %.0f ms, %s\n\n", v.StepMillis, time.UnixMilli(v.UnixMs).UTC().Format(time.RFC3339))
+	fmt.Fprintf(w, ", %.0f ms, %s\n", v.StepMillis, time.UnixMilli(v.UnixMs).UTC().Format(time.RFC3339))
+	if v.NotFolded != "" {
+		fmt.Fprintf(w, "not folded into the pool: %s\n", v.NotFolded)
+	}
+	fmt.Fprintln(w)
 	t := table(w)
 	fmt.Fprintln(t, "question\tgroup\tk/K\trewards\tadvantages\treasons")
 	for _, g := range v.Groups {

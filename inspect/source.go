@@ -45,6 +45,10 @@ type Source struct {
 	// Where says what is inspected, for headers: a URL or a run directory.
 	Where string
 
+	// Refetched counts messages an ordered read skipped and a direct get
+	// supplied (diagnostics; 0 in a healthy read).
+	Refetched int
+
 	nc  *nats.Conn
 	srv *bus.Server
 }
@@ -118,7 +122,7 @@ func OpenRunDir(ctx context.Context, dir, run string, log *zap.Logger) (*Source,
 		return nil, fmt.Errorf("%w: %s has no run id in %s; give --run", ErrUsage, dir, rundir.ConfigFile)
 	}
 	srv, err := bus.StartServer(bus.ServerConfig{Host: "127.0.0.1", Port: -1, StoreDir: store,
-		ReadyTimeout: 30 * time.Second}, log.Named("server"))
+		ReadyTimeout: 30 * time.Second}, log.Named("server").WithOptions(zap.IncreaseLevel(zap.ErrorLevel)))
 	if errors.Is(err, bus.ErrStoreLocked) {
 		hint := "--nats <its server URL>"
 		if u := runServerURL(dir); u != "" {
@@ -214,7 +218,8 @@ func (s *Source) read(ctx context.Context, k bus.Kind, start uint64, fn func(raw
 		}
 		return last, fmt.Errorf("inspect: stream %s: %w", name, err)
 	}
-	if st.CachedInfo().State.LastSeq < start {
+	state := st.CachedInfo().State
+	if state.LastSeq < start {
 		return last, nil
 	}
 	cfg := jetstream.OrderedConsumerConfig{NamePrefix: consumerName(), InactiveThreshold: 30 * time.Second}
@@ -230,6 +235,26 @@ func (s *Source) read(ctx context.Context, k bus.Kind, start uint64, fn func(raw
 		return last, fmt.Errorf("inspect: read %s: %w", name, err)
 	}
 	defer s.drop(ctx, name, cons)
+	// next is the sequence expected next. The ordered reads are checked
+	// against it, and what they skip is read by sequence (a direct get),
+	// so that a read returns every message the stream held when it began,
+	// in order, or fails.
+	next := max(start, state.FirstSeq)
+	fill := func(upto uint64) error {
+		for ; next < upto; next++ {
+			m, err := st.GetMsg(ctx, next)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				continue // deleted (limits, purge): not there to read
+			}
+			if err != nil {
+				return fmt.Errorf("inspect: read %s seq %d: %w", name, next, err)
+			}
+			s.Refetched++
+			last = next
+			fn(raw{seq: next, subj: m.Subject, data: m.Data, time: m.Time})
+		}
+		return nil
+	}
 	left := info.NumPending
 	for left > 0 {
 		batch, err := cons.Fetch(int(min(left, 512)), jetstream.FetchMaxWait(5*time.Second))
@@ -242,20 +267,30 @@ func (s *Source) read(ctx context.Context, k bus.Kind, start uint64, fn func(raw
 			left--
 			md, err := m.Metadata()
 			if err != nil {
-				continue
+				return last, fmt.Errorf("inspect: read %s: %w", name, err)
 			}
-			last = md.Sequence.Stream
-			fn(raw{seq: md.Sequence.Stream, subj: m.Subject(), data: m.Data(), time: md.Timestamp})
+			seq := md.Sequence.Stream
+			if seq < next {
+				continue // delivered twice
+			}
+			if err := fill(seq); err != nil {
+				return last, err
+			}
+			next, last = seq+1, seq
+			fn(raw{seq: seq, subj: m.Subject(), data: m.Data(), time: md.Timestamp})
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 			return last, fmt.Errorf("inspect: read %s: %w", name, err)
 		}
-		if n == 0 {
-			break // removed meanwhile (limits)
-		}
 		if err := ctx.Err(); err != nil {
 			return last, fmt.Errorf("inspect: read %s: %w", name, err)
 		}
+		if n == 0 {
+			break
+		}
+	}
+	if err := fill(state.LastSeq + 1); err != nil {
+		return last, err
 	}
 	return last, nil
 }

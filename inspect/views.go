@@ -139,7 +139,7 @@ func (l *Ledger) Question(ctx context.Context, s *Source, id string, ck *policy.
 	}
 	for i := range l.Reports {
 		rep := &l.Reports[i].Report
-		if j, folded := l.byStep[rep.Step]; !folded || j != i {
+		if j, ok := l.byStep[rep.Step]; !ok || j != i || l.Points[i].Skipped != "" {
 			continue // a skipped report: not part of the fold
 		}
 		for _, g := range rep.Groups {
@@ -237,8 +237,10 @@ type StepView struct {
 	StepMillis    float64 `json:"step_ms"`
 	UnixMs        int64   `json:"unix_ms"`
 	// Buckets after the step, index k (0 unused).
-	Buckets []int       `json:"buckets"`
-	Groups  []GroupView `json:"groups"`
+	Buckets []int `json:"buckets"`
+	// NotFolded says why the fold skipped this report ("" when folded).
+	NotFolded string      `json:"not_folded,omitempty"`
+	Groups    []GroupView `json:"groups"`
 }
 
 // GroupView is one question's group of a step.
@@ -288,7 +290,7 @@ func (l *Ledger) Step(run string, n int64) (StepView, error) {
 		Entropy: finite(rep.Entropy), StaleDropped: rep.StaleDropped, StepMillis: float64(rep.StepMicros) / 1000,
 		UnixMs: rep.UnixMs, Groups: []GroupView{}}
 	if i := l.byStep[n]; i < len(l.Points) {
-		v.Buckets = l.Points[i].Buckets
+		v.Buckets, v.NotFolded = l.Points[i].Buckets, l.Points[i].Skipped
 	}
 	for _, g := range rep.Groups {
 		gv := GroupView{QuestionID: g.QuestionID, Size: g.Size, Correct: g.Correct, Replayed: g.Replayed, ReplayedID: g.ReplayedID,

@@ -59,10 +59,18 @@ function writeHash(patch, push) {
   const s = "#" + h.toString().replace(/=(&|$)/g, "$1");
   if (push) location.hash = s; else history.replaceState(null, "", s);
 }
+// link is an anchor that merges patch into the hash current when it is
+// clicked (so opening a trajectory keeps the open question).
 function link(patch, text, cls) {
-  const h = new URLSearchParams(location.hash.slice(1));
+  const h = new URLSearchParams();
   for (const [k, v] of Object.entries(patch)) h.set(k, v);
-  return el("a", { href: "#" + h.toString(), class: cls || "" }, text);
+  const a = el("a", { href: "#" + h.toString(), class: cls || "" }, text);
+  a.addEventListener("click", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.shiftKey) return; // a new tab gets the plain link
+    ev.preventDefault();
+    writeHash(patch, true);
+  });
+  return a;
 }
 
 // ---- charts ----
@@ -99,11 +107,13 @@ function bucketColor(k, K) {
   return `hsl(${hue}, 60%, 55%)`;
 }
 
+// niceMax is the histogram's top: four gridline steps of 1, 2 or 5 times a
+// power of ten, so that the axis shows whole numbers.
 function niceMax(x) {
-  if (x <= 4) return 4;
-  const p = Math.pow(10, Math.floor(Math.log10(x)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= x) return m * p;
-  return 10 * p;
+  const raw = Math.max(1, x / 4);
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return 4 * m * p;
+  return 40 * p;
 }
 function fmtInt(x) { return Number.isInteger(x) ? String(x) : x.toFixed(1); }
 
