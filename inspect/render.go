@@ -140,13 +140,20 @@ func (v StepView) table(w io.Writer) error {
 			group = "replayed"
 		}
 		var rs, as, why []string
+		count := map[string]int{}
 		for _, r := range g.Rollouts {
 			rs = append(rs, fmt.Sprintf("%g", r.Reward))
 			as = append(as, fmt.Sprintf("%+.2f", r.Advantage))
-			why = append(why, r.Reason)
+			if count[r.Reason] == 0 {
+				why = append(why, r.Reason)
+			}
+			count[r.Reason]++
+		}
+		for i, r := range why {
+			why[i] = fmt.Sprintf("%s x%d", r, count[r])
 		}
 		fmt.Fprintf(t, "%s\t%s\t%d/%d\t%s\t%s\t%s\n", g.QuestionID, group, g.Correct, g.Size, strings.Join(rs, " "),
-			strings.Join(as, " "), strings.Join(why, ","))
+			strings.Join(as, " "), strings.Join(why, ", "))
 	}
 	t.Flush()
 	for _, g := range v.Groups {

@@ -202,7 +202,7 @@ function renderStep(s) {
   const tb = $("groups").tBodies[0];
   tb.replaceChildren();
   for (const g of s.groups) {
-    const chips = el("td", {});
+    const chips = el("td", { class: "rollouts" });
     for (const r of g.rollouts) {
       const a = link({ t: r.id }, `${r.reward} ${r.advantage >= 0 ? "+" : ""}${r.advantage.toFixed(2)}`,
         "chip r" + (r.reward > 0 ? 1 : 0) + (r.replayed ? " rep" : ""));
@@ -245,7 +245,8 @@ async function showQuestion(id) {
       let ev = "";
       if (s.retired) ev = "retired"; else if (s.was_retired) ev = "already retired"; else if (s.from !== s.to) ev = "moved";
       const bk = s.mixed ? `${s.from || "none"} \u2192 ${s.to || "none"}` : "-";
-      tb.append(el("tr", {},
+      const cur = timeline.points[index];
+      tb.append(el("tr", { class: cur && cur.step === s.step ? "sel" : "" },
         el("td", {}, link({ step: s.step }, String(s.step))),
         el("td", {}, s.mixed ? "mixed" : "on-policy"),
         el("td", {}, s.replayed ? "replayed" : "fresh"),
