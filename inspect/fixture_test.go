@@ -54,7 +54,12 @@ func newFixture(t testing.TB) *fixture {
 
 func publishFixture(t testing.TB, srv *bus.Server) *fixture {
 	t.Helper()
-	b := bustest.Open(t, srv, bus.DefaultConfig(fxRun))
+	return publishOn(t, srv, bustest.Open(t, srv, bus.DefaultConfig(fxRun)))
+}
+
+// publishOn publishes the synthetic run through b.
+func publishOn(t testing.TB, srv *bus.Server, b *bus.Bus) *fixture {
+	t.Helper()
 	f := &fixture{srv: srv, b: b, scored: map[string]*wire.Scored{}, garbageAfter: 5}
 	f.generate(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
