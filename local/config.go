@@ -57,8 +57,8 @@ type Config struct {
 }
 
 // DefaultConfig is `exgrpo run` without flags: ExGRPO on the built-in task,
-// sized to finish within ten minutes on the two-core machine (about 300
-// steps of 32 questions x 8 rollouts).
+// sized to finish within ten minutes on the two-core machine: 400 steps of
+// 32 questions x 8 rollouts took 6 minutes of CPU time (docs/benchmarks/run.md).
 func DefaultConfig() Config {
 	c := Config{RunID: "local", Algo: AlgoExGRPO, Learner: lsvc.DefaultConfig(), Replay: rsvc.DefaultConfig(),
 		Actors: 1, Verifiers: 1, Pretrain: task.DefaultPretrainConfig(),
@@ -72,7 +72,7 @@ func DefaultConfig() Config {
 	// the replay idle for most of a short run.
 	c.Learner.Learner.LR = 1e-4
 	c.Learner.Learner.Start = 0
-	c.Learner.Steps = 300
+	c.Learner.Steps = 400
 	c.Learner.MaxNew = task.TrainMaxNew
 	c.Learner.CheckpointEvery = 50
 	c.Learner.EvalEvery = 50
