@@ -77,6 +77,7 @@ func Run(ctx context.Context, cfg Config, hooks Hooks, log *zap.Logger) (rundir.
 		return rundir.Summary{}, fmt.Errorf("local: evaluate base model: %w", err)
 	}
 	fmt.Fprintf(out, "base model held-out pass@1: %.3f\n", basePass1)
+	dir.BaseHeldOut = basePass1
 
 	sum := rundir.Summary{RunID: cfg.RunID, Algo: cfg.Algo, BasePass1: basePass1, FinalPass1: math.NaN(),
 		HeldOutN: len(heldout.Problems), MixedFromStep: -1}

@@ -17,11 +17,12 @@ import (
 // average, since single steps are noisy) and the held-out pass@1 at the steps
 // where it was evaluated. It needs at least one step.
 func (d *Dir) PlotCurve(title string) error {
-	return PlotSteps(filepath.Join(d.Path, CurvePNG), title, d.steps)
+	return PlotSteps(filepath.Join(d.Path, CurvePNG), title, d.steps, d.BaseHeldOut)
 }
 
-// PlotSteps draws steps into a PNG at path (see Dir.PlotCurve).
-func PlotSteps(path, title string, steps []Step) error {
+// PlotSteps draws steps into a PNG at path (see Dir.PlotCurve); base, when
+// not NaN, is the base model's held-out pass@1, drawn at step 0.
+func PlotSteps(path, title string, steps []Step, base float64) error {
 	if len(steps) == 0 {
 		return fmt.Errorf("rundir: plot: no steps")
 	}
@@ -35,6 +36,9 @@ func PlotSteps(path, title string, steps []Step) error {
 	reward := make(plotter.XYs, 0, len(steps))
 	avg := make(plotter.XYs, 0, len(steps))
 	var held plotter.XYs
+	if !math.IsNaN(base) {
+		held = append(held, plotter.XY{X: 0, Y: base})
+	}
 	const window = 5
 	sum := 0.0
 	for i, s := range steps {

@@ -131,11 +131,14 @@ type Summary struct {
 
 // Dir is an open run directory.
 type Dir struct {
-	Path    string
-	jsonl   *os.File
-	csvFile *os.File
-	csv     *csv.Writer
-	steps   []Step
+	Path string
+	// BaseHeldOut is the base model's held-out pass@1, drawn at step 0 of
+	// the learning curve; NaN (the default) leaves it out.
+	BaseHeldOut float64
+	jsonl       *os.File
+	csvFile     *os.File
+	csv         *csv.Writer
+	steps       []Step
 }
 
 // DefaultPath is a fresh timestamped directory under base (./runs by
@@ -166,7 +169,7 @@ func Create(path string, config any, resume bool) (*Dir, error) {
 	if err := os.WriteFile(cfgPath, append(b, '\n'), 0o644); err != nil {
 		return nil, fmt.Errorf("rundir: %w", err)
 	}
-	d := &Dir{Path: path}
+	d := &Dir{Path: path, BaseHeldOut: math.NaN()}
 	if resume {
 		d.steps, _ = ReadMetrics(path) // a missing or torn file starts fresh
 	}
