@@ -94,50 +94,46 @@ func Plot(dir string, p Plan, runs []RunResult) ([]string, error) {
 		if len(arms) == 0 {
 			continue
 		}
-		curves := newPlot(fmt.Sprintf("%s: held-out pass@1 (mean of %d seed(s), bars min-max)", s.Name, len(arms[0])), "fresh rollouts", "held-out pass@1")
+		var main, abl [][]RunResult
+		ablation := map[string]bool{}
+		for _, a := range Ablations() {
+			ablation[a.Name] = true
+		}
+		for _, rs := range arms {
+			if ablation[rs[0].Arm] {
+				abl = append(abl, rs)
+			} else {
+				main = append(main, rs)
+			}
+		}
+		curves, err := curvePlot(s.Name+": held-out pass@1 (mean over seeds, bars min-max)", main, true)
+		if err != nil {
+			return files, err
+		}
+		if len(abl) > 0 {
+			ref := abl
+			for _, rs := range main {
+				if rs[0].Arm == ArmExGRPONoDelay.Name || rs[0].Arm == ArmOnPolicy.Name {
+					ref = append([][]RunResult{rs}, ref...)
+				}
+			}
+			ap, err := curvePlot(s.Name+": ablations of exgrpo-nodelay, held-out pass@1 (mean over seeds)", ref, false)
+			if err != nil {
+				return files, err
+			}
+			if err := save(ap, "curves-"+s.Name+"-ablations.png"); err != nil {
+				return files, err
+			}
+		}
 		reward := newPlot(s.Name+": training reward (batch Pass@1 of fresh rollouts, 5-step mean)", "fresh rollouts", "reward")
 		entropy := newPlot(s.Name+": mean token entropy, fresh (solid) and replayed (dashed), 5-step mean", "fresh rollouts", "entropy (nats)")
 		for i, rs := range arms {
 			name := rs[0].Arm
-			// Held-out curve: evaluations at the same step index across seeds.
-			n := math.MaxInt
-			for _, r := range rs {
-				n = min(n, len(r.Evals))
-			}
-			var pts errPoints
-			for j := 0; j < n; j++ {
-				xs := make([]float64, len(rs))
-				var x float64
-				for k, r := range rs {
-					xs[k] = r.Evals[j].Pass1
-					x += float64(r.Evals[j].Rollouts)
-				}
-				c := NewCell(xs)
-				pts.XYs = append(pts.XYs, plotter.XY{X: x / float64(len(rs)), Y: c.Mean})
-				pts.YErrors = append(pts.YErrors, struct{ Low, High float64 }{c.Mean - c.Min, c.Max - c.Mean})
-			}
-			line, points, err := plotter.NewLinePoints(pts.XYs)
-			if err != nil {
-				return files, fmt.Errorf("experiment: plot: %w", err)
-			}
-			line.Color, points.Color = plotutil.Color(i), plotutil.Color(i)
-			points.Shape = plotutil.Shape(i)
-			curves.Add(line, points)
-			curves.Legend.Add(name, line, points)
-			if len(rs) > 1 {
-				bars, err := plotter.NewYErrorBars(pts)
-				if err != nil {
-					return files, fmt.Errorf("experiment: plot: %w", err)
-				}
-				bars.Color = plotutil.Color(i)
-				curves.Add(bars)
-			}
-
 			rw, err := plotter.NewLine(stepMean(rs, 5, func(st Step) (float64, bool) { return st.Reward, true }))
 			if err != nil {
 				return files, fmt.Errorf("experiment: plot: %w", err)
 			}
-			rw.Color = plotutil.Color(i)
+			rw.Color, rw.Dashes = plotutil.Color(i), plotutil.Dashes(i/7)
 			reward.Add(rw)
 			reward.Legend.Add(name, rw)
 
@@ -145,7 +141,7 @@ func Plot(dir string, p Plan, runs []RunResult) ([]string, error) {
 			if err != nil {
 				return files, fmt.Errorf("experiment: plot: %w", err)
 			}
-			fe.Color = plotutil.Color(i)
+			fe.Color, fe.Dashes = plotutil.Color(i), plotutil.Dashes(i/7)
 			entropy.Add(fe)
 			entropy.Legend.Add(name, fe)
 			if rp := stepMean(rs, 5, func(st Step) (float64, bool) { return st.ReplayedEntropy, st.Replayed > 0 }); len(rp) > 0 {
@@ -186,7 +182,6 @@ func Plot(dir string, p Plan, runs []RunResult) ([]string, error) {
 				}
 			}
 		}
-		curves.Legend.Top, curves.Legend.Left = false, false
 		for _, x := range []struct {
 			p    *plot.Plot
 			name string
@@ -208,4 +203,48 @@ func hasPool(rs []RunResult) bool {
 		}
 	}
 	return false
+}
+
+// curvePlot draws held-out pass@1 against fresh rollouts, one line per arm
+// (the mean over its seeds at each evaluation), with min-max bars when bars
+// is set. Colours repeat after seven arms with a different dash pattern.
+func curvePlot(title string, arms [][]RunResult, bars bool) (*plot.Plot, error) {
+	p := newPlot(title, "fresh rollouts", "held-out pass@1")
+	p.Legend.Top = false
+	for i, rs := range arms {
+		n := math.MaxInt
+		for _, r := range rs {
+			n = min(n, len(r.Evals))
+		}
+		var pts errPoints
+		for j := 0; j < n; j++ {
+			xs := make([]float64, len(rs))
+			var x float64
+			for k, r := range rs {
+				xs[k] = r.Evals[j].Pass1
+				x += float64(r.Evals[j].Rollouts)
+			}
+			c := NewCell(xs)
+			pts.XYs = append(pts.XYs, plotter.XY{X: x / float64(len(rs)), Y: c.Mean})
+			pts.YErrors = append(pts.YErrors, struct{ Low, High float64 }{c.Mean - c.Min, c.Max - c.Mean})
+		}
+		line, points, err := plotter.NewLinePoints(pts.XYs)
+		if err != nil {
+			return nil, fmt.Errorf("experiment: plot: %w", err)
+		}
+		line.Color, points.Color = plotutil.Color(i), plotutil.Color(i)
+		line.Dashes = plotutil.Dashes(i / 7)
+		points.Shape = plotutil.Shape(i)
+		p.Add(line, points)
+		p.Legend.Add(fmt.Sprintf("%s (%d)", rs[0].Arm, len(rs)), line, points)
+		if bars && len(rs) > 1 {
+			b, err := plotter.NewYErrorBars(pts)
+			if err != nil {
+				return nil, fmt.Errorf("experiment: plot: %w", err)
+			}
+			b.Color = plotutil.Color(i)
+			p.Add(b)
+		}
+	}
+	return p, nil
 }
