@@ -327,3 +327,16 @@ func TestMerge(t *testing.T) {
 		t.Errorf("merging different budgets: %v, want ErrConfig", err)
 	}
 }
+
+func TestArmMu(t *testing.T) {
+	p := FullPlan()
+	for _, tc := range []struct {
+		arm  Arm
+		want float64
+	}{{ArmExGRPONoDelay, float64(p.K) / 2}, {ArmExGRPOLowMu, 2}} {
+		c, err := p.poolConfig(tc.arm)
+		if err != nil || c.Mu != tc.want {
+			t.Errorf("arm %s: pool Mu %v (%v), want %v", tc.arm.Name, c.Mu, err, tc.want)
+		}
+	}
+}

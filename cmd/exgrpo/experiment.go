@@ -65,7 +65,7 @@ func runExperiment(ctx context.Context, args []string) error {
 	quick := fs.Bool("quick", false, "the quick plan (about 10 minutes): on-policy vs ExGRPO on the base and hard settings, one seed")
 	out := fs.String("out", "", "output directory (default results/experiment-<plan>)")
 	settings := fs.String("settings", "", "comma-separated settings to run (base, weak, hard); default all of the plan")
-	arms := fs.String("arms", "", "comma-separated arms to run (onpolicy, exgrpo, exgrpo-nodelay, no-qsel, no-tsel, no-shaping, no-is, high-entropy, rho-0.25, rho-0.75); default all")
+	arms := fs.String("arms", "", "comma-separated arms to run (onpolicy, exgrpo, exgrpo-nodelay, exgrpo-mu2, no-qsel, no-tsel, no-shaping, no-is, high-entropy, rho-0.25, rho-0.75); default all")
 	seeds := fs.String("seeds", "", "comma-separated seeds, overriding the plan's")
 	budget := fs.Int("budget", 0, "fresh rollouts per run, overriding the plan's")
 	lr := fs.Float64("lr", 0, "learning rate, overriding the plan's")
