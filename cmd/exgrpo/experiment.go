@@ -71,6 +71,7 @@ func runExperiment(ctx context.Context, args []string) error {
 	lr := fs.Float64("lr", 0, "learning rate, overriding the plan's")
 	hardN := fs.Int("hard-questions", 0, "size of the hard fixed question set, overriding the plan's")
 	evalEvery := fs.Int("eval-every", 0, "steps between held-out evaluations, overriding the plan's")
+	baseSteps := fs.Int("base-steps", 0, "warm-up steps of the base model of the base and hard settings, overriding task.DefaultPretrainConfig's (to repeat an experiment on an earlier default base)")
 	cacheDir := fs.String("cache-dir", "", "base-model cache (default <out>/base-models: pretrained by this tree's task code, so a stale shared cache cannot leak in)")
 	resume := fs.Bool("resume", false, "keep the runs already in <out>/results.json and run only the missing ones")
 	replot := fs.Bool("replot", false, "only rewrite table.md and the plots from <out>/results.json")
@@ -140,6 +141,13 @@ func runExperiment(ctx context.Context, args []string) error {
 		for i := range plan.Settings {
 			if plan.Settings[i].Name == "hard" {
 				plan.Settings[i] = experiment.HardSetting(*hardN, plan.Settings[i].Arms...)
+			}
+		}
+	}
+	if *baseSteps > 0 {
+		for i := range plan.Settings {
+			if plan.Settings[i].Name != "weak" {
+				plan.Settings[i].Pretrain.Steps = *baseSteps
 			}
 		}
 	}
