@@ -245,7 +245,7 @@ func BaseSetting(arms ...Arm) Setting {
 func WeakSetting(arms ...Arm) Setting {
 	s := BaseSetting(arms...)
 	s.Name, s.Pretrain = "weak", task.WeakPretrainConfig()
-	s.About = "weak base model (150 warm-up steps instead of 400), same questions"
+	s.About = "weak base model (task.WeakPretrainConfig: 150 warm-up steps), same questions"
 	return s
 }
 
