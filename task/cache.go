@@ -37,7 +37,28 @@ func PretrainKey(cfg PretrainConfig) string {
 	h := sha256.New()
 	h.Write([]byte(pretrainFormat + "\x00" + Alphabet + "\x00"))
 	h.Write(b)
+	h.Write(generatorFingerprint(cfg))
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// generatorFingerprint is a sample of what the warm-up trains on: the first
+// problems the generator draws for cfg's distribution and seed, prompts and
+// worked solutions. A change to the generator or the solution format changes
+// it, so a stale cached base model is never reused even when nobody bumps
+// pretrainFormat.
+func generatorFingerprint(cfg PretrainConfig) []byte {
+	ds, err := Generate("fingerprint", cfg.Data, 64, cfg.Seed)
+	if err != nil {
+		return []byte("generate: " + err.Error())
+	}
+	var b []byte
+	for _, p := range ds.Problems {
+		b = append(b, p.Prompt...)
+		b = append(b, 0)
+		b = append(b, p.Solution...)
+		b = append(b, 0)
+	}
+	return b
 }
 
 // BasePath is where BaseModel caches the base model of cfg in cacheDir.
