@@ -62,6 +62,14 @@ func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, 
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", c.ConnectedUrl())) }),
+		// A connection the client gives up on (for example after repeated
+		// authorization errors while reconnecting) ends here; without this
+		// line such a role would stall with nothing in its log.
+		nats.ClosedHandler(func(c *nats.Conn) {
+			if err := c.LastError(); err != nil {
+				log.Warn("nats connection closed", zap.Error(err))
+			}
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
 			if s != nil {
