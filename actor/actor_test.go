@@ -22,17 +22,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// fakePolicy answers deterministically from (task, i); it can be made to
+// scriptedPolicy answers deterministically from (task, i); it can be made to
 // hang on one sample until its context ends, like an actor killed mid-task.
-type fakePolicy struct {
+type scriptedPolicy struct {
 	version int64
 	hangOn  string // "<taskID>/<i>"
 	hung    atomic.Bool
 }
 
-func (f *fakePolicy) Version() int64               { return f.version }
-func (f *fakePolicy) Load(v int64, _ []byte) error { f.version = v; return nil }
-func (f *fakePolicy) Sample(ctx context.Context, t wire.Task, i int) (Completion, error) {
+func (f *scriptedPolicy) Version() int64               { return f.version }
+func (f *scriptedPolicy) Load(v int64, _ []byte) error { f.version = v; return nil }
+func (f *scriptedPolicy) Sample(ctx context.Context, t wire.Task, i int) (Completion, error) {
 	if fmt.Sprintf("%s/%d", t.TaskID, i) == f.hangOn {
 		f.hung.Store(true)
 		<-ctx.Done()
@@ -148,7 +148,7 @@ func TestStoppedMidTaskIsRedelivered(t *testing.T) {
 			want = append(want, fmt.Sprintf("t%d/%d", i, j))
 		}
 	}
-	doomed := &fakePolicy{hangOn: "t0/2"}
+	doomed := &scriptedPolicy{hangOn: "t0/2"}
 	a := runActor(t, b, doomed, "doomed")
 	publishTasks(t, ctx, b, tasks[0])
 	bustest.Eventually(t, 10*time.Second, "first actor hangs after storing t0/0 and t0/1", func() bool {
@@ -156,7 +156,7 @@ func TestStoppedMidTaskIsRedelivered(t *testing.T) {
 	})
 	a.stop()
 	publishTasks(t, ctx, b, tasks[1:]...)
-	runActor(t, b, &fakePolicy{}, "survivor")
+	runActor(t, b, &scriptedPolicy{}, "survivor")
 	bustest.Eventually(t, 20*time.Second, "every task acked", func() bool {
 		return streamMsgs(t, ctx, b, bus.Tasks) == 0
 	})
@@ -175,7 +175,7 @@ func TestMalformedTaskGoesToDead(t *testing.T) {
 	b := bustest.Open(t, s, bus.DefaultConfig("a2"))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	runActor(t, b, &fakePolicy{}, "a")
+	runActor(t, b, &scriptedPolicy{}, "a")
 	if _, err := b.JS.Publish(ctx, b.Names.Subject(bus.Tasks), []byte("not msgpack \xc1")); err != nil {
 		t.Fatal(err)
 	}

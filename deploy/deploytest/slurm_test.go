@@ -146,10 +146,10 @@ func TestSSHDryRun(t *testing.T) {
 	}
 }
 
-// fakeSrun stands in for Slurm's srun on a machine without Slurm: it drops
+// srunStandIn stands in for Slurm's srun on a machine without Slurm: it drops
 // the step options, applies --export=ALL,VAR=value and runs the command on
 // this machine (every "node" is this machine).
-const fakeSrun = `#!/bin/sh
+const srunStandIn = `#!/bin/sh
 while [ $# -gt 0 ]; do
   case "$1" in
     --export=*) e=${1#--export=}; old=$IFS; IFS=,
@@ -184,7 +184,7 @@ func TestSlurmBatchRuns(t *testing.T) {
 	if err := os.MkdirAll(shims, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(shims, "srun"), []byte(fakeSrun), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(shims, "srun"), []byte(srunStandIn), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	authDir := filepath.Join(dir, "auth")
