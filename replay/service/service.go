@@ -205,12 +205,17 @@ func (s *Service) Run(ctx context.Context) error {
 		zap.Int("buffered", len(s.buffer)))
 	s.observe()
 
-	ropts := bus.ReaderOptions{AckWait: s.cfg.AckWait, MaxAckPending: s.cfg.MaxBuffered}
-	ctrlCons, err := s.bus.Reader(ctx, bus.Control, s.cfg.Durable, ropts)
+	// Reports are folded strictly in stream order, so at most one is out
+	// unacknowledged: JetStream redelivers a report before any later one
+	// only then. With more in flight, a report delivered to a reader that
+	// stopped (a restart) would come back after its successors, and folding
+	// those first loses its trajectories (ALGORITHM.md E1: the pool is the
+	// fold of the reports in step order).
+	ctrlCons, err := s.bus.Reader(ctx, bus.Control, s.cfg.Durable, bus.ReaderOptions{AckWait: s.cfg.AckWait, MaxAckPending: 1})
 	if err != nil {
 		return fmt.Errorf("replay service: %w", err)
 	}
-	scoredCons, err := s.bus.Reader(ctx, bus.Scored, s.cfg.Durable, ropts)
+	scoredCons, err := s.bus.Reader(ctx, bus.Scored, s.cfg.Durable, bus.ReaderOptions{AckWait: s.cfg.AckWait, MaxAckPending: s.cfg.MaxBuffered})
 	if err != nil {
 		return fmt.Errorf("replay service: %w", err)
 	}
@@ -257,6 +262,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			s.release(cc, sc)
 			return nil
 		case m := <-ctrlCh:
 			s.onReport(ctx, m)
@@ -272,11 +278,30 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		if err := s.advance(ctx); err != nil {
 			if ctx.Err() != nil {
+				s.release(cc, sc)
 				return nil
 			}
 			return err
 		}
 	}
+}
+
+// release hands back, on the way out, what this process holds but has not
+// made durable: the waiting reports and the buffered trajectories not yet in a
+// snapshot are negatively acknowledged, so a restarted service gets them at
+// once instead of after AckWait. The readers stop first, so that nothing is
+// redelivered to them on the way out.
+func (s *Service) release(readers ...jetstream.ConsumeContext) {
+	for _, r := range readers {
+		r.Stop()
+	}
+	for _, pr := range s.reports {
+		_ = pr.msg.Nak()
+	}
+	for _, m := range s.unacked {
+		_ = m.Nak()
+	}
+	s.reports, s.unacked = nil, nil
 }
 
 // onReport queues a step report in stream order.

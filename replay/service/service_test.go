@@ -353,6 +353,52 @@ func TestRestartRebuildsSameState(t *testing.T) {
 	}
 }
 
+// TestReportHeldByAStoppedReaderIsFoldedFirst: a report delivered to a reader
+// that went away unacknowledged (a restart racing a delivery) comes back
+// before the reports after it, so the restarted service folds in step order
+// and keeps that step's trajectories (ALGORITHM.md E1).
+func TestReportHeldByAStoppedReaderIsFoldedFirst(t *testing.T) {
+	h := newHarness(t)
+	sc := makeScript(8, 12, 11)
+	r := start(t, h)
+	for s := 0; s < 5; s++ {
+		h.publishStep(sc, s)
+	}
+	r.waitStep(t, 4)
+	r.stop(t)
+	h.publishStep(sc, 5)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := h.b.JS.Consumer(ctx, h.b.Names.Stream(bus.Control), testConfig().Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for m := range batch.Messages() {
+		var rep wire.StepReport
+		if err := wire.Decode(m.Data(), &rep); err != nil || rep.Step != 5 {
+			t.Fatalf("held message is not report 5: %+v, %v", rep, err)
+		}
+		held++ // never acknowledged: the stopped reader's copy
+	}
+	if held != 1 {
+		t.Fatalf("held %d reports, want 1", held)
+	}
+	for s := 6; s < 8; s++ {
+		h.publishStep(sc, s)
+	}
+	r2 := start(t, h)
+	got := r2.waitStep(t, 7)
+	ref := reference(t, testConfig().Pool, sc, 8)
+	if !bytes.Equal(got, ref.Snapshot()) {
+		t.Fatalf("pool differs from the in-order fold: %+v vs %+v", statsOf(t, got), ref.Stats())
+	}
+}
+
 // TestSampleWaitsForStep: a request naming a step not yet folded is answered
 // once the fold reaches it, with the pool's questions and candidates (E6, E7),
 // and the same request gets the same answer.
