@@ -307,6 +307,27 @@ func readExperience(t *testing.T, h *harness) map[string]bool {
 	return seen
 }
 
+// runSteps starts a service and folds the script's steps [0, n).
+func runSteps(t *testing.T, h *harness, sc script, n int) *running {
+	t.Helper()
+	r := start(t, h)
+	for s := 0; s < n; s++ {
+		h.publishStep(sc, s)
+	}
+	r.waitStep(t, int64(n-1))
+	return r
+}
+
+// requireFold fails unless got is, byte for byte, the pure fold of the
+// script's first n steps.
+func requireFold(t *testing.T, got []byte, sc script, n int) {
+	t.Helper()
+	ref := reference(t, testConfig().Pool, sc, n)
+	if !bytes.Equal(got, ref.Snapshot()) {
+		t.Fatalf("pool differs from the uninterrupted, in-order fold: %+v vs %+v", statsOf(t, got), ref.Stats())
+	}
+}
+
 // TestRestartRebuildsSameState: the service stopped mid-run and restarted
 // ends with the same pool, byte for byte, as the uninterrupted pure fold,
 // whether the trajectories waiting for their report were already in a
@@ -322,11 +343,7 @@ func TestRestartRebuildsSameState(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
 			sc := makeScript(10, 12, 11)
-			r := start(t, h)
-			for s := 0; s < 5; s++ {
-				h.publishStep(sc, s)
-			}
-			r.waitStep(t, 4)
+			r := runSteps(t, h, sc, 5)
 			// Trajectories of step 5 arrive while the service is up; its
 			// report only after the restart.
 			for i := range sc.scored[5] {
@@ -344,11 +361,7 @@ func TestRestartRebuildsSameState(t *testing.T) {
 			for s := 8; s < 10; s++ {
 				h.publishStep(sc, s)
 			}
-			got := r2.waitStep(t, 9)
-			ref := reference(t, testConfig().Pool, sc, 10)
-			if !bytes.Equal(got, ref.Snapshot()) {
-				t.Fatalf("restarted pool differs from the uninterrupted fold: %+v vs %+v", statsOf(t, got), ref.Stats())
-			}
+			requireFold(t, r2.waitStep(t, 9), sc, 10)
 		})
 	}
 }
@@ -360,12 +373,7 @@ func TestRestartRebuildsSameState(t *testing.T) {
 func TestReportHeldByAStoppedReaderIsFoldedFirst(t *testing.T) {
 	h := newHarness(t)
 	sc := makeScript(8, 12, 11)
-	r := start(t, h)
-	for s := 0; s < 5; s++ {
-		h.publishStep(sc, s)
-	}
-	r.waitStep(t, 4)
-	r.stop(t)
+	runSteps(t, h, sc, 5).stop(t)
 	h.publishStep(sc, 5)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -391,12 +399,7 @@ func TestReportHeldByAStoppedReaderIsFoldedFirst(t *testing.T) {
 	for s := 6; s < 8; s++ {
 		h.publishStep(sc, s)
 	}
-	r2 := start(t, h)
-	got := r2.waitStep(t, 7)
-	ref := reference(t, testConfig().Pool, sc, 8)
-	if !bytes.Equal(got, ref.Snapshot()) {
-		t.Fatalf("pool differs from the in-order fold: %+v vs %+v", statsOf(t, got), ref.Stats())
-	}
+	requireFold(t, start(t, h).waitStep(t, 7), sc, 8)
 }
 
 // TestSampleWaitsForStep: a request naming a step not yet folded is answered
