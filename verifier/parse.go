@@ -298,72 +298,63 @@ func (p *parser) relOp() (string, bool) {
 	return "", false
 }
 
-// rel := ratio (relop ratio)*
+// rel reads one list item: the loosest of chainLevels.
 func (p *parser) rel() (*node, error) {
 	if err := p.enter(); err != nil {
 		return nil, err
 	}
 	defer p.leave()
-	first, err := p.ratio()
+	return p.chain(0)
+}
+
+// chainLevels are the n-ary operator levels between list and sum, loosest
+// first:
+//
+//	rel   := ratio (relop ratio)*
+//	ratio := union (':' union)*
+//	union := sum ('\cup' sum)*
+var chainLevels = [...]op{opRel, opRatio, opUnion}
+
+// chainOp reports the operator of level o at the cursor. (A switch rather
+// than a function per level keeps the parser off the heap.)
+func (p *parser) chainOp(o op) (string, bool) {
+	switch o {
+	case opRel:
+		return p.relOp()
+	case opRatio:
+		return ":", p.isP(":")
+	}
+	return `\cup`, p.isC(`\cup`)
+}
+
+// chain reads level i of chainLevels: one operand of the next level (sum
+// after the last), or several joined by the level's operator into one node;
+// only a relation keeps its operators (rels).
+func (p *parser) chain(i int) (*node, error) {
+	if i == len(chainLevels) {
+		return p.sum()
+	}
+	o := chainLevels[i]
+	first, err := p.chain(i + 1)
 	if err != nil {
 		return nil, err
 	}
-	r, ok := p.relOp()
+	r, ok := p.chainOp(o)
 	if !ok {
 		return first, nil
 	}
-	n := &node{op: opRel, kids: []*node{first}}
+	n := &node{op: o, kids: []*node{first}}
 	for ok {
 		p.next()
-		part, err := p.ratio()
+		k, err := p.chain(i + 1)
 		if err != nil {
 			return nil, err
 		}
-		n.rels = append(n.rels, r)
-		n.kids = append(n.kids, part)
-		r, ok = p.relOp()
-	}
-	return n, nil
-}
-
-// ratio := union (':' union)*
-func (p *parser) ratio() (*node, error) {
-	first, err := p.union()
-	if err != nil {
-		return nil, err
-	}
-	if !p.isP(":") {
-		return first, nil
-	}
-	n := &node{op: opRatio, kids: []*node{first}}
-	for p.isP(":") {
-		p.next()
-		k, err := p.union()
-		if err != nil {
-			return nil, err
+		if o == opRel {
+			n.rels = append(n.rels, r)
 		}
 		n.kids = append(n.kids, k)
-	}
-	return n, nil
-}
-
-// union := sum ('\cup' sum)*
-func (p *parser) union() (*node, error) {
-	first, err := p.sum()
-	if err != nil {
-		return nil, err
-	}
-	if !p.isC(`\cup`) {
-		return first, nil
-	}
-	n := &node{op: opUnion, kids: []*node{first}}
-	for p.isC(`\cup`) {
-		p.next()
-		k, err := p.sum()
-		if err != nil {
-			return nil, err
-		}
-		n.kids = append(n.kids, k)
+		r, ok = p.chainOp(o)
 	}
 	return n, nil
 }
@@ -703,19 +694,7 @@ func (p *parser) bracketed(open byte) (*node, error) {
 // braceGroupOrSet reads {...}: a group, or a set when it holds a list.
 func (p *parser) braceGroupOrSet() (*node, error) {
 	p.next()
-	l, err := p.list('{', "")
-	if err != nil {
-		return nil, err
-	}
-	if !p.isP("}") {
-		return nil, errSyntax
-	}
-	p.next()
-	if len(l.kids) == 1 {
-		return l.kids[0], nil
-	}
-	l.open, l.close = '{', '}'
-	return l, nil
+	return p.braceBody()
 }
 
 // group reads a braced argument {...} as one expression.
@@ -728,6 +707,12 @@ func (p *parser) group() (*node, error) {
 		p.next()
 		return &node{op: opText, name: ""}, nil
 	}
+	return p.braceBody()
+}
+
+// braceBody reads the rest of {...} after the opening brace: the one item
+// it holds, or a set of several (none: the empty set).
+func (p *parser) braceBody() (*node, error) {
 	l, err := p.list('{', "")
 	if err != nil {
 		return nil, err
