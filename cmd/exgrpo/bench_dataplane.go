@@ -40,9 +40,14 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	conc := fs.Int("verifier-concurrency", runtime.NumCPU(), "verifier worker concurrency")
 	memory := fs.Bool("memory", false, "memory storage for every stream (default file storage)")
 	profile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (server included) to this file")
+	phase := fs.String("phase", "both", "what to run: both, bare or pipeline (one phase alone, e.g. to profile it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if *phase != "both" && *phase != "bare" && *phase != "pipeline" {
+		return fmt.Errorf("bench dataplane: --phase %q: want both, bare or pipeline", *phase)
+	}
+	runBare, runPipe := *phase != "pipeline", *phase != "bare"
 	if *profile != "" {
 		f, err := os.Create(*profile)
 		if err != nil {
@@ -82,19 +87,31 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	var ratios []float64
 	var cpuBare, cpuPipe time.Duration // process CPU (server included), summed over reps
 	for r := range *reps {
+		var bare, pipe time.Duration
 		c0 := dataplaneCPU()
-		bare, err := benchBare(ctx, srv, fmt.Sprintf("bare%d", r), payloads)
-		if err != nil {
-			return fmt.Errorf("bare: %w", err)
+		if runBare {
+			if bare, err = benchBare(ctx, srv, fmt.Sprintf("bare%d", r), payloads); err != nil {
+				return fmt.Errorf("bare: %w", err)
+			}
 		}
 		c1 := dataplaneCPU()
-		pipe, err := benchPipeline(ctx, srv, fmt.Sprintf("pipe%d", r), trajs, *conc)
-		if err != nil {
-			return fmt.Errorf("pipeline: %w", err)
+		if runPipe {
+			if pipe, err = benchPipeline(ctx, srv, fmt.Sprintf("pipe%d", r), trajs, *conc); err != nil {
+				return fmt.Errorf("pipeline: %w", err)
+			}
 		}
 		c2 := dataplaneCPU()
 		cpuBare += c1 - c0
 		cpuPipe += c2 - c1
+		if !runBare || !runPipe {
+			d, c := bare, c1-c0
+			if runPipe {
+				d, c = pipe, c2-c1
+			}
+			fmt.Printf("  rep %d: %s %.0f traj/s (%.2fs wall, %.2fs CPU, %.0f us CPU per trajectory)\n", r+1, *phase,
+				float64(*n)/d.Seconds(), d.Seconds(), c.Seconds(), c.Seconds()*1e6/float64(*n))
+			continue
+		}
 		fmt.Printf("  rep %d: bare %.0f traj/s (%.2fs wall, %.2fs CPU), pipeline %.0f traj/s (%.2fs wall, %.2fs CPU)\n", r+1,
 			float64(*n)/bare.Seconds(), bare.Seconds(), (c1 - c0).Seconds(), float64(*n)/pipe.Seconds(), pipe.Seconds(), (c2 - c1).Seconds())
 		ratios = append(ratios, bare.Seconds()/pipe.Seconds())
@@ -104,6 +121,9 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 		if bestPipe == 0 || pipe < bestPipe {
 			bestPipe = pipe
 		}
+	}
+	if !runBare || !runPipe {
+		return nil
 	}
 	bt, pt := float64(*n)/bestBare.Seconds(), float64(*n)/bestPipe.Seconds()
 	fmt.Printf("bare JetStream publish+consume: %.0f traj/s (%.1f MB/s)\n", bt, bt*float64(len(payloads[0]))/1e6)
