@@ -59,17 +59,9 @@ func encodeBlob[T int32 | float32](enc *msgpack.Encoder, s []T, bits func(T) uin
 // empty slice for an empty blob. The declared length is checked against
 // MaxMessageBytes before anything is allocated.
 func decodeBlob[T int32 | float32](dec *msgpack.Decoder, what string, from func(uint32) T) ([]T, error) {
-	n, err := dec.DecodeBytesLen()
-	if err != nil {
+	n, err := blobBytes(dec, what)
+	if err != nil || n == -1 {
 		return nil, err
-	}
-	switch {
-	case n == -1:
-		return nil, nil
-	case n < 0 || n > MaxMessageBytes:
-		return nil, fmt.Errorf("%s blob of %d bytes exceeds %d", what, n, MaxMessageBytes)
-	case n%4 != 0:
-		return nil, fmt.Errorf("%s blob of %d bytes is not a multiple of 4", what, n)
 	}
 	out := make([]T, n/4)
 	if n == 0 {
@@ -89,6 +81,26 @@ func decodeBlob[T int32 | float32](dec *msgpack.Decoder, what string, from func(
 		out[i] = from(binary.LittleEndian.Uint32(b[4*i:]))
 	}
 	return out, nil
+}
+
+// blobBytes reads a blob's header and checks its declared length: -1 for
+// msgpack nil, else a multiple of 4 within MaxMessageBytes. Every blob
+// reader (decodeBlob, and blobLen that skips one) goes through it, so they
+// accept the same inputs.
+func blobBytes(dec *msgpack.Decoder, what string) (int, error) {
+	n, err := dec.DecodeBytesLen()
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case n == -1:
+		return -1, nil
+	case n < 0 || n > MaxMessageBytes:
+		return 0, fmt.Errorf("%s blob of %d bytes exceeds %d", what, n, MaxMessageBytes)
+	case n%4 != 0:
+		return 0, fmt.Errorf("%s blob of %d bytes is not a multiple of 4", what, n)
+	}
+	return n, nil
 }
 
 // EncodeMsgpack writes the blob.
