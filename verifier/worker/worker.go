@@ -175,6 +175,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
+// scoredBufs recycles the buffers SCORED messages are built in (a 1,024-token
+// trajectory's is ~14 KB); one is reused only after its publish was acked.
+var scoredBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+// maxPooledScored keeps the rare huge buffer out of the pool.
+const maxPooledScored = 1 << 20
+
 func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
@@ -205,47 +212,59 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
 		w.m.Redelivered.Inc()
 	}
-	var traj wire.Trajectory
-	if err := wire.Decode(msg.Data(), &traj); err != nil {
+	// The trajectory is graded from its head fields and forwarded as the
+	// bytes it arrived in: its blobs are checked, never decoded or encoded.
+	var traj wire.RawTrajectory
+	if err := wire.DecodeRawTrajectory(msg.Data(), &traj); err != nil {
 		w.dead(ctx, msg, err.Error())
 		return
 	}
-	if traj.ID == "" {
+	id := traj.Head.ID
+	if id == "" {
 		w.dead(ctx, msg, "trajectory without id")
 		return
 	}
-	chk, err := w.checker(traj.Kind)
+	chk, err := w.checker(traj.Head.Kind)
 	if err != nil {
-		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", traj.ID, err))
+		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", id, err))
 		return
 	}
-	v, us := w.grade(chk, traj.Answer, traj.Text)
+	v, us := w.grade(chk, traj.Head.Answer, traj.Head.Text)
 	reward := float32(0)
 	if v.Correct {
 		reward = 1
 	}
-	data, err := wire.Encode(&wire.Scored{Traj: traj, Reward: reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: us})
+	buf := scoredBufs.Get().(*[]byte)
+	data, err := wire.AppendScored((*buf)[:0], &wire.ScoredHeader{Reward: reward, Reason: v.Reason,
+		Extracted: v.Extracted, VerifyMicros: us}, &traj)
 	if err != nil {
-		w.dead(ctx, msg, fmt.Sprintf("scored %s does not encode: %v", traj.ID, err))
+		scoredBufs.Put(buf)
+		w.dead(ctx, msg, fmt.Sprintf("scored %s does not encode: %v", id, err))
 		return
 	}
 	batch := pub.Batch()
-	err = batch.Add(ctx, w.b.Names.Subject(bus.Scored), traj.ID, data)
+	err = batch.Add(ctx, w.b.Names.Subject(bus.Scored), id, data)
 	if err == nil {
 		err = batch.Wait(ctx)
 	}
 	if err != nil {
+		// data is not recycled: a publish given up on may still be in flight.
 		if ctx.Err() == nil {
-			w.log.Warn("publish scored", zap.String("id", traj.ID), zap.Error(err))
+			w.log.Warn("publish scored", zap.String("id", id), zap.Error(err))
 			w.m.Errors.Inc()
 			_ = msg.NakWithDelay(w.cfg.RetryDelay)
 		}
 		return
 	}
+	// Acked: neither the client nor the publisher's retries read data any more.
+	if cap(data) <= maxPooledScored {
+		*buf = data
+		scoredBufs.Put(buf)
+	}
 	w.m.Published.Inc()
 	if err := msg.Ack(); err != nil {
 		// Redelivered later and deduplicated on SCORED by its id.
-		w.log.Debug("ack rollout", zap.String("id", traj.ID), zap.Error(err))
+		w.log.Debug("ack rollout", zap.String("id", id), zap.Error(err))
 	}
 	w.m.Processed.Inc()
 	w.m.Latency.Observe(time.Since(start).Seconds())

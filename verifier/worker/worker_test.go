@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -153,5 +154,58 @@ func TestTimeoutScoresZero(t *testing.T) {
 	sc := drain[wire.Scored](t, ctx, b, bus.Scored, "check", 1)[0]
 	if sc.Reward != 0 || sc.Reason != verifier.ReasonTimeout {
 		t.Fatalf("slow checker: reward %v reason %q, want 0 %q", sc.Reward, sc.Reason, verifier.ReasonTimeout)
+	}
+}
+
+// The scored message carries the trajectory exactly as the actor sent it
+// (blobs included), and every kind of bad trajectory goes to DEAD with the
+// decoder's reason instead of being forwarded.
+func TestForwardsTrajectoryAndDeadLettersBadBytes(t *testing.T) {
+	s := bustest.Server(t)
+	b := bustest.Open(t, s, bus.DefaultConfig("w3"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	subj := b.Names.Subject(bus.Rollouts)
+	good := wire.Trajectory{RunID: "w3", ID: "4/q1/2", TaskID: "4/q1", Step: 4, QuestionID: "q1", Index: 2,
+		PolicyVersion: 3, ActorID: "a", PromptTokens: wire.Int32s{7, 8}, Tokens: wire.Int32s{1, 2, 3},
+		LogProbs: wire.Float32s{-0.5, -1, -2}, Entropies: wire.Float32s{0.1, 0.2, 0.3}, Text: "1+1=\\boxed{2}",
+		Finish: "eos", Answer: "2", Kind: "arith", SampleMicros: 9, CreatedUnixMs: 1}
+	data, err := wire.Encode(&good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Bytes after an encoded trajectory are not part of it and are dropped.
+	if _, err := b.JS.Publish(ctx, subj, append(data, 0xc1, 0xc1)); err != nil {
+		t.Fatal(err)
+	}
+	bad := map[string]string{ // payload -> what the dead letter's reason must say
+		"\x93not a trajectory":                       "malformed",
+		"\x82\xa1v\x02\xa2id\xa1x":                   "unknown schema version",
+		"\x83\xa1v\x01\xa2id\xa1x\xa3tok\xc4\x03abc": "not a multiple of 4",
+		"\x83\xa1v\x01\xa2id\xa1x\xa4step\xa3two":    "malformed",
+		string(data[:len(data)-5]):                   "malformed",
+	}
+	for payload := range bad {
+		if _, err := b.JS.Publish(ctx, subj, []byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startWorker(t, b, DefaultConfig(), nil)
+	sc := drain[wire.Scored](t, ctx, b, bus.Scored, "check", 1)[0]
+	want := wire.Scored{V: wire.ScoredSchema, Traj: good, Reward: 1, Reason: verifier.ReasonCorrect, Extracted: sc.Extracted,
+		VerifyMicros: sc.VerifyMicros}
+	want.Traj.V = wire.TrajectorySchema
+	if !reflect.DeepEqual(sc, want) {
+		t.Fatalf("scored %+v\nwant %+v", sc, want)
+	}
+	for _, dl := range drain[wire.DeadLetter](t, ctx, b, bus.Dead, "check", len(bad)) {
+		reason, ok := bad[string(dl.Data)]
+		if !ok {
+			t.Fatalf("unexpected dead letter %q: %s", dl.Data, dl.Reason)
+		}
+		if !strings.Contains(dl.Reason, reason) {
+			t.Errorf("dead letter of %q: reason %q, want it to say %q", dl.Data, dl.Reason, reason)
+		}
+		delete(bad, string(dl.Data))
 	}
 }
