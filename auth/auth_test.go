@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/exgrpo/exgrpo/bus"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -78,28 +79,28 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 func topology(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n runNames) {
 	t.Helper()
 	ctx := ctxT(t, 20*time.Second)
-	for _, k := range streamKinds {
-		base := n.subject(k)
-		cfg := jetstream.StreamConfig{Name: n.stream(k), Subjects: []string{base, base + ".>"}, Storage: jetstream.MemoryStorage}
+	for _, k := range bus.Kinds {
+		base := n.Subject(k)
+		cfg := jetstream.StreamConfig{Name: n.Stream(k), Subjects: []string{base, base + ".>"}, Storage: jetstream.MemoryStorage}
 		switch k {
-		case kTasks, kRollouts:
+		case bus.Tasks, bus.Rollouts:
 			cfg.Retention = jetstream.WorkQueuePolicy
-		case kExperience:
+		case bus.Experience:
 			cfg.Subjects, cfg.AllowDirect = []string{base + ".>"}, true
-		case kDead:
+		case bus.Dead:
 			cfg.Subjects = []string{base + ".>"}
 		}
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			t.Fatalf("learner creates %s: %v", cfg.Name, Explain(nc, "", err))
 		}
 	}
-	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: n.kvBucket(), Storage: jetstream.MemoryStorage}); err != nil {
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: n.StateBucket(), Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatalf("learner creates KV: %v", Explain(nc, "", err))
 	}
-	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: n.objBucket(), Storage: jetstream.MemoryStorage}); err != nil {
+	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: n.WeightsBucket(), Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatalf("learner creates object store: %v", Explain(nc, "", err))
 	}
-	for _, c := range []struct{ stream, durable string }{{n.stream(kTasks), "actors"}, {n.stream(kRollouts), "verifiers"}} {
+	for _, c := range []struct{ stream, durable string }{{n.Stream(bus.Tasks), "actors"}, {n.Stream(bus.Rollouts), "verifiers"}} {
 		if _, err := js.CreateOrUpdateConsumer(ctx, c.stream, jetstream.ConsumerConfig{Durable: c.durable, AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
 			t.Fatalf("learner creates consumer %s: %v", c.durable, Explain(nc, "", err))
 		}
@@ -149,7 +150,7 @@ func TestDenied(t *testing.T) {
 		}
 	}
 	putWeights := func(ctx context.Context, js jetstream.JetStream) error {
-		obs, err := js.ObjectStore(ctx, n.objBucket())
+		obs, err := js.ObjectStore(ctx, n.WeightsBucket())
 		if err != nil {
 			return err
 		}
@@ -157,53 +158,53 @@ func TestDenied(t *testing.T) {
 		return err
 	}
 	putVersion := func(ctx context.Context, js jetstream.JetStream) error {
-		kv, err := js.KeyValue(ctx, n.kvBucket())
+		kv, err := js.KeyValue(ctx, n.StateBucket())
 		if err != nil {
 			return err
 		}
-		_, err = kv.Put(ctx, versionKey, []byte("9"))
+		_, err = kv.Put(ctx, bus.VersionKey, []byte("9"))
 		return err
 	}
 	updateStream := func(ctx context.Context, js jetstream.JetStream) error {
-		_, err := js.UpdateStream(ctx, jetstream.StreamConfig{Name: n.stream(kControl), Subjects: []string{n.subject(kControl)}, Storage: jetstream.MemoryStorage, MaxMsgs: 1})
+		_, err := js.UpdateStream(ctx, jetstream.StreamConfig{Name: n.Stream(bus.Control), Subjects: []string{n.Subject(bus.Control)}, Storage: jetstream.MemoryStorage, MaxMsgs: 1})
 		return err
 	}
 	readScored := func(ctx context.Context, js jetstream.JetStream) error {
-		_, err := js.CreateOrUpdateConsumer(ctx, n.stream(kScored), jetstream.ConsumerConfig{Durable: "snoop", AckPolicy: jetstream.AckExplicitPolicy})
+		_, err := js.CreateOrUpdateConsumer(ctx, n.Stream(bus.Scored), jetstream.ConsumerConfig{Durable: "snoop", AckPolicy: jetstream.AckExplicitPolicy})
 		return err
 	}
-	weights := "$O." + n.objBucket() + ".>"
-	version := "$KV." + n.kvBucket() + "." + versionKey
+	weights := "$O." + n.WeightsBucket() + ".>"
+	version := "$KV." + n.StateBucket() + "." + bus.VersionKey
 	cases := []struct {
 		role Role
 		ops  []op
 	}{
 		{Actor, []op{
 			{"weights", weights, putWeights},
-			{"experience", n.subject(kExperience) + ".q1", pub(n.subject(kExperience) + ".q1")},
-			{"control", n.subject(kControl), pub(n.subject(kControl))},
-			{"tasks", n.subject(kTasks), pub(n.subject(kTasks))},
-			{"scored", n.subject(kScored), pub(n.subject(kScored))},
+			{"experience", n.Subject(bus.Experience) + ".q1", pub(n.Subject(bus.Experience) + ".q1")},
+			{"control", n.Subject(bus.Control), pub(n.Subject(bus.Control))},
+			{"tasks", n.Subject(bus.Tasks), pub(n.Subject(bus.Tasks))},
+			{"scored", n.Subject(bus.Scored), pub(n.Subject(bus.Scored))},
 			{"policy version", version, putVersion},
-			{"stream update", "$JS.API.STREAM.UPDATE." + n.stream(kControl), updateStream},
-			{"read scored", "$JS.API.CONSUMER.CREATE." + n.stream(kScored) + ".>", readScored},
+			{"stream update", "$JS.API.STREAM.UPDATE." + n.Stream(bus.Control), updateStream},
+			{"read scored", "$JS.API.CONSUMER.CREATE." + n.Stream(bus.Scored) + ".>", readScored},
 		}},
 		{Verifier, []op{
 			{"weights", "", putWeights}, // refused already when looking up the object
-			{"experience", n.subject(kExperience) + ".q1", pub(n.subject(kExperience) + ".q1")},
-			{"rollouts", n.subject(kRollouts), pub(n.subject(kRollouts))},
+			{"experience", n.Subject(bus.Experience) + ".q1", pub(n.Subject(bus.Experience) + ".q1")},
+			{"rollouts", n.Subject(bus.Rollouts), pub(n.Subject(bus.Rollouts))},
 		}},
 		{Replay, []op{
 			{"weights", "", putWeights},
-			{"tasks", n.subject(kTasks), pub(n.subject(kTasks))},
-			{"control", n.subject(kControl), pub(n.subject(kControl))},
+			{"tasks", n.Subject(bus.Tasks), pub(n.Subject(bus.Tasks))},
+			{"control", n.Subject(bus.Control), pub(n.Subject(bus.Control))},
 			{"policy version", version, putVersion},
 		}},
 		{Inspect, []op{
-			{"dead", n.subject(kDead) + ".x", pub(n.subject(kDead) + ".x")},
-			{"scored", n.subject(kScored), pub(n.subject(kScored))},
-			{"control", n.subject(kControl), pub(n.subject(kControl))},
-			{"stream update", "$JS.API.STREAM.UPDATE." + n.stream(kControl), updateStream},
+			{"dead", n.Subject(bus.Dead) + ".x", pub(n.Subject(bus.Dead) + ".x")},
+			{"scored", n.Subject(bus.Scored), pub(n.Subject(bus.Scored))},
+			{"control", n.Subject(bus.Control), pub(n.Subject(bus.Control))},
+			{"stream update", "$JS.API.STREAM.UPDATE." + n.Stream(bus.Control), updateStream},
 		}},
 	}
 	// The operations run concurrently (each waits out its timeout), then
@@ -250,8 +251,8 @@ func TestDenied(t *testing.T) {
 	}
 	// Nothing got through.
 	ctx := ctxT(t, 5*time.Second)
-	for _, k := range []string{kControl, kTasks, kExperience, kScored, kRollouts, kDead} {
-		st, err := ljs.Stream(ctx, n.stream(k))
+	for _, k := range []bus.Kind{bus.Control, bus.Tasks, bus.Experience, bus.Scored, bus.Rollouts, bus.Dead} {
+		st, err := ljs.Stream(ctx, n.Stream(k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -259,7 +260,7 @@ func TestDenied(t *testing.T) {
 			t.Errorf("%s holds %d messages after denied publishes", k, m)
 		}
 	}
-	obs, _ := ljs.ObjectStore(ctx, n.objBucket())
+	obs, _ := ljs.ObjectStore(ctx, n.WeightsBucket())
 	if _, err := obs.GetInfo(ctx, "v9"); !errors.Is(err, jetstream.ErrObjectNotFound) {
 		t.Errorf("weights v9 exist after denied puts (err %v)", err)
 	}

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -10,36 +11,27 @@ import (
 	"go.uber.org/zap"
 )
 
-// TestNamesMatchBus: the permissions are written against the names package
-// bus derives; a rename there must show up here.
-func TestNamesMatchBus(t *testing.T) {
+// TestRunNames: the names permissions add to bus.Names agree with the
+// package that uses them, and a bad run id is auth's ErrConfig, worded as
+// bus words it.
+func TestRunNames(t *testing.T) {
 	for _, run := range []string{"t1", "Run_2-x"} {
 		n, err := newRunNames(run)
 		if err != nil {
 			t.Fatal(err)
 		}
-		bn, err := bus.NewNames(run)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kinds := map[string]bus.Kind{kTasks: bus.Tasks, kRollouts: bus.Rollouts, kScored: bus.Scored, kExperience: bus.Experience, kControl: bus.Control, kDead: bus.Dead}
-		if len(kinds) != len(bus.Kinds) {
-			t.Fatalf("bus has %d stream kinds, auth knows %d", len(bus.Kinds), len(kinds))
-		}
-		for k, bk := range kinds {
-			if n.stream(k) != bn.Stream(bk) || n.subject(k) != bn.Subject(bk) {
-				t.Errorf("%s: auth %s %s, bus %s %s", k, n.stream(k), n.subject(k), bn.Stream(bk), bn.Subject(bk))
-			}
-		}
-		if n.replayBucket() != rsvc.SnapshotBucket(bn) {
-			t.Errorf("replay snapshot bucket: auth %s, replay/service %s", n.replayBucket(), rsvc.SnapshotBucket(bn))
-		}
-		if n.kvBucket() != bn.StateBucket() || n.objBucket() != bn.WeightsBucket() || n.sample() != bn.SampleSubject() {
-			t.Errorf("buckets or sample subject differ: %s %s %s vs %s %s %s", n.kvBucket(), n.objBucket(), n.sample(), bn.StateBucket(), bn.WeightsBucket(), bn.SampleSubject())
+		if n.replayBucket() != rsvc.SnapshotBucket(n.Names) {
+			t.Errorf("replay snapshot bucket: auth %s, replay/service %s", n.replayBucket(), rsvc.SnapshotBucket(n.Names))
 		}
 	}
-	if versionKey != bus.VersionKey || actorsConsumer != bus.ActorsConsumer || verifiersConsumer != bus.VerifiersConsumer {
-		t.Error("version key or shared consumer names differ from bus")
+	for run, want := range map[string]string{
+		"":    `auth: invalid config: run id "" must have 1-64 characters`,
+		"a.b": `auth: invalid config: run id "a.b" may only use letters, digits, '_' and '-'`,
+	} {
+		_, err := newRunNames(run)
+		if !errors.Is(err, ErrConfig) || err.Error() != want {
+			t.Errorf("run %q: error %v, want %s wrapping ErrConfig", run, err, want)
+		}
 	}
 }
 

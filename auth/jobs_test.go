@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/exgrpo/exgrpo/bus"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -52,21 +53,21 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 	weights := bytes.Repeat([]byte{7}, 300<<10) // several chunks
 
 	// Learner: weights v1, the version key, one task.
-	lobs, err := ljs.ObjectStore(ctx, n.objBucket())
+	lobs, err := ljs.ObjectStore(ctx, n.WeightsBucket())
 	must(lnc, "learner object store", err)
 	_, err = lobs.PutBytes(ctx, "v1", weights)
 	must(lnc, "learner puts weights", err)
-	lkv, err := ljs.KeyValue(ctx, n.kvBucket())
+	lkv, err := ljs.KeyValue(ctx, n.StateBucket())
 	must(lnc, "learner kv", err)
-	_, err = lkv.Put(ctx, versionKey, []byte("1"))
+	_, err = lkv.Put(ctx, bus.VersionKey, []byte("1"))
 	must(lnc, "learner puts version", err)
-	pub(lnc, ljs, n.subject(kTasks), "0/q1", []byte("task"))
+	pub(lnc, ljs, n.Subject(bus.Tasks), "0/q1", []byte("task"))
 
 	// Actor: watches the version, fetches the weights, takes the task,
 	// publishes a rollout.
-	akv, err := ajs.KeyValue(ctx, n.kvBucket())
+	akv, err := ajs.KeyValue(ctx, n.StateBucket())
 	must(anc, "actor kv", err)
-	w, err := akv.Watch(ctx, versionKey)
+	w, err := akv.Watch(ctx, bus.VersionKey)
 	must(anc, "actor watches version", err)
 	select {
 	case e := <-w.Updates():
@@ -77,26 +78,26 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 		t.Fatal("actor's version watch: nothing")
 	}
 	must(anc, "actor stops watch", w.Stop())
-	aobs, err := ajs.ObjectStore(ctx, n.objBucket())
+	aobs, err := ajs.ObjectStore(ctx, n.WeightsBucket())
 	must(anc, "actor object store", err)
 	got, err := aobs.GetBytes(ctx, "v1")
 	must(anc, "actor gets weights", err)
 	if !bytes.Equal(got, weights) {
 		t.Fatal("actor got different weights")
 	}
-	acons, err := ajs.Consumer(ctx, n.stream(kTasks), actorsConsumer)
+	acons, err := ajs.Consumer(ctx, n.Stream(bus.Tasks), bus.ActorsConsumer)
 	must(anc, "actor looks up the tasks consumer", err)
 	task := fetchOne(anc, acons, false)
 	must(anc, "actor marks in progress", task.InProgress())
-	pub(anc, ajs, n.subject(kRollouts), "0/q1/0", []byte("rollout"))
+	pub(anc, ajs, n.Subject(bus.Rollouts), "0/q1/0", []byte("rollout"))
 	must(anc, "actor acks task", task.DoubleAck(ctx))
-	pub(anc, ajs, n.subject(kDead)+".tasks", "dead-a", []byte("dead letter"))
+	pub(anc, ajs, n.Subject(bus.Dead)+".tasks", "dead-a", []byte("dead letter"))
 
 	// Verifier: takes the rollout, publishes it scored.
-	vcons, err := vjs.Consumer(ctx, n.stream(kRollouts), verifiersConsumer)
+	vcons, err := vjs.Consumer(ctx, n.Stream(bus.Rollouts), bus.VerifiersConsumer)
 	must(vnc, "verifier looks up its consumer", err)
 	fetchOne(vnc, vcons, false).DoubleAck(ctx)
-	pub(vnc, vjs, n.subject(kScored), "0/q1/0", []byte("scored"))
+	pub(vnc, vjs, n.Subject(bus.Scored), "0/q1/0", []byte("scored"))
 
 	// Learner and replay each read SCORED with their own durable.
 	for _, r := range []struct {
@@ -104,30 +105,30 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 		js   jetstream.JetStream
 		name string
 	}{{lnc, ljs, "learner"}, {rnc, rjs, "replay"}} {
-		c, err := r.js.CreateOrUpdateConsumer(ctx, n.stream(kScored), jetstream.ConsumerConfig{Durable: r.name, AckPolicy: jetstream.AckExplicitPolicy})
+		c, err := r.js.CreateOrUpdateConsumer(ctx, n.Stream(bus.Scored), jetstream.ConsumerConfig{Durable: r.name, AckPolicy: jetstream.AckExplicitPolicy})
 		must(r.nc, r.name+" creates its SCORED reader", err)
 		fetchOne(r.nc, c, true)
 	}
 
 	// Replay serves sample requests; the learner asks.
-	sub, err := rnc.Subscribe(n.sample(), func(m *nats.Msg) { _ = m.Respond([]byte("q1")) })
+	sub, err := rnc.Subscribe(n.SampleSubject(), func(m *nats.Msg) { _ = m.Respond([]byte("q1")) })
 	must(rnc, "replay subscribes to sample requests", err)
 	defer sub.Unsubscribe()
 	must(rnc, "replay flush", rnc.Flush())
-	reply, err := lnc.RequestWithContext(ctx, n.sample(), []byte("n=1"))
+	reply, err := lnc.RequestWithContext(ctx, n.SampleSubject(), []byte("n=1"))
 	must(lnc, "learner requests a sample", err)
 	if string(reply.Data) != "q1" {
 		t.Fatalf("sample reply %q", reply.Data)
 	}
 
 	// Learner: the step report; replay folds it and stores experience.
-	pub(lnc, ljs, n.subject(kControl), "step/0", []byte("report"))
-	rc, err := rjs.CreateOrUpdateConsumer(ctx, n.stream(kControl), jetstream.ConsumerConfig{Durable: "replay", AckPolicy: jetstream.AckExplicitPolicy})
+	pub(lnc, ljs, n.Subject(bus.Control), "step/0", []byte("report"))
+	rc, err := rjs.CreateOrUpdateConsumer(ctx, n.Stream(bus.Control), jetstream.ConsumerConfig{Durable: "replay", AckPolicy: jetstream.AckExplicitPolicy})
 	must(rnc, "replay creates its CONTROL reader", err)
 	fetchOne(rnc, rc, true)
-	expSubj := n.subject(kExperience) + ".q1"
+	expSubj := n.Subject(bus.Experience) + ".q1"
 	pub(rnc, rjs, expSubj, "0/q1/0", []byte("experience"))
-	rkv, err := rjs.KeyValue(ctx, n.kvBucket())
+	rkv, err := rjs.KeyValue(ctx, n.StateBucket())
 	must(rnc, "replay kv", err)
 	_, err = rkv.Put(ctx, "replay.q1", []byte("bucket 1"))
 	must(rnc, "replay writes its state", err)
@@ -146,7 +147,7 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 	}
 
 	// Learner fetches the experience by subject (direct get).
-	lexp, err := ljs.Stream(ctx, n.stream(kExperience))
+	lexp, err := ljs.Stream(ctx, n.Stream(bus.Experience))
 	must(lnc, "learner experience stream", err)
 	m, err := lexp.GetLastMsgForSubject(ctx, expSubj)
 	must(lnc, "learner gets experience", err)
@@ -155,25 +156,25 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 	}
 
 	// Inspect reads every stream with an ordered consumer, and the state.
-	for _, k := range streamKinds {
-		if k == kTasks || k == kRollouts {
+	for _, k := range bus.Kinds {
+		if k == bus.Tasks || k == bus.Rollouts {
 			// Work queues admit only explicit-ack consumers; inspect reads
 			// their state and single messages instead.
-			st, err := ijs.Stream(ctx, n.stream(k))
-			must(inc, "inspect stream info "+k, err)
+			st, err := ijs.Stream(ctx, n.Stream(k))
+			must(inc, "inspect stream info "+string(k), err)
 			if st.CachedInfo().State.FirstSeq > 0 {
 				_, err = st.GetMsg(ctx, st.CachedInfo().State.FirstSeq)
 				if err != nil && err != jetstream.ErrMsgNotFound {
-					must(inc, "inspect gets a message of "+k, err)
+					must(inc, "inspect gets a message of "+string(k), err)
 				}
 			}
 			continue
 		}
-		oc, err := ijs.OrderedConsumer(ctx, n.stream(k), jetstream.OrderedConsumerConfig{})
-		must(inc, "inspect reads "+k, err)
+		oc, err := ijs.OrderedConsumer(ctx, n.Stream(k), jetstream.OrderedConsumerConfig{})
+		must(inc, "inspect reads "+string(k), err)
 		info, err := oc.Info(ctx)
-		must(inc, "inspect consumer info "+k, err)
-		if k != kTasks && k != kRollouts && info.NumPending == 0 {
+		must(inc, "inspect consumer info "+string(k), err)
+		if k != bus.Tasks && k != bus.Rollouts && info.NumPending == 0 {
 			t.Errorf("inspect sees %s empty", k)
 		}
 	}
@@ -186,14 +187,14 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 	if cnt != len(n.allStreams()) {
 		t.Errorf("inspect lists %d streams, want %d", cnt, len(n.allStreams()))
 	}
-	ikv, err := ijs.KeyValue(ctx, n.kvBucket())
+	ikv, err := ijs.KeyValue(ctx, n.StateBucket())
 	must(inc, "inspect kv", err)
-	_, err = ikv.Get(ctx, versionKey)
+	_, err = ikv.Get(ctx, bus.VersionKey)
 	must(inc, "inspect reads the version", err)
 
 	// Replay retires the question: purges its experience.
 	must(rnc, "replay purges", func() error {
-		st, err := rjs.Stream(ctx, n.stream(kExperience))
+		st, err := rjs.Stream(ctx, n.Stream(bus.Experience))
 		if err != nil {
 			return err
 		}

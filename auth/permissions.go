@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/exgrpo/exgrpo/bus"
 )
 
 // Role is one kind of process that connects to NATS.
@@ -36,76 +38,39 @@ type Permissions struct {
 	DenyPublish []string
 }
 
-// runNames derives the run's stream, subject and bucket names. They follow
-// package bus (Names): streams EXGRPO_<RUN>_<KIND>, subjects
-// exgrpo.<run>.<kind>, KV EXGRPO_<RUN>_STATE, Object Store
-// EXGRPO_<RUN>_WEIGHTS. A test checks the two agree.
-type runNames struct {
-	run, up string
-}
+// runNames are the run's names: bus.Names (streams EXGRPO_<RUN>_<KIND>,
+// subjects exgrpo.<run>.<kind>, KV EXGRPO_<RUN>_STATE, Object Store
+// EXGRPO_<RUN>_WEIGHTS) and the few more that permissions need.
+type runNames struct{ bus.Names }
 
+// newRunNames checks run with bus.NewNames and reports a bad id as an
+// ErrConfig, in bus's words without bus's prefix.
 func newRunNames(run string) (runNames, error) {
-	if run == "" || len(run) > 64 {
-		return runNames{}, fmt.Errorf("%w: run id %q must have 1-64 characters", ErrConfig, run)
+	n, err := bus.NewNames(run)
+	if err != nil {
+		return runNames{}, fmt.Errorf("%w: %s", ErrConfig, strings.TrimPrefix(err.Error(), bus.ErrConfig.Error()+": "))
 	}
-	for _, c := range run {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return runNames{}, fmt.Errorf("%w: run id %q may only use letters, digits, '_' and '-'", ErrConfig, run)
-		}
-	}
-	return runNames{run: run, up: strings.ToUpper(run)}, nil
+	return runNames{n}, nil
 }
-
-// stream kinds of the topology.
-const (
-	kTasks      = "TASKS"
-	kRollouts   = "ROLLOUTS"
-	kScored     = "SCORED"
-	kExperience = "EXPERIENCE"
-	kControl    = "CONTROL"
-	kDead       = "DEAD"
-)
-
-var streamKinds = []string{kTasks, kRollouts, kScored, kExperience, kControl, kDead}
-
-func (n runNames) stream(kind string) string { return "EXGRPO_" + n.up + "_" + kind }
-
-// subject is the base subject of a kind; data lives on it and below it.
-func (n runNames) subject(kind string) string {
-	if kind == kExperience {
-		return "exgrpo." + n.run + ".exp"
-	}
-	return "exgrpo." + n.run + "." + strings.ToLower(kind)
-}
-
-// Durable names of the shared work-queue consumers (bus.ActorsConsumer,
-// bus.VerifiersConsumer).
-const (
-	actorsConsumer    = "actors"
-	verifiersConsumer = "verifiers"
-)
-
-// versionKey is the KV key of the latest policy version (bus.VersionKey).
-const versionKey = "policy.version"
-
-func (n runNames) sample() string    { return "exgrpo." + n.run + ".replay.sample" }
-func (n runNames) kvBucket() string  { return "EXGRPO_" + n.up + "_STATE" }
-func (n runNames) objBucket() string { return "EXGRPO_" + n.up + "_WEIGHTS" }
 
 // replayBucket is the replay service's snapshot Object Store
-// (replay/service.SnapshotBucket).
-func (n runNames) replayBucket() string { return "EXGRPO_" + n.up + "_REPLAY" }
+// (replay/service.SnapshotBucket): EXGRPO_<RUN>_REPLAY.
+func (n runNames) replayBucket() string {
+	return strings.TrimSuffix(n.StateBucket(), "_STATE") + "_REPLAY"
+}
+
+// The streams and subjects NATS keeps the KV and Object Store buckets on.
 func (n runNames) replayStream() string { return "OBJ_" + n.replayBucket() }
-func (n runNames) kvStream() string     { return "KV_" + n.kvBucket() }
-func (n runNames) objStream() string    { return "OBJ_" + n.objBucket() }
-func (n runNames) kvSubjects() string   { return "$KV." + n.kvBucket() + ".>" }
-func (n runNames) objSubjects() string  { return "$O." + n.objBucket() + ".>" }
+func (n runNames) kvStream() string     { return "KV_" + n.StateBucket() }
+func (n runNames) objStream() string    { return "OBJ_" + n.WeightsBucket() }
+func (n runNames) kvSubjects() string   { return "$KV." + n.StateBucket() + ".>" }
+func (n runNames) objSubjects() string  { return "$O." + n.WeightsBucket() + ".>" }
 
 // allStreams are the run's streams including the KV and Object Store ones.
 func (n runNames) allStreams() []string {
-	s := make([]string, 0, len(streamKinds)+2)
-	for _, k := range streamKinds {
-		s = append(s, n.stream(k))
+	s := make([]string, 0, len(bus.Kinds)+3)
+	for _, k := range bus.Kinds {
+		s = append(s, n.Stream(k))
 	}
 	return append(s, n.kvStream(), n.objStream(), n.replayStream())
 }
@@ -191,31 +156,31 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 	}
 	// The shared work-queue consumers are declared by whichever role opens
 	// the bus first, like the streams.
-	for _, c := range [][2]string{{n.stream(kTasks), actorsConsumer}, {n.stream(kRollouts), verifiersConsumer}} {
+	for _, c := range [][2]string{{n.Stream(bus.Tasks), bus.ActorsConsumer}, {n.Stream(bus.Rollouts), bus.VerifiersConsumer}} {
 		add(&pub, []string{
 			"$JS.API.CONSUMER.CREATE." + c[0] + "." + c[1], "$JS.API.CONSUMER.CREATE." + c[0] + "." + c[1] + ".>",
 			"$JS.API.CONSUMER.DURABLE.CREATE." + c[0] + "." + c[1],
 			"$JS.API.CONSUMER.INFO." + c[0] + "." + c[1],
 		})
 	}
-	dead := data(n.subject(kDead))
-	tasks, rollouts, scored, exp, control := n.stream(kTasks), n.stream(kRollouts), n.stream(kScored), n.stream(kExperience), n.stream(kControl)
+	dead := data(n.Subject(bus.Dead))
+	tasks, rollouts, scored, exp, control := n.Stream(bus.Tasks), n.Stream(bus.Rollouts), n.Stream(bus.Scored), n.Stream(bus.Experience), n.Stream(bus.Control)
 	kv, obj := n.kvStream(), n.objStream()
 	perms := Permissions{}
 	switch role {
 	case Actor:
-		add(&pub, dead, data(n.subject(kRollouts)))
+		add(&pub, dead, data(n.Subject(bus.Rollouts)))
 		add(&pub, apiGet(tasks), apiConsume(tasks), apiAck(tasks))
 		add(&pub, apiGet(kv), apiConsume(kv)) // version watch (ordered, no acks)
 		add(&pub, apiGet(obj), apiConsume(obj))
 		add(&sub, maxDeliveries(tasks))
 	case Verifier:
-		add(&pub, dead, data(n.subject(kScored)))
+		add(&pub, dead, data(n.Subject(bus.Scored)))
 		add(&pub, apiGet(rollouts), apiConsume(rollouts), apiAck(rollouts))
 		add(&pub, apiGet(kv), apiConsume(kv))
 		add(&sub, maxDeliveries(rollouts))
 	case Replay:
-		add(&pub, dead, data(n.subject(kExperience)), []string{n.kvSubjects()})
+		add(&pub, dead, data(n.Subject(bus.Experience)), []string{n.kvSubjects()})
 		for _, s := range []string{scored, control} {
 			add(&pub, apiGet(s), apiConsume(s), apiAck(s))
 			add(&sub, maxDeliveries(s))
@@ -225,11 +190,11 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 		// Its pool snapshot (restarts resume from it).
 		snap := n.replayStream()
 		add(&pub, []string{"$O." + n.replayBucket() + ".>"}, apiGet(snap), apiConsume(snap), apiOwn(snap))
-		add(&sub, data(n.sample()))
+		add(&sub, data(n.SampleSubject()))
 		perms.RespondToRequests = true
 	case Learner:
-		add(&pub, dead, data(n.subject(kTasks)), data(n.subject(kControl)),
-			[]string{n.kvSubjects(), n.objSubjects()}, data(n.sample()))
+		add(&pub, dead, data(n.Subject(bus.Tasks)), data(n.Subject(bus.Control)),
+			[]string{n.kvSubjects(), n.objSubjects()}, data(n.SampleSubject()))
 		for _, s := range []string{scored, exp, control} {
 			add(&pub, apiConsume(s), apiAck(s))
 		}
@@ -239,9 +204,9 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 		for _, s := range n.allStreams() {
 			add(&pub, apiGet(s))
 		}
-		for _, k := range streamKinds {
-			if k != kDead {
-				add(&sub, maxDeliveries(n.stream(k)))
+		for _, k := range bus.Kinds {
+			if k != bus.Dead {
+				add(&sub, maxDeliveries(n.Stream(k)))
 			}
 		}
 		// The learner owns the topology: it may update every stream's
@@ -264,8 +229,8 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 		return Permissions{}, fmt.Errorf("%w: unknown role %q (one of %s)", ErrConfig, role, roleList())
 	}
 	if role != Learner {
-		perms.DenyPublish = dedupe(append(append(append(data(n.subject(kTasks)), data(n.subject(kControl))...),
-			"$O."+n.objBucket()+".>", "$KV."+n.kvBucket()+"."+versionKey), apiOwn(obj)...))
+		perms.DenyPublish = dedupe(append(append(append(data(n.Subject(bus.Tasks)), data(n.Subject(bus.Control))...),
+			n.objSubjects(), "$KV."+n.StateBucket()+"."+bus.VersionKey), apiOwn(obj)...))
 	}
 	perms.Publish, perms.Subscribe = dedupe(pub), dedupe(sub)
 	return perms, nil
