@@ -53,11 +53,8 @@ func newRunNames(run string) (runNames, error) {
 	return runNames{n}, nil
 }
 
-// replayBucket is the replay service's snapshot Object Store
-// (replay/service.SnapshotBucket): EXGRPO_<RUN>_REPLAY.
-func (n runNames) replayBucket() string {
-	return strings.TrimSuffix(n.StateBucket(), "_STATE") + "_REPLAY"
-}
+// replayBucket is the replay service's snapshot Object Store.
+func (n runNames) replayBucket() string { return n.ReplayBucket() }
 
 // The streams and subjects NATS keeps the KV and Object Store buckets on.
 func (n runNames) replayStream() string { return "OBJ_" + n.replayBucket() }

@@ -36,6 +36,11 @@ func TestNames(t *testing.T) {
 		{"experience escaped", n.ExperienceSubject("a.b *>"), "exgrpo.run-1.exp.~612e62202a3e"},
 		{"dead", n.DeadSubject(bus.Rollouts), "exgrpo.run-1.dead.rollouts"},
 		{"kv", n.StateBucket(), "EXGRPO_RUN-1_STATE"},
+		{"replay", n.ReplayBucket(), "EXGRPO_RUN-1_REPLAY"},
+	}
+	// A run id holding "_state" keeps its own name in every bucket.
+	if n2, err := bus.NewNames("a_state"); err != nil || n2.ReplayBucket() != "EXGRPO_A_STATE_REPLAY" {
+		t.Errorf("replay bucket of run a_state: %q, %v", n2.ReplayBucket(), err)
 	}
 	for _, c := range cases {
 		if c.got != c.want {

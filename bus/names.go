@@ -84,6 +84,9 @@ func (n Names) StateBucket() string { return "EXGRPO_" + n.up + "_STATE" }
 // WeightsBucket is the Object Store bucket name.
 func (n Names) WeightsBucket() string { return "EXGRPO_" + n.up + "_WEIGHTS" }
 
+// ReplayBucket is the Object Store bucket of the replay service's snapshots.
+func (n Names) ReplayBucket() string { return "EXGRPO_" + n.up + "_REPLAY" }
+
 // WeightsObject is the object name of one policy version.
 func WeightsObject(version int64) string { return fmt.Sprintf("v%d", version) }
 

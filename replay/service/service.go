@@ -98,9 +98,7 @@ func (c Config) Validate() error {
 }
 
 // SnapshotBucket is the Object Store bucket of a run's replay snapshots.
-func SnapshotBucket(n bus.Names) string {
-	return strings.Replace(n.StateBucket(), "_STATE", "_REPLAY", 1)
-}
+func SnapshotBucket(n bus.Names) string { return n.ReplayBucket() }
 
 const snapshotObject = "replay.snapshot"
 
