@@ -41,6 +41,7 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	memory := fs.Bool("memory", false, "memory storage for every stream (default file storage)")
 	profile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (server included) to this file")
 	phase := fs.String("phase", "both", "what to run: both, bare or pipeline (one phase alone, e.g. to profile it)")
+	skeleton := fs.Bool("skeleton", false, "also measure the pipeline's message flow alone (no codecs, no grading) for its CPU floor")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,9 +86,12 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 		*n, *tokens, len(payloads[0]), runtime.NumCPU(), runtime.GOMAXPROCS(0), storage)
 	var bestBare, bestPipe time.Duration
 	var ratios []float64
-	var cpuBare, cpuPipe time.Duration // process CPU (server included), summed over reps
+	// Process CPU (server included), summed over reps: over the whole
+	// repetition (set-up of connections, streams and consumers included) and
+	// over the timed window only (the one the wall-clock rates use).
+	var cpuBare, cpuPipe, winBare, winPipe time.Duration
 	for r := range *reps {
-		var bare, pipe time.Duration
+		var bare, pipe timed
 		c0 := dataplaneCPU()
 		if runBare {
 			if bare, err = benchBare(ctx, srv, fmt.Sprintf("bare%d", r), payloads); err != nil {
@@ -103,24 +107,41 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 		c2 := dataplaneCPU()
 		cpuBare += c1 - c0
 		cpuPipe += c2 - c1
+		winBare += bare.cpu
+		winPipe += pipe.cpu
+		us := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(*n) }
 		if !runBare || !runPipe {
-			d, c := bare, c1-c0
+			t, c := bare, c1-c0
 			if runPipe {
-				d, c = pipe, c2-c1
+				t, c = pipe, c2-c1
 			}
-			fmt.Printf("  rep %d: %s %.0f traj/s (%.2fs wall, %.2fs CPU, %.0f us CPU per trajectory)\n", r+1, *phase,
-				float64(*n)/d.Seconds(), d.Seconds(), c.Seconds(), c.Seconds()*1e6/float64(*n))
+			fmt.Printf("  rep %d: %s %.0f traj/s (%.2fs wall); CPU per trajectory %.0f us in the timed window, %.0f us with set-up\n", r+1, *phase,
+				float64(*n)/t.wall.Seconds(), t.wall.Seconds(), us(t.cpu), us(c))
 			continue
 		}
-		fmt.Printf("  rep %d: bare %.0f traj/s (%.2fs wall, %.2fs CPU), pipeline %.0f traj/s (%.2fs wall, %.2fs CPU)\n", r+1,
-			float64(*n)/bare.Seconds(), bare.Seconds(), (c1 - c0).Seconds(), float64(*n)/pipe.Seconds(), pipe.Seconds(), (c2 - c1).Seconds())
-		ratios = append(ratios, bare.Seconds()/pipe.Seconds())
-		if bestBare == 0 || bare < bestBare {
-			bestBare = bare
+		fmt.Printf("  rep %d: bare %.0f traj/s (%.2fs wall, %.2fs CPU, %.2fs with set-up), pipeline %.0f traj/s (%.2fs wall, %.2fs CPU, %.2fs with set-up)\n", r+1,
+			float64(*n)/bare.wall.Seconds(), bare.wall.Seconds(), bare.cpu.Seconds(), (c1 - c0).Seconds(),
+			float64(*n)/pipe.wall.Seconds(), pipe.wall.Seconds(), pipe.cpu.Seconds(), (c2 - c1).Seconds())
+		ratios = append(ratios, bare.wall.Seconds()/pipe.wall.Seconds())
+		if bestBare == 0 || bare.wall < bestBare {
+			bestBare = bare.wall
 		}
-		if bestPipe == 0 || pipe < bestPipe {
-			bestPipe = pipe
+		if bestPipe == 0 || pipe.wall < bestPipe {
+			bestPipe = pipe.wall
 		}
+	}
+	if *skeleton {
+		var win time.Duration
+		for r := range *reps {
+			t, err := benchSkeleton(ctx, srv, fmt.Sprintf("skel%d", r), payloads, trajs)
+			if err != nil {
+				return fmt.Errorf("skeleton: %w", err)
+			}
+			win += t.cpu
+			fmt.Printf("  rep %d: skeleton %.0f traj/s (%.2fs wall, %.2fs CPU)\n", r+1, float64(*n)/t.wall.Seconds(), t.wall.Seconds(), t.cpu.Seconds())
+		}
+		fmt.Printf("CPU per trajectory of the pipeline's message flow alone (skeleton), timed window: %.0f us\n",
+			win.Seconds()*1e6/float64(*n**reps))
 	}
 	if !runBare || !runPipe {
 		return nil
@@ -129,13 +150,19 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	fmt.Printf("bare JetStream publish+consume: %.0f traj/s (%.1f MB/s)\n", bt, bt*float64(len(payloads[0]))/1e6)
 	fmt.Printf("pipeline actor->verifier->SCORED->learner+replay: %.0f traj/s\n", pt)
 	per := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(*n**reps) }
-	fmt.Printf("CPU per trajectory (all roles and the server in this process): bare %.0f us, pipeline %.0f us; CPU-bound ratio %.2f\n",
+	fmt.Printf("CPU per trajectory (all roles and the server in this process), timed window: bare %.0f us, pipeline %.0f us; CPU-bound ratio %.2f\n",
+		per(winBare), per(winPipe), winBare.Seconds()/winPipe.Seconds())
+	fmt.Printf("CPU per trajectory with set-up (connections, streams, consumers): bare %.0f us, pipeline %.0f us; ratio %.2f\n",
 		per(cpuBare), per(cpuPipe), cpuBare.Seconds()/cpuPipe.Seconds())
 	sort.Float64s(ratios)
 	fmt.Printf("ratio pipeline/bare: %.2f of the bests, %.2f median of the %d adjacent pairs (goal >= 0.60)\n",
 		pt/bt, ratios[len(ratios)/2], len(ratios))
 	return nil
 }
+
+// timed is one measurement: wall time and process CPU time, both from the
+// first publish until the last message was consumed.
+type timed struct{ wall, cpu time.Duration }
 
 // benchMemory selects memory storage for the measurement's streams.
 var benchMemory bool
@@ -190,15 +217,15 @@ func benchBus(ctx context.Context, srv *bus.Server, run, name string) (*nats.Con
 
 // benchBare: one publisher (async, bounded in flight, the same bytes) and
 // one pull consumer acking each message, concurrently, on a plain stream.
-func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]byte) (time.Duration, error) {
+func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]byte) (timed, error) {
 	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: srv.ClientURL(), Name: "bare-pub"}, zap.NewNop())
 	if err != nil {
-		return 0, err
+		return timed{}, err
 	}
 	defer nc.Close()
 	nc2, err := bus.Connect(ctx, bus.ConnConfig{URL: srv.ClientURL(), Name: "bare-sub"}, zap.NewNop())
 	if err != nil {
-		return 0, err
+		return timed{}, err
 	}
 	defer nc2.Close()
 	js, _ := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2048))
@@ -210,13 +237,13 @@ func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]by
 		storage = jetstream.MemoryStorage
 	}
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: name, Subjects: []string{subj}, MaxMsgSize: bus.MaxPayload, Storage: storage, MaxBytes: 256 << 20}); err != nil {
-		return 0, err
+		return timed{}, err
 	}
 	cons, err := js2.CreateConsumer(ctx, name, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096})
 	if err != nil {
-		return 0, err
+		return timed{}, err
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), dataplaneCPU()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		futs := make([]jetstream.PubAckFuture, 0, len(payloads))
@@ -243,9 +270,9 @@ func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]by
 	})
 	g.Go(func() error { return consumeN(gctx, cons, len(payloads), nil) })
 	if err := g.Wait(); err != nil {
-		return 0, err
+		return timed{}, err
 	}
-	return time.Since(start), nil
+	return timed{time.Since(start), dataplaneCPU() - cpu0}, nil
 }
 
 // consumeN pulls (a continuous pull with up to 512 messages buffered) and
@@ -278,35 +305,133 @@ func consumeN(ctx context.Context, cons jetstream.Consumer, n int, f func(jetstr
 	return nil
 }
 
+// benchSkeleton moves the pipeline's messages and nothing else: the same
+// streams, consumers, message ids, publishers and acks as benchPipeline,
+// with the actor publishing pre-encoded bytes, a verifier stand-in
+// republishing each ROLLOUTS payload unchanged to SCORED (256 in flight,
+// acking after the SCORED ack) and readers that ack without decoding. Its
+// CPU is what JetStream and its client cost for this topology: the floor
+// for any verifier and codec.
+func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads [][]byte, trajs []wire.Trajectory) (timed, error) {
+	buses := make([]*bus.Bus, 4)
+	for i, name := range []string{"actor", "verifier", "learner", "replay"} {
+		nc, b, err := benchBus(ctx, srv, run, name)
+		if err != nil {
+			return timed{}, err
+		}
+		defer nc.Close()
+		buses[i] = b
+	}
+	ab, vb, lb, rb := buses[0], buses[1], buses[2], buses[3]
+	defer dropStreams(vb)
+	learnerCons, err := lb.Reader(ctx, bus.Scored, "learner", bus.ReaderOptions{})
+	if err != nil {
+		return timed{}, err
+	}
+	replayCons, err := rb.Reader(ctx, bus.Scored, "replay", bus.ReaderOptions{})
+	if err != nil {
+		return timed{}, err
+	}
+	rollCons, err := vb.Shared(ctx, bus.Rollouts)
+	if err != nil {
+		return timed{}, err
+	}
+	vpub, err := vb.NewPublisher(bus.DefaultPublisherConfig())
+	if err != nil {
+		return timed{}, err
+	}
+	defer vpub.Close()
+	apub, err := ab.NewPublisher(bus.DefaultPublisherConfig())
+	if err != nil {
+		return timed{}, err
+	}
+	defer apub.Close()
+	start, cpu0 := time.Now(), dataplaneCPU()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		subj := ab.Names.Subject(bus.Rollouts)
+		batch := apub.Batch()
+		for i, p := range payloads {
+			if err := batch.Add(gctx, subj, trajs[i].ID, p); err != nil {
+				return err
+			}
+			if batch.Len() == 64 {
+				if err := batch.Wait(gctx); err != nil {
+					return err
+				}
+			}
+		}
+		return batch.Wait(gctx)
+	})
+	g.Go(func() error {
+		it, err := rollCons.Messages(jetstream.PullMaxMessages(256))
+		if err != nil {
+			return err
+		}
+		defer it.Stop()
+		stop := context.AfterFunc(gctx, it.Stop)
+		defer stop()
+		subj := vb.Names.Subject(bus.Scored)
+		slots := make(chan struct{}, 256)
+		vg, vctx := errgroup.WithContext(gctx)
+		for range payloads {
+			m, err := it.Next()
+			if err != nil {
+				return err
+			}
+			slots <- struct{}{}
+			vg.Go(func() error {
+				defer func() { <-slots }()
+				batch := vpub.Batch()
+				if err := batch.Add(vctx, subj, m.Headers().Get(jetstream.MsgIDHeader), m.Data()); err != nil {
+					return err
+				}
+				if err := batch.Wait(vctx); err != nil {
+					return err
+				}
+				return m.Ack()
+			})
+		}
+		return vg.Wait()
+	})
+	g.Go(func() error { return consumeN(gctx, learnerCons, len(payloads), nil) })
+	g.Go(func() error { return consumeN(gctx, replayCons, len(payloads), nil) })
+	if err := g.Wait(); err != nil {
+		return timed{}, err
+	}
+	return timed{time.Since(start), dataplaneCPU() - cpu0}, nil
+}
+
 // benchPipeline: an actor-side publisher encodes and publishes every
 // trajectory to ROLLOUTS by id; a verifier worker grades them into SCORED;
 // a learner-like and a replay-like reader each decode and ack every scored
 // trajectory. Timed until both readers saw all of them.
-func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wire.Trajectory, conc int) (time.Duration, error) {
+func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wire.Trajectory, conc int) (timed, error) {
 	conns := make([]*nats.Conn, 4)
 	buses := make([]*bus.Bus, 4)
 	for i, name := range []string{"actor", "verifier", "learner", "replay"} {
 		nc, b, err := benchBus(ctx, srv, run, name)
 		if err != nil {
-			return 0, err
+			return timed{}, err
 		}
 		defer nc.Close()
 		conns[i], buses[i] = nc, b
 	}
 	ab, vb, lb, rb := buses[0], buses[1], buses[2], buses[3]
+	defer dropStreams(vb) // after the worker stopped (deferred later, run earlier)
 	learnerCons, err := lb.Reader(ctx, bus.Scored, "learner", bus.ReaderOptions{})
 	if err != nil {
-		return 0, err
+		return timed{}, err
 	}
 	replayCons, err := rb.Reader(ctx, bus.Scored, "replay", bus.ReaderOptions{})
 	if err != nil {
-		return 0, err
+		return timed{}, err
 	}
 	wcfg := worker.DefaultConfig()
 	wcfg.Concurrency = conc
 	w, err := worker.New(vb, wcfg, zap.NewNop(), nil)
 	if err != nil {
-		return 0, err
+		return timed{}, err
 	}
 	wctx, stopWorker := context.WithCancel(ctx)
 	wdone := make(chan error, 1)
@@ -326,10 +451,10 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 	}
 	pub, err := ab.NewPublisher(bus.DefaultPublisherConfig())
 	if err != nil {
-		return 0, err
+		return timed{}, err
 	}
 	defer pub.Close()
-	start := time.Now()
+	start, cpu0 := time.Now(), dataplaneCPU()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		subj := ab.Names.Subject(bus.Rollouts)
@@ -371,13 +496,23 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 		}()
 	}
 	if err := g.Wait(); err != nil {
-		return 0, err
+		return timed{}, err
 	}
-	el := time.Since(start)
+	el := timed{time.Since(start), dataplaneCPU() - cpu0}
 	if got, want := correct.Load(), int64(len(trajs)); got != want { // half right, seen by both readers
-		return 0, fmt.Errorf("readers saw %d correct, want %d", got, want)
+		return timed{}, fmt.Errorf("readers saw %d correct, want %d", got, want)
 	}
 	return el, nil
+}
+
+// dropStreams deletes a measurement's streams once it is over, so that the
+// repetitions do not add up to the server's storage limit.
+func dropStreams(b *bus.Bus) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, k := range bus.Kinds {
+		_ = b.JS.DeleteStream(ctx, b.Names.Stream(k))
+	}
 }
 
 // dataplaneCPU is the user+system CPU time this process used so far.
