@@ -2,12 +2,16 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 )
+
+// ReconnectBufSize bounds what a connection buffers while reconnecting.
+const ReconnectBufSize = 8 << 20
 
 // ConnConfig says how a role reaches NATS.
 type ConnConfig struct {
@@ -55,7 +59,26 @@ func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, 
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(wait),
-		nats.ReconnectBufSize(64 << 20),
+		// What is published while reconnecting is buffered and written to
+		// the new server in one write under the connection's lock. If that
+		// write fails (times out), nats.go leaves the new socket open and
+		// its reconnect waits for that socket's reader, i.e. until the
+		// server drops the connection as stale: with nats-server's default
+		// pings 4 to 6 minutes without a "reconnected" (the compose test's
+		// learner stall after a node kill; the learner was buffering
+		// weights chunks). A small buffer keeps that write short; the
+		// publishers retry what does not fit (ErrReconnectBufExceeded).
+		// See also ClientPingInterval and WatchConnection.
+		nats.ReconnectBufSize(ReconnectBufSize),
+		// A host that vanishes without closing its sockets (a killed
+		// container, a network partition) is noticed by missing pongs
+		// within about a minute instead of the default 4 to 6.
+		nats.PingInterval(20 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		// No separate DNS lookup while holding the connection's lock: the
+		// dialer resolves host names (a dead container's name among the
+		// cluster URLs) within its connect timeout.
+		nats.SkipHostLookup(),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("nats disconnected", zap.Error(err))
@@ -110,4 +133,43 @@ func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, 
 
 func isAuthError(err error) bool {
 	return err == nats.ErrAuthorization || err == nats.ErrAuthExpired || err == nats.ErrAuthRevoked
+}
+
+// ErrConnectionLost: a connection stayed disconnected longer than allowed
+// (WatchConnection).
+var ErrConnectionLost = errors.New("bus: NATS connection lost")
+
+// WatchConnection returns a channel that receives one error (wrapping
+// ErrConnectionLost) when nc has not been connected for longer than maxDown,
+// or when it is closed; nothing is sent after ctx ends. A role that cannot
+// work without the bus exits on it with a clear error and is restarted,
+// instead of waiting forever on a client that does not come back.
+func WatchConnection(ctx context.Context, nc *nats.Conn, maxDown time.Duration) <-chan error {
+	out := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(maxDown/20 + 50*time.Millisecond)
+		defer tick.Stop()
+		var downSince time.Time
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			switch st := nc.Status(); {
+			case st == nats.CONNECTED:
+				downSince = time.Time{}
+			case st == nats.CLOSED:
+				out <- fmt.Errorf("%w: connection closed (last error: %v)", ErrConnectionLost, nc.LastError())
+				return
+			case downSince.IsZero():
+				downSince = time.Now()
+			case time.Since(downSince) > maxDown:
+				out <- fmt.Errorf("%w: %s for %s (last error: %v)", ErrConnectionLost, st,
+					time.Since(downSince).Round(time.Second), nc.LastError())
+				return
+			}
+		}
+	}()
+	return out
 }

@@ -27,6 +27,17 @@ const storeLockFile = "exgrpo.lock"
 // logs as a warning; it stays well under the 64 MiB MaxPending.
 const MaxPayload = wire.MaxMessageBytes + 64<<10
 
+// ClientPingInterval and ClientMaxPingsOut: the embedded server pings every
+// client this often and drops one that leaves this many pings unanswered
+// (nats-server's defaults are 2 minutes and 2). A client connection whose
+// reconnect stalled on a half-flushed socket is only released when the
+// server drops that socket (see Connect), so this bounds such a stall to
+// about a minute instead of four to six.
+const (
+	ClientPingInterval = 20 * time.Second
+	ClientMaxPingsOut  = 3
+)
+
 // ServerConfig configures an embedded nats-server with JetStream.
 type ServerConfig struct {
 	// ConfigFile is an optional nats-server configuration file (for example
@@ -134,6 +145,12 @@ func StartServer(cfg ServerConfig, log *zap.Logger) (*Server, error) {
 		if len(cfg.Routes) > 0 {
 			opts.Routes = server.RoutesFromStr(strings.Join(cfg.Routes, ","))
 		}
+	}
+	if opts.PingInterval == 0 {
+		opts.PingInterval = ClientPingInterval
+	}
+	if opts.MaxPingsOut == 0 {
+		opts.MaxPingsOut = ClientMaxPingsOut
 	}
 	opts.NoSigs = true // the process owns signals; cmd/ shuts us down.
 	unlock := func() {}

@@ -4,6 +4,9 @@ package bustest
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -61,4 +64,60 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Cluster starts n embedded nodes (named n1..nn) joined by routes on
+// loopback, every node with the full route list as in the compose cluster,
+// each shut down by t.Cleanup. Streams at n replicas need Open's retries
+// while the meta leader is elected.
+func Cluster(t testing.TB, n int) []*bus.Server {
+	t.Helper()
+	ports := make([]int, n)
+	var routes []string
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i]))
+	}
+	nodes := make([]*bus.Server, n)
+	errs := make(chan error, n)
+	for i := range nodes {
+		dir := t.TempDir()
+		go func() {
+			cfg := bus.DefaultServerConfig(dir)
+			cfg.Port, cfg.ServerName, cfg.ClusterName = -1, fmt.Sprintf("n%d", i+1), "exgrpo-test"
+			cfg.ClusterHost, cfg.ClusterPort, cfg.Routes = "127.0.0.1", ports[i], routes
+			s, err := bus.StartServer(cfg, zap.NewNop())
+			nodes[i] = s
+			errs <- err
+		}()
+	}
+	var startErr error
+	for range nodes {
+		if err := <-errs; err != nil {
+			startErr = err
+		}
+	}
+	for _, s := range nodes {
+		if s != nil {
+			t.Cleanup(s.Shutdown)
+		}
+	}
+	if startErr != nil {
+		t.Fatal(startErr)
+	}
+	return nodes
+}
+
+// URLs is the comma-separated client URL list of nodes, as roles get it.
+func URLs(nodes []*bus.Server) string {
+	var us []string
+	for _, s := range nodes {
+		us = append(us, s.ClientURL())
+	}
+	return strings.Join(us, ",")
 }
