@@ -69,6 +69,14 @@ type Config struct {
 	EvalEvery int
 	// Resume continues from CheckpointDir/latest.safetensors.
 	Resume bool
+	// ConnLoss: when the NATS connection has not been connected for this
+	// long, Run returns an error wrapping bus.ErrConnectionLost (the role
+	// exits and is restarted, with --resume=auto, instead of stalling on a
+	// client that does not come back). Default 2m.
+	ConnLoss time.Duration
+	// PublishTimeout bounds the wait for the acks of a step's tasks and of
+	// its report; after it Run returns an error. Default 3m.
+	PublishTimeout time.Duration
 	// WatchDead runs the max-deliveries watcher that copies poison messages
 	// to DEAD (bus.WatchMaxDeliveries); one privileged role per run does it,
 	// and that is the learner. Default true.
@@ -79,7 +87,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{Learner: learner.DefaultConfig(), MaxNew: learner.DefaultLMax, Temperature: 1,
 		Seed: 1, Durable: "learner", SampleTimeout: 10 * time.Second, ReplayWait: 5 * time.Minute,
-		GatherTimeout: 10 * time.Minute, CheckpointEvery: 0, EvalEvery: 0, WatchDead: true}
+		GatherTimeout: 10 * time.Minute, ConnLoss: 2 * time.Minute, PublishTimeout: 3 * time.Minute, CheckpointEvery: 0, EvalEvery: 0, WatchDead: true}
 }
 
 // Validate reports the first invalid field.
@@ -98,8 +106,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Temperature %v must be > 0", ErrConfig, c.Temperature)
 	case c.Durable == "" || strings.ContainsAny(c.Durable, ". *>"):
 		return fmt.Errorf("%w: Durable %q must be a non-empty name without dots, spaces or wildcards", ErrConfig, c.Durable)
-	case c.SampleTimeout <= 0 || c.ReplayWait <= 0 || c.GatherTimeout <= 0:
-		return fmt.Errorf("%w: SampleTimeout, ReplayWait and GatherTimeout must be positive (start from DefaultConfig)", ErrConfig)
+	case c.SampleTimeout <= 0 || c.ReplayWait <= 0 || c.GatherTimeout <= 0 || c.ConnLoss <= 0 || c.PublishTimeout <= 0:
+		return fmt.Errorf("%w: SampleTimeout, ReplayWait, GatherTimeout, ConnLoss and PublishTimeout must be positive (start from DefaultConfig)", ErrConfig)
 	case c.CheckpointEvery < 0 || c.EvalEvery < 0:
 		return fmt.Errorf("%w: CheckpointEvery and EvalEvery must be >= 0", ErrConfig)
 	case c.Resume && c.CheckpointDir == "":

@@ -200,8 +200,28 @@ func (s *Service) Model() *policy.Model { return s.core.Model() }
 func (s *Service) NextStep() int64 { return s.step }
 
 // Run trains until Config.Steps steps are done (then it returns nil), ctx
-// ends (nil) or a fatal error.
+// ends (nil) or a fatal error. A NATS connection that stays down longer than
+// Config.ConnLoss is fatal (an error wrapping bus.ErrConnectionLost).
 func (s *Service) Run(ctx context.Context) error {
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	lost := bus.WatchConnection(rctx, s.d.Bus.NC, s.cfg.ConnLoss)
+	go func() {
+		select {
+		case err := <-lost:
+			s.log.Error("NATS connection lost, stopping", zap.Error(err))
+			cancel(err)
+		case <-rctx.Done():
+		}
+	}()
+	err := s.run(rctx)
+	if cause := context.Cause(rctx); ctx.Err() == nil && errors.Is(cause, bus.ErrConnectionLost) {
+		return fmt.Errorf("learner service: step %d: %w", s.step, cause)
+	}
+	return err
+}
+
+func (s *Service) run(ctx context.Context) error {
 	var err error
 	if s.pub, err = s.d.Bus.NewPublisher(bus.DefaultPublisherConfig()); err != nil {
 		return fmt.Errorf("learner service: %w", err)
@@ -220,7 +240,11 @@ func (s *Service) Run(ctx context.Context) error {
 		case s.scoredC <- m:
 		case <-ctx.Done():
 		}
-	}, jetstream.PullMaxMessages(1024))
+	}, jetstream.PullMaxMessages(1024), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		// Missed heartbeats and leader changes after a node loss land
+		// here; the client re-pulls by itself. Logged for the record.
+		s.log.Warn("scored consumer", zap.Error(err))
+	}))
 	if err != nil {
 		return fmt.Errorf("learner service: consume scored: %w", err)
 	}
@@ -327,7 +351,9 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 		}
 		p.missing += pt.samples
 	}
-	if err := batch.Wait(ctx); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+	defer cancel()
+	if err := batch.Wait(wctx); err != nil {
 		return fmt.Errorf("learner service: publish tasks of step %d: %w", t, err)
 	}
 	s.plans[t] = p
@@ -363,7 +389,24 @@ func (s *Service) replayed(ctx context.Context, t int64, n int) ([]*planned, err
 	if len(reply.Questions) == 0 {
 		return nil, nil
 	}
-	exps, err := s.fetchExperience(ctx, reply.Questions)
+	var exps map[string]*wire.Experience
+	for attempt := 1; ; attempt++ {
+		if exps, err = s.fetchExperience(ctx, reply.Questions); err == nil || ctx.Err() != nil {
+			break
+		}
+		if attempt == fetchAttempts {
+			// As when the replay service is away: the step goes on with
+			// fresh questions (a cluster electing a stream leader answers
+			// "no responders" for a few seconds).
+			s.log.Warn("stored experience unavailable; this step trains on fresh questions only", zap.Int64("step", t), zap.Error(err))
+			s.met.ReplayUnavailable.Inc()
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(attempt) * time.Second):
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -459,6 +502,9 @@ func (s *Service) requestSample(ctx context.Context, req wire.SampleRequest) (wi
 	}
 	return reply, fmt.Errorf("learner service: no sample reply within %v: %w", s.cfg.ReplayWait, last)
 }
+
+// fetchAttempts bounds the tries of fetchExperience per step.
+const fetchAttempts = 3
 
 // fetchExperience reads the stored trajectories of the given questions from
 // EXPERIENCE with one ordered consumer over their subjects.
@@ -632,7 +678,9 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("learner service: %w", err)
 	}
-	if _, err := s.pub.Publish(ctx, s.d.Bus.Names.Subject(bus.Control), fmt.Sprintf("step/%d", t), data); err != nil {
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+	defer cancel()
+	if _, err := s.pub.Publish(pctx, s.d.Bus.Names.Subject(bus.Control), fmt.Sprintf("step/%d", t), data); err != nil {
 		return res, fmt.Errorf("learner service: publish step report %d: %w", t, err)
 	}
 	last := s.cfg.Steps > 0 && t == s.cfg.Steps-1

@@ -123,6 +123,7 @@ func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.T
 }
 
 type env struct {
+	srv     *bus.Server
 	b       *bus.Bus
 	ckpt    string
 	train   []task.Problem
@@ -144,7 +145,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{b: b, ckpt: filepath.Join(t.TempDir(), "ckpt"), train: ds.Problems, base: m}
+	return &env{srv: srv, b: b, ckpt: filepath.Join(t.TempDir(), "ckpt"), train: ds.Problems, base: m}
 }
 
 func testConfig(steps int64) Config {
