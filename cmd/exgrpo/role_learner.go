@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"strconv"
 
 	lsvc "github.com/exgrpo/exgrpo/learner/service"
 	"github.com/exgrpo/exgrpo/local"
@@ -24,7 +28,9 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	c := local.DefaultConfig()
 	trainFlags(fs, &c)
 	ckptDir := fs.String("checkpoint-dir", "checkpoints", "where checkpoints are written (and read with --resume)")
-	resume := fs.Bool("resume", false, "continue from checkpoint-dir/latest.safetensors at the step after it")
+	resume := &resumeFlag{}
+	fs.Var(resume, "resume", "continue from checkpoint-dir/latest.safetensors at the step after it; "+
+		"--resume=auto: continue when that checkpoint exists for this run, else start fresh (for automatic restarts)")
 	base := fs.String("base", "", "start from this policy checkpoint instead of the cached built-in base model")
 	eval := fs.Bool("eval", true, "evaluate held-out pass@1 every --eval-every steps and at the end")
 	if err := fs.Parse(args); err != nil {
@@ -33,9 +39,13 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %v", errUsage, fs.Args())
 	}
+	var err error
 	c.RunDir = "-" // no run directory in this role
 	c.Normalize()
-	c.Learner.CheckpointDir, c.Learner.Resume = *ckptDir, *resume
+	c.Learner.CheckpointDir = *ckptDir
+	if c.Learner.Resume, err = resume.decide(*ckptDir, bf.run); err != nil {
+		return err
+	}
 	if err := c.Learner.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -43,12 +53,15 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if resume.auto {
+		log.Info("--resume=auto", zap.Bool("resuming", c.Learner.Resume), zap.String("checkpoint_dir", *ckptDir))
+	}
 	defer func() { _ = log.Sync() }()
 
 	var ck policy.Checkpoint
 	if *base != "" {
 		ck, err = policy.LoadFile(*base)
-	} else if !*resume {
+	} else if !c.Learner.Resume {
 		ck, err = local.BaseModel(ctx, c, os.Stderr)
 	}
 	if err != nil {
@@ -94,3 +107,53 @@ func runLearnerRole(ctx context.Context, args []string) error {
 }
 
 func taskTokenizer() *policy.Tokenizer { return task.BuiltinTokenizer() }
+
+// resumeFlag is --resume (a boolean) or --resume=auto.
+type resumeFlag struct{ on, auto bool }
+
+func (f *resumeFlag) IsBoolFlag() bool { return true }
+
+func (f *resumeFlag) String() string {
+	if f == nil || (!f.on && !f.auto) {
+		return "false"
+	}
+	if f.auto {
+		return "auto"
+	}
+	return "true"
+}
+
+func (f *resumeFlag) Set(v string) error {
+	if v == "auto" {
+		f.on, f.auto = false, true
+		return nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("want true, false or auto, not %q", v)
+	}
+	f.on, f.auto = b, false
+	return nil
+}
+
+// decide says whether to resume: --resume always (a missing checkpoint is
+// an error then), --resume=auto when dir holds a latest checkpoint of this
+// run. A latest checkpoint of another run is an error with auto: starting
+// fresh would overwrite it.
+func (f *resumeFlag) decide(dir, run string) (bool, error) {
+	if !f.auto {
+		return f.on, nil
+	}
+	path := filepath.Join(dir, lsvc.LatestFile)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	ck, err := policy.LoadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("learner: --resume=auto: %w", err)
+	}
+	if got := ck.Meta[lsvc.MetaRun]; got != run {
+		return false, fmt.Errorf("%w: --resume=auto: %s is a checkpoint of run %q, not %q; use another --checkpoint-dir", errUsage, path, got, run)
+	}
+	return true, nil
+}
