@@ -2,8 +2,10 @@ package bus
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +26,12 @@ type ConnConfig struct {
 	// ReconnectWait between reconnect attempts; default 500ms. Reconnects
 	// never give up: roles outlive server restarts.
 	ReconnectWait time.Duration
+	// TLS, optional: TLSCA is the PEM file of the CA the servers'
+	// certificates are checked against (a server whose certificate the
+	// system pool trusts needs none, but then the URL must say tls://);
+	// TLSCert and TLSKey are this client's certificate and key, for servers
+	// that verify clients (mutual TLS).
+	TLSCA, TLSCert, TLSKey string
 }
 
 // Validate reports contradictions.
@@ -33,6 +41,9 @@ func (c ConnConfig) Validate() error {
 	}
 	if c.Password != "" && c.User == "" {
 		return fmt.Errorf("%w: password given without a user", ErrConfig)
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("%w: a TLS client certificate needs its key and the key its certificate (--tls-cert, --tls-key)", ErrConfig)
 	}
 	return nil
 }
@@ -110,13 +121,27 @@ func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, 
 	if cfg.Token != "" {
 		opts = append(opts, nats.Token(cfg.Token))
 	}
+	for _, f := range []string{cfg.TLSCA, cfg.TLSCert, cfg.TLSKey} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("bus: TLS file: %w", err)
+		}
+	}
+	if cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCA))
+	}
+	if cfg.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	}
 	backoff := 100 * time.Millisecond
 	for {
 		nc, err := nats.Connect(url, opts...)
 		if err == nil {
 			return nc, nil
 		}
-		if isAuthError(err) {
+		if isAuthError(err) || isCertError(err) {
 			return nil, fmt.Errorf("bus: connect %s: %w", url, err)
 		}
 		log.Debug("nats connect failed, retrying", zap.String("url", url), zap.Error(err))
@@ -129,6 +154,15 @@ func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, 
 			backoff *= 2
 		}
 	}
+}
+
+// isCertError: the server's certificate is not trusted (or not for this
+// host), which retrying does not change.
+func isCertError(err error) bool {
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	var he x509.HostnameError
+	return errors.As(err, &ua) || errors.As(err, &ci) || errors.As(err, &he)
 }
 
 func isAuthError(err error) bool {

@@ -43,6 +43,9 @@ type Options struct {
 	Creds      string
 	User       string
 	Password   string
+	TLSCA      string // TLS: the servers' CA, and a client certificate and key
+	TLSCert    string
+	TLSKey     string
 	Run        string
 	RunDir     string
 	JSON       bool
@@ -68,6 +71,9 @@ func ParseArgs(args []string, stderr io.Writer) (Options, error) {
 	fs.StringVar(&o.Creds, "creds", "", "NATS credentials file (the inspect role's, from 'exgrpo auth init')")
 	fs.StringVar(&o.User, "user", "", "NATS user (user/password auth)")
 	fs.StringVar(&o.Password, "password", "", "NATS password")
+	fs.StringVar(&o.TLSCA, "tls-ca", "", "PEM file of the CA that signed the NATS servers' certificates (TLS)")
+	fs.StringVar(&o.TLSCert, "tls-cert", "", "client TLS certificate (PEM), for servers that verify clients")
+	fs.StringVar(&o.TLSKey, "tls-key", "", "the key of --tls-cert (PEM)")
 	fs.StringVar(&o.Run, "run", "", "run id (default: the run directory's, or \"default\" on a cluster)")
 	fs.StringVar(&o.RunDir, "run-dir", "", "inspect a run directory: start an embedded server on its JetStream store")
 	fs.BoolVar(&o.JSON, "json", false, "print JSON instead of tables")
@@ -139,7 +145,8 @@ func (o Options) Open(ctx context.Context, log *zap.Logger) (*Source, error) {
 			url = "nats://127.0.0.1:4222"
 		}
 		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		s, err = Dial(cctx, bus.ConnConfig{URL: url, CredsFile: o.Creds, User: o.User, Password: o.Password, Name: "inspect"}, run, log)
+		s, err = Dial(cctx, bus.ConnConfig{URL: url, CredsFile: o.Creds, User: o.User, Password: o.Password, Name: "inspect",
+			TLSCA: o.TLSCA, TLSCert: o.TLSCert, TLSKey: o.TLSKey}, run, log)
 		cancel()
 	}
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 // metrics are served.
 type busFlags struct {
 	url, creds, user, password string
+	tlsCA, tlsCert, tlsKey     string
 	run                        string
 	replicas                   int
 	metrics                    string
@@ -32,6 +33,9 @@ func addBusFlags(fs *flag.FlagSet) *busFlags {
 	fs.StringVar(&f.creds, "creds", "", "NATS credentials file (from 'exgrpo auth init')")
 	fs.StringVar(&f.user, "user", "", "NATS user (user/password auth)")
 	fs.StringVar(&f.password, "password", os.Getenv("EXGRPO_NATS_PASSWORD"), "NATS password (default $EXGRPO_NATS_PASSWORD)")
+	fs.StringVar(&f.tlsCA, "tls-ca", "", "PEM file of the CA that signed the NATS servers' certificates (TLS)")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "this client's TLS certificate (PEM), for servers that verify clients")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "the key of --tls-cert (PEM)")
 	fs.StringVar(&f.run, "run", "default", "run id: names every stream, bucket and subject of the run")
 	fs.IntVar(&f.replicas, "replicas", 1, "stream replicas when this role creates the topology (3 in a 3-node cluster)")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090); empty = off")
@@ -45,7 +49,8 @@ func addBusFlags(fs *flag.FlagSet) *busFlags {
 func (f *busFlags) open(ctx context.Context, name string, log *zap.Logger) (*nats.Conn, *bus.Bus, error) {
 	cctx, cancel := context.WithTimeout(ctx, f.connectWait)
 	defer cancel()
-	nc, err := bus.Connect(cctx, bus.ConnConfig{URL: f.url, CredsFile: f.creds, User: f.user, Password: f.password, Name: name}, log)
+	nc, err := bus.Connect(cctx, bus.ConnConfig{URL: f.url, CredsFile: f.creds, User: f.user, Password: f.password, Name: name,
+		TLSCA: f.tlsCA, TLSCert: f.tlsCert, TLSKey: f.tlsKey}, log)
 	if err != nil {
 		return nil, nil, err
 	}
