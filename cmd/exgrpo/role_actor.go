@@ -8,7 +8,6 @@ import (
 	"github.com/exgrpo/exgrpo/actor"
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/policy"
-	"golang.org/x/sync/errgroup"
 )
 
 func init() {
@@ -53,8 +52,5 @@ func runActorRole(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return a.Run(gctx) })
-	g.Go(func() error { return metrics.Serve(gctx, bf.metrics, log, reg) })
-	return g.Wait()
+	return bf.serve(ctx, nc, log, reg, a.Run)
 }

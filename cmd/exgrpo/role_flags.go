@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -24,6 +26,7 @@ type busFlags struct {
 	metrics                    string
 	logLevel                   string
 	connectWait                time.Duration
+	connLoss                   time.Duration
 }
 
 // addBusFlags registers the shared role flags on fs.
@@ -41,6 +44,7 @@ func addBusFlags(fs *flag.FlagSet) *busFlags {
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090); empty = off")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&f.connectWait, "connect-timeout", 2*time.Minute, "give up when NATS or JetStream is not reachable for this long")
+	fs.DurationVar(&f.connLoss, "conn-loss", 2*time.Minute, "exit with an error when the NATS connection stays down this long, so that a supervisor restarts the role (0: wait forever)")
 	return f
 }
 
@@ -75,4 +79,39 @@ func newRoleLogger(level string) (*zap.Logger, error) {
 	cfg.Sampling = nil
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	return cfg.Build()
+}
+
+// serve runs a role until it returns, with its Prometheus endpoint and a
+// watch on its NATS connection: a connection down longer than --conn-loss
+// (or closed) stops the role with an error wrapping bus.ErrConnectionLost,
+// as does a metrics endpoint that cannot serve. A role that ends by itself
+// (a learner whose steps are done) ends the endpoint too.
+func (f *busFlags) serve(ctx context.Context, nc *nats.Conn, log *zap.Logger, reg *metrics.Registry, run func(context.Context) error) error {
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	mdone := make(chan struct{})
+	go func() {
+		defer close(mdone)
+		if err := metrics.Serve(rctx, f.metrics, log, reg); err != nil {
+			cancel(err)
+		}
+	}()
+	if f.connLoss > 0 {
+		lost := bus.WatchConnection(rctx, nc, f.connLoss)
+		go func() {
+			select {
+			case err := <-lost:
+				log.Error("NATS connection lost, stopping", zap.Error(err))
+				cancel(err)
+			case <-rctx.Done():
+			}
+		}()
+	}
+	err := run(rctx)
+	if cause := context.Cause(rctx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = cause // the role stopped because of the watch or the endpoint
+	}
+	cancel(nil)
+	<-mdone
+	return err
 }

@@ -94,16 +94,7 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	mctx, stop := context.WithCancel(ctx)
-	defer stop()
-	merr := make(chan error, 1)
-	go func() { merr <- metrics.Serve(mctx, bf.metrics, log, reg) }()
-	err = svc.Run(ctx)
-	stop()
-	if e := <-merr; err == nil && e != nil {
-		err = e
-	}
-	return err
+	return bf.serve(ctx, nc, log, reg, svc.Run)
 }
 
 func taskTokenizer() *policy.Tokenizer { return task.BuiltinTokenizer() }

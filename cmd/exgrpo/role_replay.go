@@ -8,7 +8,6 @@ import (
 	"github.com/exgrpo/exgrpo/local"
 	"github.com/exgrpo/exgrpo/metrics"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
-	"golang.org/x/sync/errgroup"
 )
 
 func init() {
@@ -43,8 +42,5 @@ func runReplayRole(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return svc.Run(gctx) })
-	g.Go(func() error { return metrics.Serve(gctx, bf.metrics, log, reg) })
-	return g.Wait()
+	return bf.serve(ctx, nc, log, reg, svc.Run)
 }

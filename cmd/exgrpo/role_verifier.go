@@ -7,7 +7,6 @@ import (
 
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/verifier/worker"
-	"golang.org/x/sync/errgroup"
 )
 
 func init() {
@@ -42,8 +41,5 @@ func runVerifierRole(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return w.Run(gctx) })
-	g.Go(func() error { return metrics.Serve(gctx, bf.metrics, log, reg) })
-	return g.Wait()
+	return bf.serve(ctx, nc, log, reg, w.Run)
 }
