@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"fmt"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/bus/bustest"
-	"go.uber.org/zap"
 )
 
 // TestCluster3: three embedded nodes joined by routes (the compose
@@ -21,45 +18,7 @@ func TestCluster3(t *testing.T) {
 	if testing.Short() {
 		t.Skip("3-node cluster")
 	}
-	// Every node gets the full route list, itself included, as in compose.
-	ports := make([]int, 3)
-	var routes []string
-	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i]))
-	}
-	nodes := make([]*bus.Server, 3)
-	errs := make(chan error, 3)
-	for i := range nodes {
-		dir := t.TempDir()
-		go func() {
-			cfg := bus.DefaultServerConfig(dir)
-			cfg.Port, cfg.ServerName, cfg.ClusterName = -1, fmt.Sprintf("n%d", i+1), "exgrpo-test"
-			cfg.ClusterHost, cfg.ClusterPort, cfg.Routes = "127.0.0.1", ports[i], routes
-			s, err := bus.StartServer(cfg, zap.NewNop())
-			nodes[i] = s
-			errs <- err
-		}()
-	}
-	var startErr error
-	for range nodes {
-		if err := <-errs; err != nil {
-			startErr = err
-		}
-	}
-	for _, s := range nodes {
-		if s != nil {
-			t.Cleanup(s.Shutdown)
-		}
-	}
-	if startErr != nil {
-		t.Fatal(startErr)
-	}
+	nodes := bustest.Cluster(t, 3)
 	n1, n2 := nodes[0], nodes[1]
 	cfg := bus.DefaultConfig("cl")
 	cfg.Replicas = 3
