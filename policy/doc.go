@@ -9,7 +9,8 @@
 //     distribution (the model's own softmax, whatever temperature was used
 //     for drawing).
 //   - Score recomputes exactly those records for given prompt+response
-//     sequences (no gradients).
+//     sequences (no gradients); ScoreShared does the same for several
+//     responses to one prompt, running the prompt once.
 //   - Forward / Pass.Backward differentiate any token-level loss: the
 //     caller supplies dL/dlogp and dL/dentropy per response token and the
 //     gradients accumulate into Model.Grads.

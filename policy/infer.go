@@ -83,8 +83,16 @@ type inferBufs struct {
 }
 
 func (m *Model) newInferBufs(n, mrows int) inferBufs {
+	return m.carveInferBufs(make([]float32, m.inferBufsLen(n, mrows)), n, mrows)
+}
+
+// inferBufsLen is the floats of inferBufs for n rows, mrows of them predicting.
+func (m *Model) inferBufsLen(n, mrows int) int { return (n*15 + mrows) * m.Config.Width }
+
+// carveInferBufs lays inferBufs out in buf (inferBufsLen floats). Its
+// contents may be arbitrary: infer writes every value before reading it.
+func (m *Model) carveInferBufs(buf []float32, n, mrows int) inferBufs {
 	C := m.Config.Width
-	buf := make([]float32, n*15*C+mrows*C)
 	cv := carver{buf}
 	return inferBufs{x: cv.take(n * C), ln: cv.take(n * C), qkv: cv.take(n * 3 * C), atty: cv.take(n * C),
 		tmp: cv.take(n * C), fch: cv.take(n * 4 * C), fchG: cv.take(n * 4 * C), lnf: cv.take(mrows * C)}
