@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -27,16 +25,7 @@ import (
 // node it is connected to is shut down mid-way; every activity must carry on
 // through the other nodes within a bounded time.
 func TestNodeLossClient(t *testing.T) {
-	if testing.Short() {
-		t.Skip("3-node cluster")
-	}
-	rounds := 1
-	if s := os.Getenv("EXGRPO_NODE_LOSS_ROUNDS"); s != "" {
-		rounds, _ = strconv.Atoi(s)
-	}
-	for r := range rounds {
-		t.Run(fmt.Sprint(r), nodeLossClient)
-	}
+	bustest.NodeLossRounds(t, nodeLossClient)
 }
 
 func nodeLossClient(t *testing.T) {
@@ -46,21 +35,8 @@ func nodeLossClient(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	core, logs := observer.New(zapcore.InfoLevel)
-	open := func(name string, log *zap.Logger) *bus.Bus {
-		t.Helper()
-		nc, err := bus.Connect(ctx, bus.ConnConfig{URL: bustest.URLs(nodes), Name: name}, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		b, err := bus.Open(ctx, nc, cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	b := open("client", zap.New(core))
-	feeder := open("feeder", zap.NewNop())
+	b := bustest.OpenCluster(ctx, t, nodes, "client", cfg, zap.New(core))
+	feeder := bustest.OpenCluster(ctx, t, nodes, "feeder", cfg, zap.NewNop())
 
 	// progress counts what each activity got done.
 	var progress [4]atomic.Int64
@@ -171,7 +147,7 @@ func nodeLossClient(t *testing.T) {
 					es = append(es, <-errs)
 				}
 				t.Fatalf("%s: no progress within %s of %v (connection %s); errors %v; log:\n%s",
-					what, d, stuck, b.NC.Status(), es, dumpLog(logs))
+					what, d, stuck, b.NC.Status(), es, bustest.LogDump(logs))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
@@ -184,14 +160,6 @@ func nodeLossClient(t *testing.T) {
 		}
 	}
 	waitProgress(time.Minute, "after node "+name+" was shut down")
-}
-
-func dumpLog(logs *observer.ObservedLogs) string {
-	s := ""
-	for _, e := range logs.All() {
-		s += fmt.Sprintf("%s %s %v\n", e.Level, e.Message, e.ContextMap())
-	}
-	return s
 }
 
 // TestWatchConnection: a connection whose server is gone is reported once

@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // Server starts an embedded server on a random port with its store in a
@@ -120,4 +123,50 @@ func URLs(nodes []*bus.Server) string {
 		us = append(us, s.ClientURL())
 	}
 	return strings.Join(us, ",")
+}
+
+// OpenCluster connects to nodes (every client URL, so that the client can
+// move to another node) with log and opens the run's topology with cfg; the
+// connection is closed by t.Cleanup.
+func OpenCluster(ctx context.Context, t testing.TB, nodes []*bus.Server, name string, cfg bus.Config, log *zap.Logger) *bus.Bus {
+	t.Helper()
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: URLs(nodes), Name: name}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	b, err := bus.Open(ctx, nc, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// NodeLossRounds runs a node-loss test f as subtests 0, 1, ...:
+// EXGRPO_NODE_LOSS_ROUNDS times (once when unset), to repeat a rare stall.
+// Skipped with -short, since f starts a 3-node cluster.
+func NodeLossRounds(t *testing.T, f func(t *testing.T)) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("3-node cluster")
+	}
+	rounds := 1
+	if s := os.Getenv("EXGRPO_NODE_LOSS_ROUNDS"); s != "" {
+		var err error
+		if rounds, err = strconv.Atoi(s); err != nil || rounds < 1 {
+			t.Fatalf("EXGRPO_NODE_LOSS_ROUNDS=%q: want a count of at least 1", s)
+		}
+	}
+	for r := range rounds {
+		t.Run(fmt.Sprint(r), f)
+	}
+}
+
+// LogDump is the observed log, one entry a line, for a failure message.
+func LogDump(logs *observer.ObservedLogs) string {
+	var b strings.Builder
+	for _, e := range logs.All() {
+		fmt.Fprintf(&b, "%s %s %v\n", e.Level, e.Message, e.ContextMap())
+	}
+	return b.String()
 }

@@ -3,10 +3,7 @@ package service
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -29,21 +26,11 @@ import (
 // learner must reconnect to another node and go on training within a
 // bounded time (the compose test once saw it stall instead).
 func TestNodeLossCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("3-node cluster")
-	}
-	rounds := 1
-	if s := os.Getenv("EXGRPO_NODE_LOSS_ROUNDS"); s != "" {
-		rounds, _ = strconv.Atoi(s)
-	}
-	for r := range rounds {
-		t.Run(fmt.Sprint(r), nodeLoss)
-	}
+	bustest.NodeLossRounds(t, nodeLoss)
 }
 
 func nodeLoss(t *testing.T) {
 	nodes := bustest.Cluster(t, 3)
-	urls := bustest.URLs(nodes)
 	bcfg := bus.DefaultConfig("lc")
 	bcfg.Replicas = 3
 	bcfg.TaskAckWait = 5 * time.Second // tasks held by a lost connection come back soon
@@ -52,21 +39,8 @@ func nodeLoss(t *testing.T) {
 
 	core, logs := observer.New(zapcore.InfoLevel)
 	llog := zap.New(core)
-	open := func(name string, log *zap.Logger) *bus.Bus {
-		t.Helper()
-		nc, err := bus.Connect(ctx, bus.ConnConfig{URL: urls, Name: name}, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		b, err := bus.Open(ctx, nc, bcfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	lb := open("learner", llog)
-	others := open("others", zap.NewNop())
+	lb := bustest.OpenCluster(ctx, t, nodes, "learner", bcfg, llog)
+	others := bustest.OpenCluster(ctx, t, nodes, "others", bcfg, zap.NewNop())
 
 	ds, err := task.Generate("train", task.TrainSpec(), 64, 1)
 	if err != nil {
@@ -135,7 +109,7 @@ func nodeLoss(t *testing.T) {
 				lerr <- err
 				t.Fatalf("%s: learner stopped: %v", what, err)
 			case <-timer.C:
-				t.Fatalf("%s: %d of %d steps within %s; learner log:\n%s", what, i, n, within, dump(logs))
+				t.Fatalf("%s: %d of %d steps within %s; learner log:\n%s", what, i, n, within, bustest.LogDump(logs))
 			}
 		}
 	}
@@ -152,14 +126,6 @@ func nodeLoss(t *testing.T) {
 	}
 	victim.Shutdown()
 	waitSteps(4, 2*time.Minute, "after the node "+name+" was shut down")
-}
-
-func dump(logs *observer.ObservedLogs) string {
-	s := ""
-	for _, e := range logs.All() {
-		s += fmt.Sprintf("%s %s %v\n", e.Level, e.Message, e.ContextMap())
-	}
-	return s
 }
 
 // TestConnectionLostIsFatal: a learner whose NATS connection stays down
