@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/exgrpo/exgrpo/policy"
 )
@@ -11,9 +12,12 @@ import (
 // SelectTrajectory chooses which stored trajectory of a replayed question to
 // replay (ALGORITHM.md E7). cands are the question's stored successful
 // trajectories, oldest first; only the most recent cfg.Candidates are
-// considered. For the entropy rules each candidate is scored with one
-// policy.Score call over all of them, and its value is the mean entropy of
-// the full next-token distribution over its response tokens, EOS included.
+// considered. For the entropy rules the candidates are scored under the
+// current policy with one policy.ScoreShared call per distinct prompt (a
+// question's candidates normally share it), which equals policy.Score on
+// each prompt+response to float32 rounding, and a candidate's value is the
+// mean entropy of the full next-token distribution over its response
+// tokens, EOS included.
 // The random rule does not score (its ranking lists the candidates in stored
 // order with NaN entropies). rng is used by the random rule only and may be
 // nil otherwise.
@@ -31,25 +35,48 @@ func SelectTrajectory(m *policy.Model, cfg Config, cands []Rollout, rng *rand.Ra
 		ranked[i] = Ranked{ID: c.ID, Index: first + i, Entropy: math.NaN()}
 	}
 	if cfg.Selection != SelectRandom {
-		seqs := make([]policy.Seq, len(pool))
-		for i, c := range pool {
+		for _, c := range pool {
 			if len(c.Tokens) == 0 {
 				return -1, nil, fmt.Errorf("%w: candidate %q has no response tokens", ErrGroup, c.ID)
 			}
-			seqs[i] = concat(c.PromptTokens, c.Tokens)
 		}
-		_, ents, err := m.Score(seqs)
-		if err != nil {
-			return -1, nil, fmt.Errorf("learner: score replay candidates: %w", err)
-		}
-		for i := range pool {
-			ranked[i].Entropy = MeanEntropy(ents[i])
+		// A question's candidates share its prompt: one policy.ScoreShared
+		// call per distinct prompt (normally one) runs it once.
+		for _, idx := range byPrompt(pool) {
+			responses := make([][]int32, len(idx))
+			for j, i := range idx {
+				responses[j] = pool[i].Tokens
+			}
+			_, ents, err := m.ScoreShared(pool[idx[0]].PromptTokens, responses)
+			if err != nil {
+				return -1, nil, fmt.Errorf("learner: score replay candidates: %w", err)
+			}
+			for j, i := range idx {
+				ranked[i].Entropy = MeanEntropy(ents[j])
+			}
 		}
 	} else if rng == nil {
 		return -1, nil, fmt.Errorf("%w: random trajectory selection needs a seeded rng", ErrConfig)
 	}
 	c, ranking := Rank(cfg.Selection, ranked, rng)
 	return first + c, ranking, nil
+}
+
+// byPrompt groups the positions of cands by equal prompt tokens, groups in
+// order of first appearance, positions in order inside each.
+func byPrompt(cands []Rollout) [][]int {
+	var groups [][]int
+next:
+	for i, c := range cands {
+		for g, idx := range groups {
+			if slices.Equal(cands[idx[0]].PromptTokens, c.PromptTokens) {
+				groups[g] = append(idx, i)
+				continue next
+			}
+		}
+		groups = append(groups, []int{i})
+	}
+	return groups
 }
 
 // concat builds the policy's view of a trajectory: prompt then response.
