@@ -3,17 +3,14 @@ package service
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/bus/bustest"
-	"github.com/exgrpo/exgrpo/policy"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"github.com/exgrpo/exgrpo/task"
-	"github.com/exgrpo/exgrpo/verifier"
 	"github.com/exgrpo/exgrpo/wire"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -42,27 +39,15 @@ func nodeLoss(t *testing.T) {
 	lb := bustest.OpenCluster(ctx, t, nodes, "learner", bcfg, llog)
 	others := bustest.OpenCluster(ctx, t, nodes, "others", bcfg, zap.NewNop())
 
-	ds, err := task.Generate("train", task.TrainSpec(), 64, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mcfg := task.ModelConfig()
-	mcfg.Layers, mcfg.Width, mcfg.Heads = 1, 16, 2
-	base, err := policy.New(mcfg, rand.New(rand.NewPCG(1, 2)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	train, base := tinyTask(t)
 	cfg := testConfig(0)
 	cfg.GatherTimeout = 20 * time.Second
 	steps := make(chan StepResult, 1024)
-	svc, err := New(cfg, Deps{Bus: lb, Model: base, Tokenizer: task.BuiltinTokenizer(), Problems: ds.Problems,
-		Check:  func(task.Problem, string) verifier.Verdict { return verifier.Verdict{Correct: true, Reason: "correct"} },
-		OnStep: func(r StepResult) { steps <- r }, Log: llog})
+	svc, err := New(cfg, Deps{Bus: lb, Model: base, Tokenizer: task.BuiltinTokenizer(), Problems: train,
+		Check: allCorrect, OnStep: func(r StepResult) { steps <- r }, Log: llog})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rcfg := rsvc.DefaultConfig()
-	rcfg.Pool.K, rcfg.Pool.Mu = testK, testK/2
 
 	bg, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -82,7 +67,7 @@ func nodeLoss(t *testing.T) {
 	tasks := make(chan wire.Task, 1)
 	again("rollouts", func(ctx context.Context) error { return rollouts(ctx, t, others, tasks) })
 	again("replay", func(ctx context.Context) error {
-		rs, err := rsvc.New(rcfg, others, nil, zap.NewNop())
+		rs, err := rsvc.New(testReplayConfig(), others, nil, zap.NewNop())
 		if err != nil {
 			return err
 		}

@@ -135,6 +135,14 @@ type env struct {
 func newEnv(t *testing.T) *env {
 	srv := bustest.Server(t)
 	b := bustest.Open(t, srv, bus.DefaultConfig("lt"))
+	train, m := tinyTask(t)
+	return &env{srv: srv, b: b, ckpt: filepath.Join(t.TempDir(), "ckpt"), train: train, base: m}
+}
+
+// tinyTask is the tests' training set (64 generated problems) and a
+// one-layer policy small enough to train in seconds.
+func tinyTask(t *testing.T) ([]task.Problem, *policy.Model) {
+	t.Helper()
 	ds, err := task.Generate("train", task.TrainSpec(), 64, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +153,20 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{srv: srv, b: b, ckpt: filepath.Join(t.TempDir(), "ckpt"), train: ds.Problems, base: m}
+	return ds.Problems, m
+}
+
+// allCorrect grades every response correct: the stand-in for the
+// verifier in Deps.Check.
+func allCorrect(task.Problem, string) verifier.Verdict {
+	return verifier.Verdict{Correct: true, Reason: "correct"}
+}
+
+// testReplayConfig sizes the replay pool for groups of testK.
+func testReplayConfig() rsvc.Config {
+	c := rsvc.DefaultConfig()
+	c.Pool.K, c.Pool.Mu = testK, testK/2
+	return c
 }
 
 func testConfig(steps int64) Config {
@@ -167,16 +188,11 @@ func (e *env) runAll(t *testing.T, cfg Config) (*Service, []StepResult) {
 	cfg.CheckpointDir = e.ckpt
 	var results []StepResult
 	svc, err := New(cfg, Deps{Bus: e.b, Model: e.base, Tokenizer: task.BuiltinTokenizer(), Problems: e.train,
-		Check: func(p task.Problem, text string) verifier.Verdict {
-			return verifier.Verdict{Correct: true, Reason: "correct"}
-		},
-		OnStep: func(r StepResult) { results = append(results, r) }, Log: zap.NewNop()})
+		Check: allCorrect, OnStep: func(r StepResult) { results = append(results, r) }, Log: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	rcfg := rsvc.DefaultConfig()
-	rcfg.Pool.K, rcfg.Pool.Mu = testK, testK/2
-	rs, err := rsvc.New(rcfg, e.b, nil, zap.NewNop())
+	rs, err := rsvc.New(testReplayConfig(), e.b, nil, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
