@@ -96,9 +96,20 @@ func BenchmarkEncodeTrajectory(b *testing.B) {
 	}
 }
 
-func BenchmarkDecodeTrajectory(b *testing.B) {
-	data, _ := Encode(benchTrajectory())
+// benchEncoded is benchTrajectory encoded, with b's bytes per operation
+// set to its length.
+func benchEncoded(b *testing.B) []byte {
+	b.Helper()
+	data, err := Encode(benchTrajectory())
+	if err != nil {
+		b.Fatal(err)
+	}
 	b.SetBytes(int64(len(data)))
+	return data
+}
+
+func BenchmarkDecodeTrajectory(b *testing.B) {
+	data := benchEncoded(b)
 	for b.Loop() {
 		var tr Trajectory
 		if err := Decode(data, &tr); err != nil {

@@ -287,8 +287,7 @@ func FuzzDecodeRawTrajectory(f *testing.F) {
 }
 
 func BenchmarkScoredReencode(b *testing.B) {
-	data, _ := Encode(benchTrajectory())
-	b.SetBytes(int64(len(data)))
+	data := benchEncoded(b)
 	for b.Loop() {
 		var tr Trajectory
 		if err := Decode(data, &tr); err != nil {
@@ -301,8 +300,7 @@ func BenchmarkScoredReencode(b *testing.B) {
 }
 
 func BenchmarkScoredSplice(b *testing.B) {
-	data, _ := Encode(benchTrajectory())
-	b.SetBytes(int64(len(data)))
+	data := benchEncoded(b)
 	buf := make([]byte, 0, 2*len(data))
 	for b.Loop() {
 		var rt RawTrajectory
