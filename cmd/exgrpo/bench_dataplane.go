@@ -313,22 +313,13 @@ func consumeN(ctx context.Context, cons jetstream.Consumer, n int, f func(jetstr
 // CPU is what JetStream and its client cost for this topology: the floor
 // for any verifier and codec.
 func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads [][]byte, trajs []wire.Trajectory) (timed, error) {
-	buses := make([]*bus.Bus, 4)
-	for i, name := range []string{"actor", "verifier", "learner", "replay"} {
-		nc, b, err := benchBus(ctx, srv, run, name)
-		if err != nil {
-			return timed{}, err
-		}
-		defer nc.Close()
-		buses[i] = b
-	}
-	ab, vb, lb, rb := buses[0], buses[1], buses[2], buses[3]
-	defer dropStreams(vb)
-	learnerCons, err := lb.Reader(ctx, bus.Scored, "learner", bus.ReaderOptions{})
+	ab, vb, lb, rb, closeAll, err := dataplaneRoles(ctx, srv, run)
 	if err != nil {
 		return timed{}, err
 	}
-	replayCons, err := rb.Reader(ctx, bus.Scored, "replay", bus.ReaderOptions{})
+	defer closeAll()
+	defer dropStreams(vb)
+	learnerCons, replayCons, err := scoredReaders(ctx, lb, rb)
 	if err != nil {
 		return timed{}, err
 	}
@@ -349,19 +340,7 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	start, cpu0 := time.Now(), dataplaneCPU()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		subj := ab.Names.Subject(bus.Rollouts)
-		batch := apub.Batch()
-		for i, p := range payloads {
-			if err := batch.Add(gctx, subj, trajs[i].ID, p); err != nil {
-				return err
-			}
-			if batch.Len() == 64 {
-				if err := batch.Wait(gctx); err != nil {
-					return err
-				}
-			}
-		}
-		return batch.Wait(gctx)
+		return publishRollouts(gctx, apub, ab, trajs, func(i int) ([]byte, error) { return payloads[i], nil })
 	})
 	g.Go(func() error {
 		it, err := rollCons.Messages(jetstream.PullMaxMessages(256))
@@ -407,23 +386,13 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 // a learner-like and a replay-like reader each decode and ack every scored
 // trajectory. Timed until both readers saw all of them.
 func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wire.Trajectory, conc int) (timed, error) {
-	conns := make([]*nats.Conn, 4)
-	buses := make([]*bus.Bus, 4)
-	for i, name := range []string{"actor", "verifier", "learner", "replay"} {
-		nc, b, err := benchBus(ctx, srv, run, name)
-		if err != nil {
-			return timed{}, err
-		}
-		defer nc.Close()
-		conns[i], buses[i] = nc, b
-	}
-	ab, vb, lb, rb := buses[0], buses[1], buses[2], buses[3]
-	defer dropStreams(vb) // after the worker stopped (deferred later, run earlier)
-	learnerCons, err := lb.Reader(ctx, bus.Scored, "learner", bus.ReaderOptions{})
+	ab, vb, lb, rb, closeAll, err := dataplaneRoles(ctx, srv, run)
 	if err != nil {
 		return timed{}, err
 	}
-	replayCons, err := rb.Reader(ctx, bus.Scored, "replay", bus.ReaderOptions{})
+	defer closeAll()
+	defer dropStreams(vb) // after the worker stopped (deferred later, run earlier)
+	learnerCons, replayCons, err := scoredReaders(ctx, lb, rb)
 	if err != nil {
 		return timed{}, err
 	}
@@ -457,23 +426,7 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 	start, cpu0 := time.Now(), dataplaneCPU()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		subj := ab.Names.Subject(bus.Rollouts)
-		batch := pub.Batch()
-		for i := range trajs {
-			data, err := wire.Encode(&trajs[i])
-			if err != nil {
-				return err
-			}
-			if err := batch.Add(gctx, subj, trajs[i].ID, data); err != nil {
-				return err
-			}
-			if batch.Len() == 64 { // an actor waits per task; keep its pace
-				if err := batch.Wait(gctx); err != nil {
-					return err
-				}
-			}
-		}
-		err := batch.Wait(gctx)
+		err := publishRollouts(gctx, pub, ab, trajs, func(i int) ([]byte, error) { return wire.Encode(&trajs[i]) })
 		if os.Getenv("EXGRPO_BENCH_DEBUG") != "" {
 			fmt.Printf("    actor published all after %.2fs: %+v\n", time.Since(start).Seconds(), pub.Stats())
 		}
@@ -503,6 +456,63 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 		return timed{}, fmt.Errorf("readers saw %d correct, want %d", got, want)
 	}
 	return el, nil
+}
+
+// dataplaneRoles opens a connection and the run's bus for each role of the
+// pipeline: actor, verifier, learner and replay. closeAll closes the
+// connections, the last opened first.
+func dataplaneRoles(ctx context.Context, srv *bus.Server, run string) (ab, vb, lb, rb *bus.Bus, closeAll func(), err error) {
+	var conns []*nats.Conn
+	closeAll = func() {
+		for i := len(conns) - 1; i >= 0; i-- {
+			conns[i].Close()
+		}
+	}
+	buses := make([]*bus.Bus, 4)
+	for i, name := range []string{"actor", "verifier", "learner", "replay"} {
+		nc, b, err := benchBus(ctx, srv, run, name)
+		if err != nil {
+			closeAll()
+			return nil, nil, nil, nil, nil, err
+		}
+		conns, buses[i] = append(conns, nc), b
+	}
+	return buses[0], buses[1], buses[2], buses[3], closeAll, nil
+}
+
+// scoredReaders creates the learner's and the replay service's readers of
+// SCORED.
+func scoredReaders(ctx context.Context, lb, rb *bus.Bus) (learner, replay jetstream.Consumer, err error) {
+	if learner, err = lb.Reader(ctx, bus.Scored, "learner", bus.ReaderOptions{}); err != nil {
+		return nil, nil, err
+	}
+	if replay, err = rb.Reader(ctx, bus.Scored, "replay", bus.ReaderOptions{}); err != nil {
+		return nil, nil, err
+	}
+	return learner, replay, nil
+}
+
+// publishRollouts publishes payload(i) for every trajectory i to ROLLOUTS
+// under the trajectory's id, waiting for the acks after every 64 (an actor
+// waits per task; keep its pace).
+func publishRollouts(ctx context.Context, pub *bus.Publisher, b *bus.Bus, trajs []wire.Trajectory, payload func(i int) ([]byte, error)) error {
+	subj := b.Names.Subject(bus.Rollouts)
+	batch := pub.Batch()
+	for i := range trajs {
+		data, err := payload(i)
+		if err != nil {
+			return err
+		}
+		if err := batch.Add(ctx, subj, trajs[i].ID, data); err != nil {
+			return err
+		}
+		if batch.Len() == 64 {
+			if err := batch.Wait(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return batch.Wait(ctx)
 }
 
 // dropStreams deletes a measurement's streams once it is over, so that the
