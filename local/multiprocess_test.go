@@ -3,7 +3,6 @@ package local
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/bus/bustest"
 	"github.com/exgrpo/exgrpo/wire"
 	"go.uber.org/zap"
 )
@@ -39,7 +39,7 @@ func TestMultiProcessTrainsAsRun(t *testing.T) {
 		"--max-new", "32", "--train-questions", "100", "--heldout", "16", "--eval-samples", "1",
 		"--pretrain-steps", "20", "--cache-dir", cache}
 
-	port := freePort(t)
+	port := bustest.FreePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -181,14 +181,4 @@ func reportsFromRunDir(t *testing.T, cfg Config) []wire.StepReport {
 		}
 	})
 	return out
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -78,12 +78,7 @@ func Cluster(t testing.TB, n int) []*bus.Server {
 	ports := make([]int, n)
 	var routes []string
 	for i := range ports {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports[i] = ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
+		ports[i] = FreePort(t)
 		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i]))
 	}
 	nodes := make([]*bus.Server, n)
@@ -114,6 +109,18 @@ func Cluster(t testing.TB, n int) []*bus.Server {
 		t.Fatal(startErr)
 	}
 	return nodes
+}
+
+// FreePort is a loopback TCP port that was free a moment ago, for a
+// process or node that must be told its port before it starts.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // URLs is the comma-separated client URL list of nodes, as roles get it.
