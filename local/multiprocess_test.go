@@ -90,24 +90,7 @@ func TestMultiProcessTrainsAsRun(t *testing.T) {
 	}
 
 	// The multi-process ledger, read from the still-running server.
-	nctx, ncancel := context.WithTimeout(context.Background(), 20*time.Second)
-	nc, err := bus.Connect(nctx, bus.ConnConfig{URL: url, Name: "reader"}, zap.NewNop())
-	ncancel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := bus.Open(context.Background(), nc, bus.DefaultConfig("mp"), zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var multi []wire.StepReport
-	readAll(t, b, bus.Control, func(d []byte) {
-		var r wire.StepReport
-		if wire.Decode(d, &r) == nil {
-			multi = append(multi, r)
-		}
-	})
-	nc.Close()
+	multi := stepReports(t, url, "mp")
 	for _, c := range others {
 		_ = c.Process.Signal(syscall.SIGTERM)
 	}
@@ -162,14 +145,21 @@ func reportsFromRunDir(t *testing.T, cfg Config) []wire.StepReport {
 		t.Fatal(err)
 	}
 	defer srv.Shutdown()
+	return stepReports(t, srv.ClientURL(), cfg.RunID)
+}
+
+// stepReports reads the step reports of run from the CONTROL stream of the
+// server at url.
+func stepReports(t *testing.T, url, run string) []wire.StepReport {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: srv.ClientURL(), Name: "reader"}, zap.NewNop())
+	nc, err := bus.Connect(ctx, bus.ConnConfig{URL: url, Name: "reader"}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	b, err := bus.Open(ctx, nc, bus.DefaultConfig(cfg.RunID), zap.NewNop())
+	b, err := bus.Open(ctx, nc, bus.DefaultConfig(run), zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
