@@ -21,7 +21,6 @@ import (
 	"github.com/exgrpo/exgrpo/rundir"
 	"github.com/exgrpo/exgrpo/task"
 	"github.com/exgrpo/exgrpo/verifier/worker"
-	"github.com/schollz/progressbar/v3"
 	"go.uber.org/zap"
 )
 
@@ -162,21 +161,17 @@ func BaseModel(ctx context.Context, cfg Config, out io.Writer) (policy.Checkpoin
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = DefaultCacheDir()
 	}
-	var bar *progressbar.ProgressBar
+	var bar *progress
 	path := task.BasePath(cfg.CacheDir, cfg.Pretrain)
 	ck, cached, err := task.BaseModel(ctx, cfg.CacheDir, cfg.Pretrain, func(p task.PretrainProgress) {
 		if bar == nil {
 			fmt.Fprintf(out, "no cached base model: pretraining one (cached afterwards in %s)\n", path)
-			bar = progressbar.NewOptions(p.Steps, progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("warm-up"),
-				progressbar.OptionShowCount(), progressbar.OptionSetWidth(30), progressbar.OptionThrottle(200*time.Millisecond),
-				progressbar.OptionSetPredictTime(true))
+			bar = newProgress(out, "warm-up", int64(p.Steps), 30)
 		}
-		bar.Describe(fmt.Sprintf("warm-up loss %.3f", p.SmoothLoss))
-		_ = bar.Set(p.Step)
+		bar.set(int64(p.Step), fmt.Sprintf("loss %.3f", p.SmoothLoss))
 	})
 	if bar != nil {
-		_ = bar.Finish()
-		fmt.Fprintln(out)
+		bar.finish()
 	}
 	if err != nil {
 		return ck, fmt.Errorf("local: base model: %w", err)
@@ -304,9 +299,7 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 	}
 	buses = append(buses, lb)
 	lreg := reg("learner")
-	bar := progressbar.NewOptions64(cfg.Learner.Steps, progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("training"),
-		progressbar.OptionShowCount(), progressbar.OptionSetWidth(25), progressbar.OptionSetPredictTime(true),
-		progressbar.OptionSetElapsedTime(true), progressbar.OptionThrottle(100*time.Millisecond))
+	bar := newProgress(out, "training", cfg.Learner.Steps, 25)
 	heldOut := math.NaN()
 	learnerSvc, err := lsvc.New(cfg.Learner, lsvc.Deps{Bus: lb, Model: base.Model, Tokenizer: base.Tokenizer, Problems: train,
 		Evaluate: evaluate, Metrics: lsvc.NewMetrics(lreg.Registerer()), Log: log.Named("learner"),
@@ -328,8 +321,7 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 			}
 			record(r, s)
 			desc := fmt.Sprintf("reward %.2f  held-out %s  pool %d", r.Summary.Pass1, fmtAcc(heldOut), pool.Questions)
-			bar.Describe(desc)
-			_ = bar.Set64(r.Summary.Step + 1)
+			bar.set(r.Summary.Step+1, desc)
 			if hooks.Step != nil {
 				hooks.Step(r, s)
 			}
@@ -357,8 +349,7 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 		}()
 	}
 	lerr := learnerSvc.Run(ctx)
-	_ = bar.Finish()
-	fmt.Fprintln(out)
+	bar.finish()
 	cancel()
 	wg.Wait()
 	close(errs)
