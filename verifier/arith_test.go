@@ -66,6 +66,26 @@ func TestLookup(t *testing.T) {
 	if _, err := Lookup("chess"); !errors.Is(err, ErrUnknownKind) {
 		t.Errorf("Lookup(chess) error %v, want ErrUnknownKind", err)
 	}
+	// The -think kinds gate on </think>; the plain kinds do not.
+	for _, c := range []struct{ kind, gold, plain, thought string }{
+		{"math", `\frac12`, `\boxed{0.5}`, `<think>\boxed{3}</think> \boxed{0.5}`},
+		{"arith", "4", `2+2=\boxed{4}`, `<think>\boxed{5}</think> \boxed{4}`},
+	} {
+		plain, _ := Lookup(c.kind)
+		gated, err := Lookup(c.kind + "-think")
+		if err != nil {
+			t.Fatalf("Lookup(%s-think): %v", c.kind, err)
+		}
+		if v := plain.Check(c.gold, c.plain); !v.Correct {
+			t.Errorf("%s: ungated answer %+v, want correct", c.kind, v)
+		}
+		if v := gated.Check(c.gold, c.plain); v.Correct || v.Reason != ReasonFormatGate {
+			t.Errorf("%s-think: answer without </think> %+v, want format_gate", c.kind, v)
+		}
+		if v := gated.Check(c.gold, c.thought); !v.Correct {
+			t.Errorf("%s-think: answer after </think> %+v, want correct", c.kind, v)
+		}
+	}
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -126,7 +126,10 @@ func (c Config) Validate() error {
 
 // Lookup returns the checker for a task kind: "math" (general math answers,
 // DefaultConfig, no format gate; also the empty kind) or "arith" (the
-// built-in arithmetic tasks).
+// built-in arithmetic tasks). A "-think" suffix ("math-think",
+// "arith-think") turns the format gate on: only the text after the last
+// </think> is graded, and a response without one scores 0 with reason
+// format_gate, as the paper grades reasoning models.
 // Unknown kinds return an error wrapping ErrUnknownKind.
 //
 // The returned checkers are shared (they hold only their configuration), so
@@ -137,11 +140,23 @@ func Lookup(kind string) (Checker, error) {
 		return defaultMath, nil
 	case "arith", "arithmetic":
 		return defaultArith, nil
+	case "math-think":
+		return gatedMath, nil
+	case "arith-think", "arithmetic-think":
+		return gatedArith, nil
 	}
-	return nil, fmt.Errorf("%w: %q (known: math, arith)", ErrUnknownKind, kind)
+	return nil, fmt.Errorf("%w: %q (known: math, arith, math-think, arith-think)", ErrUnknownKind, kind)
 }
 
 var (
 	defaultMath  = &Math{cfg: DefaultConfig()}
 	defaultArith = &Arith{cfg: DefaultConfig()}
+	gatedMath    = &Math{cfg: gatedConfig()}
+	gatedArith   = &Arith{cfg: gatedConfig()}
 )
+
+func gatedConfig() Config {
+	c := DefaultConfig()
+	c.ThinkGate = true
+	return c
+}
