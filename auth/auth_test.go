@@ -25,7 +25,14 @@ const testRun = "t1"
 func startServer(t *testing.T) (*server.Server, string) {
 	t.Helper()
 	dir := t.TempDir()
-	b, err := Generate(DefaultConfig(testRun))
+	return startServerWith(t, dir, DefaultConfig(testRun)), dir
+}
+
+// startServerWith writes the bundle generated for cfg into dir and starts
+// a JetStream server from its server.conf on a free loopback port.
+func startServerWith(t *testing.T, dir string, cfg Config) *server.Server {
+	t.Helper()
+	b, err := Generate(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,11 +51,11 @@ func startServer(t *testing.T) (*server.Server, string) {
 		t.Fatal(err)
 	}
 	s.Start()
+	t.Cleanup(s.Shutdown)
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("server not ready")
 	}
-	t.Cleanup(s.Shutdown)
-	return s, dir
+	return s
 }
 
 func connect(t *testing.T, url, dir string, role Role) (*nats.Conn, jetstream.JetStream) {

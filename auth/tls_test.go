@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
@@ -89,34 +88,6 @@ func writeCerts(t *testing.T, dir string) (ca, cert, key string) {
 	return ca, cert, key
 }
 
-// startTLSServer starts a server from the bundle generated for cfg.
-func startTLSServer(t *testing.T, dir string, cfg Config) *server.Server {
-	t.Helper()
-	b, err := Generate(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Write(dir, false); err != nil {
-		t.Fatal(err)
-	}
-	opts, err := server.ProcessConfigFile(filepath.Join(dir, ServerConfFile))
-	if err != nil {
-		t.Fatalf("TLS config does not parse: %v", err)
-	}
-	opts.Host, opts.Port, opts.NoLog, opts.NoSigs = "127.0.0.1", -1, true, true
-	opts.JetStream, opts.StoreDir = true, t.TempDir()
-	s, err := server.NewServer(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Start()
-	t.Cleanup(s.Shutdown)
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
-	return s
-}
-
 // TestRolesOverMutualTLS: with client verification on, a role connects
 // through bus.Connect with the CA, its client certificate and its
 // credentials and does its job (opens the run's topology); without a client
@@ -132,7 +103,7 @@ func TestRolesOverMutualTLS(t *testing.T) {
 	cliCert, cliKey := c.issue(t, dir, "client", 3, x509.ExtKeyUsageClientAuth)
 	cfg := DefaultConfig(testRun)
 	cfg.TLS = TLSConfig{CertFile: srvCert, KeyFile: srvKey, CAFile: ca, Verify: true}
-	s := startTLSServer(t, dir, cfg)
+	s := startServerWith(t, dir, cfg)
 	url := s.ClientURL() // tls://...
 	creds := CredsFile(dir, Learner)
 
@@ -184,7 +155,7 @@ func TestTLSServer(t *testing.T) {
 	ca, cert, key := writeCerts(t, dir)
 	cfg := DefaultConfig(testRun)
 	cfg.TLS = TLSConfig{CertFile: cert, KeyFile: key}
-	s := startTLSServer(t, dir, cfg)
+	s := startServerWith(t, dir, cfg)
 	url := s.ClientURL()
 	if nc, err := nats.Connect(url, nats.UserCredentials(CredsFile(dir, Actor))); err == nil {
 		nc.Close()
