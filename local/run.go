@@ -13,6 +13,7 @@ import (
 
 	"github.com/exgrpo/exgrpo/actor"
 	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/internal/progress"
 	lsvc "github.com/exgrpo/exgrpo/learner/service"
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/policy"
@@ -161,17 +162,17 @@ func BaseModel(ctx context.Context, cfg Config, out io.Writer) (policy.Checkpoin
 	if cfg.CacheDir == "" {
 		cfg.CacheDir = DefaultCacheDir()
 	}
-	var bar *progress
+	var bar *progress.Bar
 	path := task.BasePath(cfg.CacheDir, cfg.Pretrain)
 	ck, cached, err := task.BaseModel(ctx, cfg.CacheDir, cfg.Pretrain, func(p task.PretrainProgress) {
 		if bar == nil {
 			fmt.Fprintf(out, "no cached base model: pretraining one (cached afterwards in %s)\n", path)
-			bar = newProgress(out, "warm-up", int64(p.Steps), 30)
+			bar = progress.New(out, "warm-up", int64(p.Steps), 30)
 		}
-		bar.set(int64(p.Step), fmt.Sprintf("loss %.3f", p.SmoothLoss))
+		bar.Set(int64(p.Step), fmt.Sprintf("loss %.3f", p.SmoothLoss))
 	})
 	if bar != nil {
-		bar.finish()
+		bar.Finish()
 	}
 	if err != nil {
 		return ck, fmt.Errorf("local: base model: %w", err)
@@ -299,7 +300,7 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 	}
 	buses = append(buses, lb)
 	lreg := reg("learner")
-	bar := newProgress(out, "training", cfg.Learner.Steps, 25)
+	bar := progress.New(out, "training", cfg.Learner.Steps, 25)
 	heldOut := math.NaN()
 	learnerSvc, err := lsvc.New(cfg.Learner, lsvc.Deps{Bus: lb, Model: base.Model, Tokenizer: base.Tokenizer, Problems: train,
 		Evaluate: evaluate, Metrics: lsvc.NewMetrics(lreg.Registerer()), Log: log.Named("learner"),
@@ -321,7 +322,7 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 			}
 			record(r, s)
 			desc := fmt.Sprintf("reward %.2f  held-out %s  pool %d", r.Summary.Pass1, fmtAcc(heldOut), pool.Questions)
-			bar.set(r.Summary.Step+1, desc)
+			bar.Set(r.Summary.Step+1, desc)
 			if hooks.Step != nil {
 				hooks.Step(r, s)
 			}
@@ -349,7 +350,7 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 		}()
 	}
 	lerr := learnerSvc.Run(ctx)
-	bar.finish()
+	bar.Finish()
 	cancel()
 	wg.Wait()
 	close(errs)

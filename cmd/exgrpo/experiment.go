@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/experiment"
+	"github.com/exgrpo/exgrpo/internal/progress"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
-	"github.com/schollz/progressbar/v3"
 )
 
 func init() {
@@ -190,14 +190,12 @@ func runExperiment(ctx context.Context, args []string) error {
 	}
 
 	total := int64(plan.Runs()) * int64(plan.Budget)
-	bar := progressbar.NewOptions64(total, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetDescription("experiment"),
-		progressbar.OptionSetWidth(25), progressbar.OptionSetPredictTime(true), progressbar.OptionSetElapsedTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond), progressbar.OptionShowDescriptionAtLineEnd())
+	bar := progress.New(os.Stderr, "experiment (rollouts)", total, 25)
 	var spent int64
 	i := 0
 	for _, s := range plan.Settings {
 		env, err := experiment.NewEnv(ctx, plan, s, *cacheDir, func(p task.PretrainProgress) {
-			bar.Describe(fmt.Sprintf("%s: warm-up of the base model %d/%d", s.Name, p.Step, p.Steps))
+			bar.Set(spent, fmt.Sprintf("%s: warm-up of the base model %d/%d", s.Name, p.Step, p.Steps))
 		})
 		if err != nil {
 			return err
@@ -207,19 +205,19 @@ func runExperiment(ctx context.Context, args []string) error {
 				i++
 				if done[key(s.Name, a.Name, seed)] {
 					spent += int64(plan.Budget)
-					_ = bar.Set64(spent)
+					bar.Set(spent, "resumed")
 					continue
 				}
 				desc := fmt.Sprintf("run %d/%d %s/%s seed %d", i, plan.Runs(), s.Name, a.Name, seed)
-				bar.Describe(desc)
+				bar.Set(spent, desc)
 				r, m, err := experiment.Run(ctx, plan, env, a, seed, func(n int) {
-					_ = bar.Set64(spent + int64(min(n, plan.Budget)))
+					bar.Set(spent+int64(min(n, plan.Budget)), desc)
 				})
 				if err != nil {
 					return fmt.Errorf("%s: %w", desc, err)
 				}
 				spent += int64(plan.Budget)
-				_ = bar.Set64(spent)
+				bar.Set(spent, desc)
 				name := fmt.Sprintf("%s-%s-s%d.safetensors", s.Name, a.Name, seed)
 				ck := policy.Checkpoint{Model: m, Tokenizer: env.Base.Tokenizer, Meta: map[string]string{
 					"experiment.setting": s.Name, "experiment.arm": a.Name, "experiment.seed": strconv.FormatUint(seed, 10)}}
@@ -238,8 +236,7 @@ func runExperiment(ctx context.Context, args []string) error {
 			}
 		}
 	}
-	_ = bar.Finish()
-	fmt.Fprintln(os.Stderr)
+	bar.Finish()
 	if err := experiment.WriteAll(*out, res); err != nil {
 		return err
 	}

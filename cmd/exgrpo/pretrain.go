@@ -12,8 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
-
+	"github.com/exgrpo/exgrpo/internal/progress"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
 )
@@ -129,23 +128,10 @@ func pretrainBar(steps int, quiet bool) (func(task.PretrainProgress), func()) {
 	if quiet {
 		return nil, func() {}
 	}
-	bar := progressbar.NewOptions(steps,
-		progressbar.OptionSetWriter(os.Stderr),
-		progressbar.OptionSetDescription("warm-up"),
-		progressbar.OptionShowCount(),
-		progressbar.OptionShowIts(),
-		progressbar.OptionSetItsString("steps"),
-		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond),
-		progressbar.OptionSetWidth(30),
-	)
+	bar := progress.New(os.Stderr, "warm-up", int64(steps), 30)
 	return func(p task.PretrainProgress) {
-			bar.Describe(fmt.Sprintf("warm-up loss %.3f", p.SmoothLoss))
-			_ = bar.Set(p.Step)
-		}, func() {
-			_ = bar.Finish()
-			fmt.Fprintln(os.Stderr)
-		}
+		bar.Set(int64(p.Step), fmt.Sprintf("loss %.3f", p.SmoothLoss))
+	}, bar.Finish
 }
 
 // parseLevelWeights reads "2:1,3:2,4" (level[:weight], weight 1 when
