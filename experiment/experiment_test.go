@@ -115,6 +115,22 @@ func TestFilter(t *testing.T) {
 	if _, err := FullPlan().Filter(nil, []string{"nonesuch"}); !errors.Is(err, ErrConfig) {
 		t.Errorf("Filter with an unknown arm: %v, want ErrConfig", err)
 	}
+	// A named arm runs in a named setting even where the plan pairs it only
+	// with another setting; without named settings the plan's pairing holds.
+	mu, err := FullPlan().Filter([]string{"base"}, []string{"onpolicy", "exgrpo-mu2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mu.Settings) != 1 || len(mu.Settings[0].Arms) != 2 || mu.Settings[0].Arms[1].Mu != 2 {
+		t.Errorf("Filter(base; onpolicy, exgrpo-mu2) = %+v", mu.Settings)
+	}
+	only, err := FullPlan().Filter(nil, []string{"exgrpo-mu2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(only.Settings) != 1 || only.Settings[0].Name != "hard" {
+		t.Errorf("Filter(; exgrpo-mu2) = %+v, want the hard setting only", only.Settings)
+	}
 }
 
 // The ablation arms differ from ExGRPO (delayed start off) in exactly the

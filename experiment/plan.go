@@ -324,7 +324,9 @@ func FullPlan() Plan {
 }
 
 // Filter keeps the settings and arms whose names are listed (all when the
-// list is empty) and reports names that match nothing.
+// list is empty) and reports names that match nothing. With both lists
+// given, every named arm runs in every named setting, including an arm the
+// plan pairs only with another setting.
 func (p Plan) Filter(settings, arms []string) (Plan, error) {
 	keep := func(list []string, name string) bool {
 		if len(list) == 0 {
@@ -337,6 +339,12 @@ func (p Plan) Filter(settings, arms []string) (Plan, error) {
 		}
 		return false
 	}
+	known := map[string]Arm{} // every arm of the plan, whichever setting has it
+	for _, s := range p.Settings {
+		for _, a := range s.Arms {
+			known[a.Name] = a
+		}
+	}
 	used := map[string]bool{}
 	out := p
 	out.Settings = nil
@@ -347,10 +355,22 @@ func (p Plan) Filter(settings, arms []string) (Plan, error) {
 		used[s.Name] = true
 		s2 := s
 		s2.Arms = nil
+		has := map[string]bool{}
 		for _, a := range s.Arms {
 			if keep(arms, a.Name) {
-				used[a.Name] = true
+				used[a.Name], has[a.Name] = true, true
 				s2.Arms = append(s2.Arms, a)
+			}
+		}
+		// Settings and arms both named: every named arm runs in every
+		// named setting, also one the plan pairs only with another setting
+		// (exgrpo-mu2 on base).
+		if len(settings) > 0 {
+			for _, n := range arms {
+				if a, ok := known[n]; ok && !has[n] {
+					used[n], has[n] = true, true
+					s2.Arms = append(s2.Arms, a)
+				}
 			}
 		}
 		if len(s2.Arms) > 0 {
