@@ -69,6 +69,11 @@ func (n Names) ExperienceSubject(question string) string {
 	return n.Subject(Experience) + "." + QuestionToken(question)
 }
 
+// LineageSubject carries the learner's lineage records (wire.Lineage) on
+// CONTROL; the base subject carries the step reports. Readers of CONTROL tell
+// the two apart by subject.
+func (n Names) LineageSubject() string { return n.Subject(Control) + ".lineage" }
+
 // DeadSubject is where dead letters from stream kind `from` go.
 func (n Names) DeadSubject(from Kind) string {
 	return n.Subject(Dead) + "." + strings.ToLower(string(from))

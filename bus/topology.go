@@ -153,6 +153,16 @@ func (b *Bus) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // StreamConfig is the declaration of one stream (exported for inspect and
 // tests).
+// streamDescriptions are what `nats stream ls` shows beside each stream.
+var streamDescriptions = map[Kind]string{
+	Tasks:      "exgrpo rollout tasks (work queue: learner -> actors)",
+	Rollouts:   "exgrpo sampled trajectories (work queue: actors -> verifiers)",
+	Scored:     "exgrpo trajectories with their rewards (verifiers -> learner, replay, inspect)",
+	Experience: "exgrpo replay pool: successful trajectories, one subject per question",
+	Control:    "exgrpo ledger: step reports and learner lineage records",
+	Dead:       "exgrpo messages that could not be processed, with the reason",
+}
+
 func (b *Bus) StreamConfig(k Kind) jetstream.StreamConfig {
 	c := b.Config
 	storage := jetstream.FileStorage
@@ -161,15 +171,16 @@ func (b *Bus) StreamConfig(k Kind) jetstream.StreamConfig {
 	}
 	base := b.Names.Subject(k)
 	sc := jetstream.StreamConfig{
-		Name:       b.Names.Stream(k),
-		Subjects:   []string{base, base + ".>"},
-		Storage:    storage,
-		Replicas:   c.Replicas,
-		Duplicates: c.Duplicates,
-		MaxMsgSize: MaxPayload,
-		Discard:    jetstream.DiscardOld,
-		MaxBytes:   -1,
-		MaxMsgs:    -1,
+		Name:        b.Names.Stream(k),
+		Description: streamDescriptions[k],
+		Subjects:    []string{base, base + ".>"},
+		Storage:     storage,
+		Replicas:    c.Replicas,
+		Duplicates:  c.Duplicates,
+		MaxMsgSize:  MaxPayload,
+		Discard:     jetstream.DiscardOld,
+		MaxBytes:    -1,
+		MaxMsgs:     -1,
 	}
 	switch k {
 	case Tasks, Rollouts:

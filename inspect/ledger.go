@@ -61,15 +61,22 @@ type Ledger struct {
 	// (the roles dead-letter those).
 	Undecodable int
 
+	// Records are the learner's lineage records (wire.Lineage) in stream
+	// order: which reports make up the run's ledger across restarts.
+	Records []wire.Lineage
+
 	pool           *replay.Pool
 	ctrlSeq, scSeq uint64
 	byStep         map[int64]int // step -> index in Reports (the folded one)
 	folded         int           // Reports[:folded] are in pool
+	lin            replay.Lineage
+	outside        []string // per report: why it is not in the ledger ("" when it is)
+	refold         bool     // a rewind undid folded reports: fold again from the start
 }
 
 // NewLedger is an empty ledger; k = 0 takes K from the first report.
 func NewLedger(k int) *Ledger {
-	return &Ledger{K: k, Scored: map[string]*wire.Scored{}, byStep: map[int64]int{}}
+	return &Ledger{K: k, Scored: map[string]*wire.Scored{}, byStep: map[int64]int{}, lin: replay.NewLineage()}
 }
 
 // Load reads the whole run once.
@@ -88,12 +95,23 @@ func (s *Source) Load(ctx context.Context) (*Ledger, error) {
 func (l *Ledger) Update(ctx context.Context, s *Source) error {
 	var err error
 	l.ctrlSeq, err = s.read(ctx, bus.Control, l.ctrlSeq+1, func(m raw) {
+		if m.subj == s.Names.LineageSubject() {
+			var rec wire.Lineage
+			if wire.Decode(m.data, &rec) != nil || rec.Validate() != nil {
+				l.Undecodable++
+				return
+			}
+			l.record(rec)
+			return
+		}
 		var r wire.StepReport
 		if wire.Decode(m.data, &r) != nil {
 			l.Undecodable++
 			return
 		}
 		l.Reports = append(l.Reports, Report{Seq: m.seq, Report: r})
+		d := l.lin.Report(&r)
+		l.outside = append(l.outside, d.Why)
 	})
 	if err != nil {
 		return err
@@ -113,6 +131,25 @@ func (l *Ledger) Update(ctx context.Context, s *Source) error {
 	}
 	return l.foldNew()
 }
+
+// record applies one lineage record: a rewind takes the reports after its
+// step out of the ledger (wire.Lineage), and the pool is folded again.
+func (l *Ledger) record(rec wire.Lineage) {
+	l.Records = append(l.Records, rec)
+	d := l.lin.Record(&rec)
+	if !d.Rewind {
+		return
+	}
+	for i := range l.Reports {
+		if l.outside[i] == "" && l.Reports[i].Report.Step > d.To {
+			l.outside[i] = fmt.Sprintf("superseded: learner epoch %d resumed at step %d", rec.Epoch, rec.Step)
+			l.refold = true
+		}
+	}
+}
+
+// InLedger says whether Reports[i] is part of the run's ledger, and if not why.
+func (l *Ledger) InLedger(i int) (bool, string) { return l.outside[i] == "", l.outside[i] }
 
 // lookup finds a scored trajectory by id.
 func (l *Ledger) lookup(id string) (*wire.Scored, bool) {
@@ -162,8 +199,24 @@ func (l *Ledger) foldNew() error {
 	if l.pool == nil {
 		return nil
 	}
+	if l.refold {
+		p, err := replay.New(l.poolConfig())
+		if err != nil {
+			return err
+		}
+		l.pool, l.folded, l.Points, l.byStep, l.refold = p, 0, l.Points[:0], map[int64]int{}, false
+	}
 	for ; l.folded < len(l.Reports); l.folded++ {
 		r := &l.Reports[l.folded]
+		if why := l.outside[l.folded]; why != "" {
+			pt := point(l.pool, &r.Report)
+			pt.Skipped = why
+			if _, seen := l.byStep[r.Report.Step]; !seen {
+				l.byStep[r.Report.Step] = l.folded
+			}
+			l.Points = append(l.Points, pt)
+			continue
+		}
 		pt, ok := apply(l.pool, &r.Report, l.lookup)
 		if _, seen := l.byStep[r.Report.Step]; ok || !seen {
 			// The folded report of a step, else the first that named it
@@ -245,8 +298,8 @@ func (l *Ledger) FoldTo(n int64) (*replay.Pool, Point, int, error) {
 	folded := 0
 	for i := range l.Reports {
 		rep := &l.Reports[i].Report
-		if rep.Step > n {
-			continue // a report of a later step (stream order is step order; be exact anyway)
+		if rep.Step > n || l.outside[i] != "" {
+			continue // a report of a later step, or one outside the ledger
 		}
 		pt, ok := apply(p, rep, l.lookup)
 		if ok {

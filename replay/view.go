@@ -140,3 +140,18 @@ func (p *Pool) Candidates(id string) []Trajectory {
 	}
 	return out
 }
+
+// StoredIDs lists the ids of every trajectory the pool stores for question
+// id, oldest first (Candidates, without the cap). Nil for an unknown question
+// or one that stores nothing.
+func (p *Pool) StoredIDs(id string) []string {
+	qi, ok := p.index[id]
+	if !ok || len(p.qs[qi].trajs) == 0 {
+		return nil
+	}
+	out := make([]string, len(p.qs[qi].trajs))
+	for i := range p.qs[qi].trajs {
+		out[i] = p.qs[qi].trajs[i].id
+	}
+	return out
+}

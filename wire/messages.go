@@ -6,7 +6,7 @@ package wire
 type Task struct {
 	V          uint16  `msgpack:"v"`
 	RunID      string  `msgpack:"run"`
-	TaskID     string  `msgpack:"id"`   // "<step>/<question>", unique within a run
+	TaskID     string  `msgpack:"id"`   // TaskID(epoch, step, question), or RetryTaskID of it; unique within a run
 	Step       int64   `msgpack:"step"` // learner step the rollouts are for
 	QuestionID string  `msgpack:"q"`
 	Prompt     string  `msgpack:"prompt"` // question text as given to the policy
@@ -77,13 +77,15 @@ type Candidate struct {
 }
 
 // StepReport is the learner's ledger entry for one step (CONTROL stream,
-// message id "step/<n>"). The replay state is a deterministic fold of these
-// reports plus the scored trajectories they name.
+// subject exgrpo.<run>.control, message id "e<epoch>/step/<n>"). The replay
+// state is a deterministic fold of the reports of the run's lineage (see
+// Lineage) plus the scored trajectories they name.
 type StepReport struct {
 	V             uint16        `msgpack:"v"`
 	RunID         string        `msgpack:"run"`
 	Step          int64         `msgpack:"step"`
-	PolicyVersion int64         `msgpack:"ver"`  // version the step's fresh rollouts were asked from
+	Epoch         int64         `msgpack:"epoch"` // the learner incarnation that trained it (see Lineage)
+	PolicyVersion int64         `msgpack:"ver"`   // version the step's fresh rollouts were asked from
 	NewVersion    int64         `msgpack:"nver"` // version published after the update
 	Pass1         float64       `msgpack:"pass1"`
 	Mixed         bool          `msgpack:"mixed"` // this step trained in mixed mode (collection on; ALGORITHM.md E5)
@@ -119,6 +121,9 @@ type SampleRequest struct {
 	Step  int64  `msgpack:"step"`
 	N     int    `msgpack:"n"`
 	Seed  int64  `msgpack:"seed"`
+	// Epoch is the asking learner's incarnation: the reply must reflect the
+	// lineage of that epoch (its Lineage record folded), never an older one.
+	Epoch int64 `msgpack:"epoch"`
 	// AfterStep: the reply must reflect every step report up to and including it.
 	AfterStep int64 `msgpack:"after"`
 }
@@ -165,6 +170,7 @@ func (m *SampleReply) schema() (string, uint16, uint16) {
 	return "sample reply", SampleReplySchema, m.V
 }
 func (m *DeadLetter) schema() (string, uint16, uint16) { return "dead letter", DeadLetterSchema, m.V }
+func (m *Lineage) schema() (string, uint16, uint16)    { return "lineage record", LineageSchema, m.V }
 
 // Stamp sets the schema version of a message about to be encoded; encoders
 // call it so that a zero-valued V never leaves the process.
@@ -187,5 +193,7 @@ func Stamp(m Message) {
 		x.V = SampleReplySchema
 	case *DeadLetter:
 		x.V = DeadLetterSchema
+	case *Lineage:
+		x.V = LineageSchema
 	}
 }

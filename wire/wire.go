@@ -37,6 +37,7 @@ const (
 	SampleRequestSchema = 1
 	SampleReplySchema   = 1
 	DeadLetterSchema    = 1
+	LineageSchema       = 1
 )
 
 // Message is implemented by every wire type: its expected schema version and

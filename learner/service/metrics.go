@@ -19,6 +19,7 @@ type Metrics struct {
 	Stale             prometheus.Counter
 	DroppedGroups     prometheus.Counter
 	Ignored           prometheus.Counter
+	Retried           prometheus.Counter
 	ReplayUnavailable prometheus.Counter
 	Dead              prometheus.Counter
 	StepSeconds       prometheus.Histogram
@@ -53,7 +54,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Tokens:            c("tokens_total", "Response tokens trained on."),
 		Stale:             c("stale_dropped_total", "Fresh rollouts dropped for staleness."),
 		DroppedGroups:     c("dropped_groups_total", "Groups left incomplete at the gather deadline."),
-		Ignored:           c("ignored_rollouts_total", "Scored rollouts of no current step (leftovers)."),
+		Ignored:           c("ignored_rollouts_total", "Scored rollouts of no current step (leftovers, or of another learner epoch)."),
+		Retried:           c("retried_rollouts_total", "Rollouts asked for again after the fence refused one (it went to DEAD)."),
 		ReplayUnavailable: c("replay_unavailable_total", "Steps that went on without the replay service."),
 		Dead:              c("dead_total", "Messages sent to DEAD."),
 		StepSeconds:       h("step_seconds", "Wall time of a step, from its tasks to its report."),
@@ -62,7 +64,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Steps, m.Step, m.Version, m.Reward, m.HeldOut, m.Entropy, m.Loss, m.GradNorm, m.Replayed,
-			m.Mixed, m.Rollouts, m.Tokens, m.Stale, m.DroppedGroups, m.Ignored, m.ReplayUnavailable, m.Dead,
+			m.Mixed, m.Rollouts, m.Tokens, m.Stale, m.DroppedGroups, m.Ignored, m.Retried, m.ReplayUnavailable, m.Dead,
 			m.StepSeconds, m.GatherSeconds, m.TrainSeconds)
 	}
 	return m

@@ -87,6 +87,7 @@ type Service struct {
 	pub      *bus.Publisher
 
 	step     int64 // next step to train
+	epoch    int64 // this process's learner epoch (wire.Lineage), set by Run
 	version  int64 // current policy version
 	mixed    bool  // mode known for the next step (E5)
 	retired  []string
@@ -98,12 +99,14 @@ type Service struct {
 }
 
 type plan struct {
+	epoch   int64
 	step    int64
 	version int64 // MinVersion of its tasks
 	tasks   map[string]*planned
 	order   []string // task ids in question order
 	missing int      // rollouts still expected
 	started time.Time
+	retries map[string]retryRef // retry task id -> the rollout it replaces
 }
 
 type planned struct {
@@ -113,6 +116,7 @@ type planned struct {
 	replayed *learner.Rollout
 	ranking  []learner.Ranked
 	got      map[int]*wire.Scored
+	retried  map[int]int // index -> times asked for again
 }
 
 // New builds the service; with Config.Resume it loads the latest checkpoint.
@@ -269,7 +273,11 @@ func (s *Service) run(ctx context.Context) error {
 		return quiet(ctx, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err))
 	}
 	s.met.Version.Set(float64(s.version))
-	s.log.Info("learner starting", zap.Int64("step", s.step), zap.Int64("version", s.version), zap.Bool("mixed", s.mixed))
+	if err := s.startEpoch(ctx); err != nil {
+		return quiet(ctx, err)
+	}
+	s.log.Info("learner starting", zap.Int64("epoch", s.epoch), zap.Int64("step", s.step), zap.Int64("version", s.version),
+		zap.Bool("mixed", s.mixed))
 
 	S := int64(s.cfg.Learner.Staleness)
 	for t := s.step; t <= s.step+S && s.within(t); t++ {
@@ -316,7 +324,8 @@ func taskSeed(seed, step int64, q string) int64 {
 // prepare picks step t's questions and publishes its tasks (steps 1-3).
 func (s *Service) prepare(ctx context.Context, t int64) error {
 	cfg := s.cfg.Learner
-	p := &plan{step: t, version: s.version, tasks: map[string]*planned{}, started: time.Now()}
+	p := &plan{epoch: s.epoch, step: t, version: s.version, tasks: map[string]*planned{}, retries: map[string]retryRef{},
+		started: time.Now()}
 	exclude := map[string]bool{}
 	if n := cfg.PoolQuestions(s.mixed); n > 0 {
 		reps, err := s.replayed(ctx, t, n)
@@ -365,7 +374,7 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 }
 
 func (p *plan) add(pt *planned) {
-	id := fmt.Sprintf("%d/%s", p.step, pt.problem.ID)
+	id := wire.TaskID(p.epoch, p.step, pt.problem.ID)
 	pt.got = map[int]*wire.Scored{}
 	p.tasks[id] = pt
 	p.order = append(p.order, id)
@@ -375,7 +384,7 @@ func (p *plan) add(pt *planned) {
 // for each (steps 1-2; E6, E7). Questions whose experience cannot be found
 // are left out (the step takes more fresh ones instead).
 func (s *Service) replayed(ctx context.Context, t int64, n int) ([]*planned, error) {
-	req := wire.SampleRequest{RunID: s.d.Bus.Names.Run, Step: t, N: n, Seed: s.cfg.Seed ^ (t * 7919),
+	req := wire.SampleRequest{RunID: s.d.Bus.Names.Run, Step: t, N: n, Seed: s.cfg.Seed ^ (t * 7919), Epoch: s.epoch,
 		AfterStep: t - 1 - int64(s.cfg.Learner.Staleness)}
 	reply, err := s.requestSample(ctx, req)
 	if err != nil {
@@ -424,9 +433,21 @@ func (s *Service) replayed(ctx context.Context, t int64, n int) ([]*planned, err
 			if !ok {
 				continue
 			}
+			tr := wire.Trajectory{ID: e.TrajectoryID, TaskID: "-", QuestionID: e.QuestionID, PromptTokens: e.PromptTokens,
+				Tokens: e.Tokens, LogProbs: e.LogProbs, Entropies: make(wire.Float32s, len(e.Tokens)), Finish: "eos"}
+			if err := tr.Check(s.limits()); err != nil {
+				s.log.Warn("stored experience refused", zap.String("question", q.QuestionID), zap.Error(err))
+				continue
+			}
 			cands = append(cands, learner.Rollout{ID: e.TrajectoryID, PromptTokens: e.PromptTokens, Tokens: e.Tokens,
 				LogProbs: e.LogProbs, Version: e.PolicyVersion})
-			texts = append(texts, e.Text)
+			// E9 re-verifies the text the policy would be trained on: the
+			// decoding of the stored tokens, not the text stored beside them.
+			text := e.Text
+			if s.d.Tokenizer != nil {
+				text = task.ResponseText(s.d.Tokenizer, e.Tokens)
+			}
+			texts = append(texts, text)
 		}
 		if len(cands) == 0 {
 			s.log.Warn("no stored experience found for a replayed question", zap.String("question", q.QuestionID))
@@ -507,7 +528,7 @@ func (s *Service) requestSample(ctx context.Context, req wire.SampleRequest) (wi
 const fetchAttempts = 3
 
 // fetchExperience reads the stored trajectories of the given questions from
-// EXPERIENCE with one ordered consumer over their subjects.
+// EXPERIENCE with one reader over their subjects (deleted after the read).
 func (s *Service) fetchExperience(ctx context.Context, qs []wire.SampledQuestion) (map[string]*wire.Experience, error) {
 	want := map[string]bool{}
 	subjects := make([]string, 0, len(qs))
@@ -520,87 +541,66 @@ func (s *Service) fetchExperience(ctx context.Context, qs []wire.SampledQuestion
 	out := make(map[string]*wire.Experience, len(want))
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cons, err := s.d.Bus.JS.OrderedConsumer(fctx, s.d.Bus.Names.Stream(bus.Experience),
-		jetstream.OrderedConsumerConfig{FilterSubjects: subjects})
-	if err != nil {
-		return nil, fmt.Errorf("learner service: read experience: %w", err)
-	}
-	info, err := cons.Info(fctx)
-	if err != nil {
-		return nil, fmt.Errorf("learner service: read experience: %w", err)
-	}
-	left := info.NumPending
-	for left > 0 && len(out) < len(want) {
-		batch, err := cons.Fetch(int(min(left, 1024)), jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return nil, fmt.Errorf("learner service: read experience: %w", err)
+	err := bus.ReadSubjects(fctx, s.d.Bus, bus.Experience, subjects, func(m jetstream.Msg) {
+		var e wire.Experience
+		if wire.Decode(m.Data(), &e) != nil {
+			return // inspect shows it; the candidate is skipped
 		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			left--
-			var e wire.Experience
-			if err := wire.Decode(m.Data(), &e); err != nil {
-				continue // inspect shows it; the candidate is skipped
-			}
-			if want[e.TrajectoryID] {
-				if _, dup := out[e.TrajectoryID]; !dup {
-					out[e.TrajectoryID] = &e
-				}
+		if want[e.TrajectoryID] {
+			if _, dup := out[e.TrajectoryID]; !dup {
+				out[e.TrajectoryID] = &e
 			}
 		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return nil, fmt.Errorf("learner service: read experience: %w", err)
-		}
-		if n == 0 {
-			break // purged meanwhile
-		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("learner service: read experience: %w", err)
 	}
 	return out, nil
 }
 
-// accept files one scored rollout under its step's plan.
+// accept files one fenced rollout of this epoch under its step's plan.
 func (s *Service) accept(sc *wire.Scored) {
-	p, ok := s.plans[sc.Traj.Step]
-	if !ok {
+	if _, ok := s.plans[sc.Traj.Step]; !ok {
 		if sc.Traj.Step > s.step+int64(s.cfg.Learner.Staleness) || sc.Traj.Step < s.step {
-			s.met.Ignored.Inc() // an old step's leftovers (after a restart)
+			s.met.Ignored.Inc() // a step already trained (a late redelivery)
 			return
 		}
 		s.early[sc.Traj.Step] = append(s.early[sc.Traj.Step], sc)
 		return
 	}
-	pt, ok := p.tasks[sc.Traj.TaskID]
-	if !ok || sc.Traj.Index < 0 || sc.Traj.Index >= pt.samples {
+	p, pt, i, ok := s.locate(&sc.Traj)
+	if !ok {
 		s.met.Ignored.Inc()
 		return
 	}
-	if _, dup := pt.got[sc.Traj.Index]; dup {
+	if _, dup := pt.got[i]; dup {
 		return
 	}
-	pt.got[sc.Traj.Index] = sc
+	pt.got[i] = sc
 	p.missing--
 }
 
-// gather waits until every rollout of step t is in, or GatherTimeout.
+// gather waits until every rollout of step t is in, or GatherTimeout, and
+// says what it waits for every waitLogEvery.
 func (s *Service) gather(ctx context.Context, p *plan) error {
+	start := time.Now()
 	timer := time.NewTimer(s.cfg.GatherTimeout)
 	defer timer.Stop()
+	tick := time.NewTicker(waitLogEvery)
+	defer tick.Stop()
 	for p.missing > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
-			s.log.Warn("gather deadline: training on the complete groups", zap.Int64("step", p.step), zap.Int("missing", p.missing))
+			tasks, n := p.waiting()
+			s.log.Warn("gather deadline: training on the complete groups", zap.Int64("step", p.step), zap.Int("missing", n),
+				zap.Strings("tasks", tasks))
 			return nil
+		case <-tick.C:
+			s.logWait(p, start)
 		case m := <-s.scoredC:
-			var sc wire.Scored
-			if err := wire.Decode(m.Data(), &sc); err != nil {
-				s.dead(ctx, m, err)
-				continue
-			}
-			_ = m.Ack() // the learner's buffer is transient by design: a restart resumes at the next step
-			s.accept(&sc)
+			s.receive(ctx, m)
 		}
 	}
 	return nil
@@ -674,18 +674,19 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 	}
 	s.mixed = sum.NextMixed
 	rep := report(s.d.Bus.Names.Run, sum, s.version, time.Since(p.started))
+	rep.Epoch = s.epoch
 	data, err := wire.Encode(&rep)
 	if err != nil {
 		return res, fmt.Errorf("learner service: %w", err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
 	defer cancel()
-	if _, err := s.pub.Publish(pctx, s.d.Bus.Names.Subject(bus.Control), fmt.Sprintf("step/%d", t), data); err != nil {
+	if _, err := s.pub.Publish(pctx, s.d.Bus.Names.Subject(bus.Control), wire.ReportMsgID(s.epoch, t), data); err != nil {
 		return res, fmt.Errorf("learner service: publish step report %d: %w", t, err)
 	}
 	last := s.cfg.Steps > 0 && t == s.cfg.Steps-1
 	if s.cfg.CheckpointDir != "" && (last || (s.cfg.CheckpointEvery > 0 && (t+1)%int64(s.cfg.CheckpointEvery) == 0)) {
-		if err := s.checkpoint(t); err != nil {
+		if err := s.checkpoint(ctx, t); err != nil {
 			return res, err
 		}
 	}
@@ -733,8 +734,11 @@ func report(run string, sum learner.StepSummary, newVersion int64, took time.Dur
 	return r
 }
 
-// checkpoint writes step-<t>.safetensors and replaces latest.safetensors.
-func (s *Service) checkpoint(t int64) error {
+// checkpoint writes step-<t>.safetensors, announces the checkpoint on
+// CONTROL, then replaces latest.safetensors: a learner can only resume from
+// a checkpoint the replay service has heard of (wire.Lineage). A crash
+// between the two leaves the previous latest, which it still keeps.
+func (s *Service) checkpoint(ctx context.Context, t int64) error {
 	retired, _ := json.Marshal(s.retired)
 	if s.retired == nil {
 		retired = []byte("[]")
@@ -753,6 +757,9 @@ func (s *Service) checkpoint(t int64) error {
 	tmp := filepath.Join(s.cfg.CheckpointDir, LatestFile+".tmp")
 	if err := policy.SaveFile(tmp, ck); err != nil {
 		return fmt.Errorf("learner service: checkpoint: %w", err)
+	}
+	if err := s.publishLineage(ctx, wire.Lineage{Kind: wire.LineageCheckpoint, Epoch: s.epoch, Step: t}); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(s.cfg.CheckpointDir, LatestFile)); err != nil {
 		return fmt.Errorf("learner service: checkpoint: %w", err)

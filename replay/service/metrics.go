@@ -18,6 +18,9 @@ type Metrics struct {
 	MissingTrajectories prometheus.Counter
 	Dead                prometheus.Counter
 	SnapshotBytes       prometheus.Gauge
+	Skipped             prometheus.Counter // CONTROL messages left out of the ledger (see replay.Lineage)
+	Rewinds             prometheus.Counter
+	Discarded           prometheus.Counter // SCORED messages not buffered (invalid, old epoch, step not in flight)
 }
 
 // NewMetrics creates the series and registers them on reg (nil: not registered).
@@ -38,10 +41,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Trajectories named by a report that never arrived on SCORED."}),
 		Dead:          prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_dead_total", Help: "Messages sent to DEAD."}),
 		SnapshotBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "exgrpo_replay_snapshot_bytes", Help: "Size of the last snapshot."}),
+		Skipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_control_skipped_total",
+			Help: "Step reports and lineage records left out of the ledger (repeated, or of a superseded learner epoch)."}),
+		Rewinds: prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_rewinds_total",
+			Help: "Returns of the pool to a learner checkpoint after a learner restart."}),
+		Discarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_scored_discarded_total",
+			Help: "Scored trajectories not buffered: invalid, over the size cap, of a superseded epoch or of a step not in flight."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Folded, m.Added, m.FoldSeconds, m.PoolQuestions, m.PoolTrajectories, m.Retired,
-			m.LastStep, m.Buffered, m.Bucket, m.SampleRequests, m.SampleExpired, m.MissingTrajectories, m.Dead, m.SnapshotBytes)
+			m.LastStep, m.Buffered, m.Bucket, m.SampleRequests, m.SampleExpired, m.MissingTrajectories, m.Dead, m.SnapshotBytes,
+			m.Skipped, m.Rewinds, m.Discarded)
 	}
 	return m
 }

@@ -68,13 +68,23 @@ type Config struct {
 	// Snapshots turns the per-report snapshot on (default true through
 	// DefaultConfig). Without it a restart folds CONTROL from its start.
 	Snapshots bool
+	// MaxTrajectoryTokens caps prompt + response tokens of a scored
+	// trajectory the service buffers; larger ones are discarded (the learner,
+	// which knows the model, dead-letters them). Default 65536.
+	MaxTrajectoryTokens int
+	// MaxAhead: scored trajectories for steps more than this far beyond the
+	// last folded step are not in flight and are discarded, so that a
+	// rollout for a step that never comes cannot sit in the buffer (and in
+	// every snapshot) for ever. It must exceed the learner's staleness S + 1.
+	// Default 16.
+	MaxAhead int
 }
 
 // DefaultConfig returns the defaults above with the paper's pool.
 func DefaultConfig() Config {
 	return Config{Pool: replay.DefaultConfig(), Durable: "replay", AckWait: 30 * time.Second,
 		FlushInterval: 5 * time.Second, MaxBuffered: 1 << 16, ReportWait: 3 * time.Minute,
-		SampleTimeout: 2 * time.Minute, Snapshots: true}
+		SampleTimeout: 2 * time.Minute, Snapshots: true, MaxTrajectoryTokens: 1 << 16, MaxAhead: 16}
 }
 
 // Validate reports the first invalid field.
@@ -93,6 +103,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: ReportWait %v must exceed AckWait %v, or a restarted service folds reports before their trajectories are redelivered", ErrConfig, c.ReportWait, c.AckWait)
 	case c.MaxBuffered < 1:
 		return fmt.Errorf("%w: MaxBuffered %d must be >= 1", ErrConfig, c.MaxBuffered)
+	case c.MaxTrajectoryTokens < 1 || c.MaxAhead < 1:
+		return fmt.Errorf("%w: MaxTrajectoryTokens %d and MaxAhead %d must be >= 1 (start from DefaultConfig)", ErrConfig, c.MaxTrajectoryTokens, c.MaxAhead)
 	}
 	return nil
 }
@@ -102,16 +114,40 @@ func SnapshotBucket(n bus.Names) string { return n.ReplayBucket() }
 
 const snapshotObject = "replay.snapshot"
 
-// durableState is what a snapshot holds: the pool and the trajectories it
+// checkpointObject names the pool as it was right after step n, kept while
+// step n is one of the lineage's last two learner checkpoints (the steps a
+// restarted learner can resume after).
+func checkpointObject(n int64) string { return fmt.Sprintf("replay.at.%d", n) }
+
+// durableState is what a snapshot holds: the pool, the trajectories it
 // holds for reports not yet folded (their messages are acknowledged once the
-// snapshot is written).
+// snapshot is written), the lineage, and what a rewind would have to undo.
 type durableState struct {
-	V       uint16        `msgpack:"v"`
-	Pool    []byte        `msgpack:"pool"`
-	Pending []wire.Scored `msgpack:"pending"`
+	V       uint16         `msgpack:"v"`
+	Pool    []byte         `msgpack:"pool"`
+	Pending []wire.Scored  `msgpack:"pending"`
+	Lineage replay.Lineage `msgpack:"lineage"`
+	// Deferred are purges of retired questions' experience not yet safe to
+	// carry out (a resumed learner could return to before the retirement).
+	Deferred []deferredPurge `msgpack:"deferred"`
+	// Touched lists, per folded step after the lineage's floor, the
+	// questions whose experience the step changed: what a rewind repairs.
+	Touched []touchedStep `msgpack:"touched"`
 }
 
-const durableStateVersion = 1
+type deferredPurge struct {
+	Question string `msgpack:"q"`
+	Step     int64  `msgpack:"step"`
+}
+
+type touchedStep struct {
+	Step      int64    `msgpack:"step"`
+	Questions []string `msgpack:"qs"`
+}
+
+// durableStateVersion 2 added the lineage; version 1 snapshots (one learner
+// epoch, no records) are still read.
+const durableStateVersion = 2
 
 // Service is the replay role. Build with New, run with Run (once).
 type Service struct {
@@ -123,18 +159,24 @@ type Service struct {
 	snap jetstream.ObjectStore
 
 	pool     *replay.Pool
+	lin      replay.Lineage
+	deferred []deferredPurge
+	touched  []touchedStep
 	buffer   map[string]*wire.Scored // scored trajectories awaiting their report, by id
 	unacked  []jetstream.Msg         // SCORED messages buffered but not yet in a snapshot
-	reports  []pendingReport         // CONTROL messages in stream order, not yet folded
+	reports  []pendingReport         // CONTROL messages in stream order, not yet handled
 	samples  []pendingSample
 	queries  chan query
 	dirtyAt  time.Time // when the first unacked message arrived
 	lastStep int64     // last folded step, -1 before any
 }
 
+// pendingReport is one CONTROL message: a step report, or a lineage record
+// (rec set).
 type pendingReport struct {
 	msg     jetstream.Msg
 	rep     wire.StepReport
+	rec     *wire.Lineage
 	arrived time.Time
 }
 
@@ -166,7 +208,7 @@ func New(cfg Config, b *bus.Bus, metrics *Metrics, log *zap.Logger) (*Service, e
 		return nil, fmt.Errorf("replay service: %w", err)
 	}
 	return &Service{cfg: cfg, bus: b, log: log, met: metrics, pool: pool,
-		buffer: map[string]*wire.Scored{}, queries: make(chan query), lastStep: -1}, nil
+		buffer: map[string]*wire.Scored{}, queries: make(chan query), lastStep: -1, lin: replay.NewLineage()}, nil
 }
 
 // Inspect runs fn on the pool inside the service loop, with the last folded
@@ -302,15 +344,24 @@ func (s *Service) release(readers ...jetstream.ConsumeContext) {
 	s.reports, s.unacked = nil, nil
 }
 
-// onReport queues a step report in stream order.
+// onReport queues a step report or a lineage record in stream order.
 func (s *Service) onReport(ctx context.Context, m jetstream.Msg) {
+	if m.Subject() == s.bus.Names.LineageSubject() {
+		rec := new(wire.Lineage)
+		err := wire.Decode(m.Data(), rec)
+		if err == nil {
+			err = rec.Validate()
+		}
+		if err != nil {
+			s.dead(ctx, bus.Control, m, err)
+			return
+		}
+		s.reports = append(s.reports, pendingReport{msg: m, rec: rec, arrived: time.Now()})
+		return
+	}
 	var rep wire.StepReport
 	if err := wire.Decode(m.Data(), &rep); err != nil {
 		s.dead(ctx, bus.Control, m, err)
-		return
-	}
-	if rep.Step <= s.lastStep {
-		_ = m.Ack() // a redelivery of a report the snapshot already holds
 		return
 	}
 	s.reports = append(s.reports, pendingReport{msg: m, rep: rep, arrived: time.Now()})
@@ -329,12 +380,34 @@ func (s *Service) onScored(ctx context.Context, m jetstream.Msg) {
 		_ = m.Ack()
 		return
 	}
+	if why := s.unwanted(&sc); why != "" {
+		// Not in flight or not possible: the pool can never store it (the
+		// learner, which knows the model, dead-letters what is invalid).
+		s.met.Discarded.Inc()
+		s.log.Debug("scored trajectory not buffered", zap.String("id", sc.Traj.ID), zap.String("why", why))
+		_ = m.Ack()
+		return
+	}
 	s.buffer[sc.Traj.ID] = &sc
 	if len(s.unacked) == 0 {
 		s.dirtyAt = time.Now()
 	}
 	s.unacked = append(s.unacked, m)
 	s.met.Buffered.Set(float64(len(s.buffer)))
+}
+
+// unwanted says why a scored trajectory is not buffered ("" to buffer it).
+func (s *Service) unwanted(sc *wire.Scored) string {
+	if err := sc.Traj.Check(wire.Limits{MaxTokens: s.cfg.MaxTrajectoryTokens}); err != nil {
+		return err.Error()
+	}
+	if sc.Traj.Step > s.lastStep+int64(s.cfg.MaxAhead) {
+		return fmt.Sprintf("step %d is more than %d steps beyond the last folded step %d", sc.Traj.Step, s.cfg.MaxAhead, s.lastStep)
+	}
+	if e, _ := wire.TaskEpoch(sc.Traj.TaskID); e < s.lin.Epoch {
+		return fmt.Sprintf("task of learner epoch %d, superseded by epoch %d", e, s.lin.Epoch)
+	}
+	return ""
 }
 
 func (s *Service) onSample(m *nats.Msg) {
@@ -352,6 +425,21 @@ func (s *Service) onSample(m *nats.Msg) {
 func (s *Service) advance(ctx context.Context) error {
 	for len(s.reports) > 0 {
 		pr := s.reports[0]
+		if pr.rec != nil {
+			if err := s.onLineage(ctx, pr); err != nil {
+				return err
+			}
+			s.reports = s.reports[1:]
+			continue
+		}
+		next := s.lin
+		if d := next.Report(&pr.rep); !d.Fold {
+			s.met.Skipped.Inc()
+			s.log.Info("step report left out of the ledger", zap.Int64("step", pr.rep.Step), zap.String("why", d.Why))
+			_ = pr.msg.Ack()
+			s.reports = s.reports[1:]
+			continue
+		}
 		r, missing := s.assemble(&pr.rep)
 		if len(missing) > 0 {
 			if time.Since(pr.arrived) < s.cfg.ReportWait {
@@ -361,6 +449,7 @@ func (s *Service) advance(ctx context.Context) error {
 			s.log.Warn("folding a step report without trajectories it names",
 				zap.Int64("step", pr.rep.Step), zap.Strings("missing", missing))
 		}
+		s.lin = next
 		if err := s.fold(ctx, pr, r); err != nil {
 			return err
 		}
@@ -463,12 +552,27 @@ func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) e
 	if err := batch.Wait(ctx); err != nil {
 		return fmt.Errorf("replay service: publish experience of step %d: %w", r.Step, err)
 	}
+	var touched []string
 	for _, g := range r.Groups {
-		if !wasRetired[g.QuestionID] && s.pool.Retired(g.QuestionID) {
-			if err := s.bus.PurgeExperience(ctx, g.QuestionID); err != nil {
-				return fmt.Errorf("replay service: %w", err)
-			}
+		retiredNow := !wasRetired[g.QuestionID] && s.pool.Retired(g.QuestionID)
+		if len(g.Successes) > 0 || retiredNow {
+			touched = append(touched, g.QuestionID)
 		}
+		if !retiredNow {
+			continue
+		}
+		if r.Step > s.lin.Floor() {
+			// A resumed learner could return to before this step: keep the
+			// experience until no resume can (see wire.Lineage).
+			s.deferred = append(s.deferred, deferredPurge{Question: g.QuestionID, Step: r.Step})
+			continue
+		}
+		if err := s.bus.PurgeExperience(ctx, g.QuestionID); err != nil {
+			return fmt.Errorf("replay service: %w", err)
+		}
+	}
+	if len(touched) > 0 && r.Step > s.lin.Floor() {
+		s.touched = append(s.touched, touchedStep{Step: r.Step, Questions: touched})
 	}
 	for id, sc := range s.buffer {
 		if sc.Traj.Step <= r.Step {
@@ -494,7 +598,8 @@ func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) e
 // SCORED messages it now holds.
 func (s *Service) persist(ctx context.Context) error {
 	if s.cfg.Snapshots {
-		st := durableState{V: durableStateVersion, Pool: s.pool.Snapshot(), Pending: make([]wire.Scored, 0, len(s.buffer))}
+		st := durableState{V: durableStateVersion, Pool: s.pool.Snapshot(), Pending: make([]wire.Scored, 0, len(s.buffer)),
+			Lineage: s.lin, Deferred: s.deferred, Touched: s.touched}
 		for _, sc := range s.buffer {
 			st.Pending = append(st.Pending, *sc)
 		}
@@ -561,6 +666,15 @@ func (s *Service) putSnapshot(ctx context.Context, data []byte) error {
 // ReadSnapshot returns the pool and pending trajectories of the last snapshot
 // written for b's run (nil pool, nil error when there is none).
 func ReadSnapshot(ctx context.Context, b *bus.Bus, cfg replay.Config) (*replay.Pool, []wire.Scored, error) {
+	pool, st, err := readState(ctx, b, cfg)
+	if err != nil || pool == nil {
+		return nil, nil, err
+	}
+	return pool, st.Pending, nil
+}
+
+// readState reads the last snapshot: the pool and the rest of the state.
+func readState(ctx context.Context, b *bus.Bus, cfg replay.Config) (*replay.Pool, *durableState, error) {
 	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	obs, err := b.JS.ObjectStore(octx, SnapshotBucket(b.Names))
 	cancel()
@@ -594,27 +708,34 @@ func ReadSnapshot(ctx context.Context, b *bus.Bus, cfg replay.Config) (*replay.P
 	if err := msgpack.Unmarshal(buf.Bytes(), &st); err != nil {
 		return nil, nil, fmt.Errorf("replay service: decode snapshot: %w", err)
 	}
-	if st.V != durableStateVersion {
-		return nil, nil, fmt.Errorf("replay service: snapshot version %d, this build reads %d", st.V, durableStateVersion)
+	if st.V != 1 && st.V != durableStateVersion {
+		return nil, nil, fmt.Errorf("replay service: snapshot version %d, this build reads 1 and %d", st.V, durableStateVersion)
 	}
 	pool, err := replay.Restore(cfg, st.Pool)
 	if err != nil {
 		return nil, nil, fmt.Errorf("replay service: %w", err)
 	}
-	return pool, st.Pending, nil
+	if st.V == 1 { // before lineages: one epoch-0 ledger up to the pool's step
+		st.Lineage = replay.NewLineage()
+		if ps := pool.Stats(); ps.HasStep {
+			st.Lineage.Last = ps.Step
+		}
+	}
+	return pool, &st, nil
 }
 
 func (s *Service) restore(ctx context.Context) error {
-	pool, pending, err := ReadSnapshot(ctx, s.bus, s.cfg.Pool)
+	pool, st, err := readState(ctx, s.bus, s.cfg.Pool)
 	if err != nil || pool == nil {
 		return err
 	}
-	s.pool = pool
-	if st := pool.Stats(); st.HasStep {
-		s.lastStep = st.Step
+	s.pool, s.lin, s.deferred, s.touched = pool, st.Lineage, st.Deferred, st.Touched
+	s.lastStep = -1
+	if ps := pool.Stats(); ps.HasStep {
+		s.lastStep = ps.Step
 	}
-	for i := range pending {
-		s.buffer[pending[i].Traj.ID] = &pending[i]
+	for i := range st.Pending {
+		s.buffer[st.Pending[i].Traj.ID] = &st.Pending[i]
 	}
 	return nil
 }
@@ -625,7 +746,10 @@ func (s *Service) answer() {
 	keep := s.samples[:0]
 	for _, ps := range s.samples {
 		switch {
-		case ps.req.AfterStep <= s.lastStep:
+		case ps.req.Epoch < s.lin.Epoch:
+			s.reply(ps.msg, wire.SampleReply{Step: ps.req.Step, Error: fmt.Sprintf(
+				"replay: sample request of learner epoch %d, superseded by epoch %d", ps.req.Epoch, s.lin.Epoch)})
+		case ps.req.Epoch == s.lin.Epoch && ps.req.AfterStep <= s.lastStep:
 			s.reply(ps.msg, s.sample(ps.req))
 		case time.Since(ps.arrived) > s.cfg.SampleTimeout:
 			s.met.SampleExpired.Inc()

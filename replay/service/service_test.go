@@ -107,7 +107,8 @@ func makeScript(steps, questions int, seed uint64) script {
 				g.TrajectoryIDs = append(g.TrajectoryIDs, id)
 				g.Rewards = append(g.Rewards, r)
 				scored = append(scored, wire.Scored{Reward: r, Traj: wire.Trajectory{RunID: "rt", ID: id, TaskID: fmt.Sprintf("%d/%s", t, q),
-					Step: int64(t), QuestionID: q, Index: i, PromptTokens: []int32{1, int32(qi)}, Tokens: toks, LogProbs: lps, Text: "x"}})
+					Step: int64(t), QuestionID: q, Index: i, PromptTokens: []int32{1, int32(qi)}, Tokens: toks, LogProbs: lps, Entropies: make([]float32, n),
+					Finish: "eos", Text: "x"}})
 			}
 			rep.Groups = append(rep.Groups, g)
 		}
