@@ -86,7 +86,7 @@ type StepReport struct {
 	Step          int64         `msgpack:"step"`
 	Epoch         int64         `msgpack:"epoch"` // the learner incarnation that trained it (see Lineage)
 	PolicyVersion int64         `msgpack:"ver"`   // version the step's fresh rollouts were asked from
-	NewVersion    int64         `msgpack:"nver"` // version published after the update
+	NewVersion    int64         `msgpack:"nver"`  // version published after the update
 	Pass1         float64       `msgpack:"pass1"`
 	Mixed         bool          `msgpack:"mixed"` // this step trained in mixed mode (collection on; ALGORITHM.md E5)
 	Groups        []GroupReport `msgpack:"groups"`
