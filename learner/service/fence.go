@@ -87,6 +87,12 @@ func (s *Service) receive(ctx context.Context, m jetstream.Msg) {
 		s.met.Ignored.Inc()
 		return
 	}
+	if horizon := s.step + int64(s.cfg.Learner.Staleness); sc.Traj.Step > horizon {
+		// No task of this epoch asked for it: forged, or a broken actor.
+		s.dead(ctx, m, fmt.Errorf("%w: trajectory %s: step %d is not in flight (the learner has asked for steps up to %d)",
+			wire.ErrInvalid, sc.Traj.ID, sc.Traj.Step, horizon))
+		return
+	}
 	if err := s.validate(sc); err != nil {
 		s.dead(ctx, m, err)
 		s.retry(ctx, sc, err)

@@ -42,7 +42,10 @@ func lucky(id string) bool {
 // cover them): it takes tasks from TASKS, samples with the announced policy
 // version it fetched from the Object Store, rewards with lucky and publishes
 // SCORED, acking each task afterwards.
-func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.Task) error {
+//
+// forge, when set, stands for a misbehaving actor or verifier: it gets each
+// scored rollout and returns what is published instead.
+func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.Task, forge ...func(wire.Scored) []wire.Scored) error {
 	cons, err := b.Shared(ctx, bus.Tasks)
 	if err != nil {
 		return err
@@ -108,12 +111,18 @@ func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.T
 				if lucky(id) {
 					sc.Reward, sc.Reason = 1, "correct"
 				}
-				data, err := wire.Encode(&sc)
-				if err != nil {
-					return err
+				out := []wire.Scored{sc}
+				if len(forge) > 0 && forge[0] != nil {
+					out = forge[0](sc)
 				}
-				if _, err := pub.Publish(ctx, b.Names.Subject(bus.Scored), id, data); err != nil {
-					return err
+				for _, sc := range out {
+					data, err := wire.Encode(&sc)
+					if err != nil {
+						return err
+					}
+					if _, err := pub.Publish(ctx, b.Names.Subject(bus.Scored), sc.Traj.ID, data); err != nil {
+						return err
+					}
 				}
 			}
 			_ = m.Ack()
@@ -130,6 +139,8 @@ type env struct {
 	base    *policy.Model
 	tasksMu sync.Mutex
 	tasks   []wire.Task
+	forge   func(wire.Scored) []wire.Scored // see rollouts
+	replay  *rsvc.Metrics
 }
 
 func newEnv(t *testing.T) *env {
@@ -192,7 +203,8 @@ func (e *env) runAll(t *testing.T, cfg Config) (*Service, []StepResult) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := rsvc.New(testReplayConfig(), e.b, nil, zap.NewNop())
+	e.replay = rsvc.NewMetrics(nil)
+	rs, err := rsvc.New(testReplayConfig(), e.b, e.replay, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +215,7 @@ func (e *env) runAll(t *testing.T, cfg Config) (*Service, []StepResult) {
 	errs := make(chan error, 2)
 	bg, stop := context.WithCancel(ctx)
 	wg.Add(2)
-	go func() { defer wg.Done(); errs <- rollouts(bg, t, e.b, tasks) }()
+	go func() { defer wg.Done(); errs <- rollouts(bg, t, e.b, tasks, e.forge) }()
 	go func() { defer wg.Done(); errs <- rs.Run(bg) }()
 	lerr := svc.Run(ctx)
 	stop()

@@ -1,0 +1,162 @@
+package service
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// TestFenceRefusesBadRollouts publishes, for every group of step 1, one
+// rollout spoiled in one way (as a faulty engine or a forger with actor
+// credentials could): it must land in DEAD with a reason that names the
+// fault, be asked for again, and the group must still train with K rollouts;
+// the learner runs on. Rollouts for a step not in flight and oversized ones
+// must not reach the replay service's buffer or its snapshots.
+func TestFenceRefusesBadRollouts(t *testing.T) {
+	ctxLen := task.ModelConfig().Context
+	vocab := task.BuiltinTokenizer().Size()
+	spoil := func(f func(tr *wire.Trajectory)) func(wire.Scored) []wire.Scored {
+		return func(sc wire.Scored) []wire.Scored {
+			if sc.Traj.Step != 1 || sc.Traj.Index != 1 || strings.Contains(sc.Traj.TaskID, "~") {
+				return []wire.Scored{sc}
+			}
+			sc.Traj.Tokens = append(wire.Int32s(nil), sc.Traj.Tokens...)
+			sc.Traj.LogProbs = append(wire.Float32s(nil), sc.Traj.LogProbs...)
+			sc.Traj.Entropies = append(wire.Float32s(nil), sc.Traj.Entropies...)
+			f(&sc.Traj)
+			return []wire.Scored{sc}
+		}
+	}
+	long := func(tr *wire.Trajectory, n int) {
+		tr.Tokens = make(wire.Int32s, n)
+		tr.LogProbs, tr.Entropies = make(wire.Float32s, n), make(wire.Float32s, n)
+		for i := range tr.Tokens {
+			tr.Tokens[i], tr.LogProbs[i] = 5, -1
+		}
+	}
+	tests := []struct {
+		name   string
+		forge  func(wire.Scored) []wire.Scored
+		reason string // in the DEAD reason; "" = nothing to DEAD
+	}{
+		{"longer than the context", spoil(func(tr *wire.Trajectory) { long(tr, ctxLen+10) }), "exceed the model's context"},
+		{"token id out of range", spoil(func(tr *wire.Trajectory) { tr.Tokens[0] = int32(vocab + 3) }), "outside the vocabulary"},
+		{"negative token id", spoil(func(tr *wire.Trajectory) { tr.Tokens[0] = -1 }), "outside the vocabulary"},
+		{"NaN log-prob", spoil(func(tr *wire.Trajectory) { tr.LogProbs[0] = float32(math.NaN()) }), "must be finite and <= 0"},
+		{"-Inf log-prob", spoil(func(tr *wire.Trajectory) { tr.LogProbs[0] = float32(math.Inf(-1)) }), "must be finite and <= 0"},
+		{"positive log-prob", spoil(func(tr *wire.Trajectory) { tr.LogProbs[0] = 0.5 }), "must be finite and <= 0"},
+		{"NaN entropy", spoil(func(tr *wire.Trajectory) { tr.Entropies[0] = float32(math.NaN()) }), "entropy"},
+		{"mismatched lengths", spoil(func(tr *wire.Trajectory) { tr.LogProbs = tr.LogProbs[:len(tr.LogProbs)-1] }), "log-probs for"},
+		{"text other than the tokens", spoil(func(tr *wire.Trajectory) { tr.Text = "\\boxed{42}" }), "not the decoding of its tokens"},
+		{"version from the future", spoil(func(tr *wire.Trajectory) { tr.PolicyVersion = 99 }), "policy version 99"},
+		{"oversized", spoil(func(tr *wire.Trajectory) { long(tr, 200_000) }), "exceed the model's context"},
+		{"step not in flight", func(sc wire.Scored) []wire.Scored {
+			if sc.Traj.Step != 1 || sc.Traj.Index != 1 {
+				return []wire.Scored{sc}
+			}
+			extra := sc
+			extra.Traj.ID, extra.Traj.Step = sc.Traj.ID+"x", 1_000_000
+			long(&extra.Traj, 50_000) // would bloat every snapshot if buffered
+			return []wire.Scored{extra, sc}
+		}, "not in flight"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.forge = tc.forge
+			cfg := testConfig(3)
+			_, results := e.runAll(t, cfg)
+			if len(results) != 3 {
+				t.Fatalf("%d steps trained, want 3", len(results))
+			}
+			r1 := results[1]
+			if r1.Dropped != 0 || len(r1.Summary.Groups) != testB {
+				t.Fatalf("step 1: %d groups, %d dropped; want %d and 0", len(r1.Summary.Groups), r1.Dropped, testB)
+			}
+			retried := 0
+			for _, g := range r1.Summary.Groups {
+				if len(g.TrajectoryIDs) != testK {
+					t.Errorf("group %s trained with %d rollouts, want %d", g.QuestionID, len(g.TrajectoryIDs), testK)
+				}
+				for _, id := range g.TrajectoryIDs {
+					if strings.Contains(id, "~") {
+						retried++
+					}
+				}
+			}
+			letters := deadReasons(t, e.b)
+			if tc.name == "step not in flight" {
+				if retried != 0 || len(letters) != testB || !strings.Contains(strings.Join(letters, "\n"), tc.reason) {
+					t.Errorf("%d retried rollouts and dead letters %q; want none retried, %d letters naming %q", retried, letters, testB, tc.reason)
+				}
+				if gauge(t, e.replay.SnapshotBytes) > 1<<20 {
+					t.Errorf("replay snapshot of %v bytes: the rollout of a step not in flight was buffered", gauge(t, e.replay.SnapshotBytes))
+				}
+				if counter(t, e.replay.Discarded) == 0 {
+					t.Error("the replay service did not discard the rollout of a step not in flight")
+				}
+				return
+			}
+			if retried != testB {
+				t.Errorf("%d groups trained with a rollout asked for again, want %d", retried, testB)
+			}
+			found := 0
+			for _, why := range letters {
+				if strings.Contains(why, tc.reason) {
+					found++
+				}
+			}
+			if found < testB {
+				t.Errorf("%d dead letters name %q, want %d; letters: %q", found, tc.reason, testB, letters)
+			}
+			if gauge(t, e.replay.SnapshotBytes) > 1<<20 {
+				t.Errorf("replay snapshot of %v bytes after oversized rollouts", gauge(t, e.replay.SnapshotBytes))
+			}
+		})
+	}
+}
+
+// deadReasons reads the reasons of every dead letter of the run.
+func deadReasons(t *testing.T, b *bus.Bus) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []string
+	err := bus.ReadSubjects(ctx, b, bus.Dead, []string{b.Names.Subject(bus.Dead) + ".>"}, func(m jetstream.Msg) {
+		var dl wire.DeadLetter
+		if wire.Decode(m.Data(), &dl) == nil {
+			out = append(out, dl.Reason)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func gauge(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetGauge().GetValue()
+}
+
+func counter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
