@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/exgrpo/exgrpo/internal/faultpoint"
 	"io"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ func (b *Bus) PublishWeights(ctx context.Context, version int64, data []byte) er
 	if err != nil {
 		return fmt.Errorf("bus: put weights v%d (%d bytes): %w", version, len(data), err)
 	}
+	faultpoint.Hit("weights.put", version) // crash tests: stored, not yet announced
 	err = b.retryWeights(ctx, "announce", version, func() error {
 		octx, cancel := b.opCtx(ctx)
 		defer cancel()

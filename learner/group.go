@@ -127,14 +127,16 @@ func Advantages(r []float32) []float32 {
 	return out
 }
 
-// FilterStale keeps the fresh rollouts that step may train on, those with
-// step - Version <= s, and returns how many it dropped (the asynchrony
+// FilterStale keeps the fresh rollouts that the policy of version current
+// may train on, those with current - Version <= s (current equals the step
+// while no learner restart renumbered the versions), and returns how many it
+// dropped (the asynchrony
 // extension of ALGORITHM.md). Replayed experience is never dropped here: it
 // is off-policy by design and corrected by E11. The input is not modified.
-func FilterStale(step int64, s int, rs []Rollout) (kept []Rollout, dropped int) {
+func FilterStale(current int64, s int, rs []Rollout) (kept []Rollout, dropped int) {
 	kept = make([]Rollout, 0, len(rs))
 	for _, r := range rs {
-		if !r.Replayed && step-r.Version > int64(s) {
+		if !r.Replayed && current-r.Version > int64(s) {
 			dropped++
 			continue
 		}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/internal/faultpoint"
 	"github.com/exgrpo/exgrpo/learner"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
@@ -99,14 +100,15 @@ type Service struct {
 }
 
 type plan struct {
-	epoch   int64
-	step    int64
-	version int64 // MinVersion of its tasks
-	tasks   map[string]*planned
-	order   []string // task ids in question order
-	missing int      // rollouts still expected
-	started time.Time
-	retries map[string]retryRef // retry task id -> the rollout it replaces
+	epoch    int64
+	step     int64
+	version  int64 // MinVersion of its tasks
+	tasks    map[string]*planned
+	order    []string // task ids in question order
+	missing  int      // rollouts still expected
+	expected int      // rollouts asked for
+	started  time.Time
+	retries  map[string]retryRef // retry task id -> the rollout it replaces
 }
 
 type planned struct {
@@ -269,6 +271,15 @@ func (s *Service) run(ctx context.Context) error {
 		}()
 		defer func() { stop(); <-done }()
 	}
+	// Version numbers name one content for ever: when a previous learner
+	// epoch announced versions beyond this one's checkpoint (it trained on
+	// after it), this epoch continues above them, so that no actor keeps
+	// sampling with the dead epoch's newer weights as if they were ours.
+	if v, err := s.d.Bus.LatestVersion(ctx); err == nil && v > s.version {
+		s.log.Info("a previous learner announced newer weights; numbering continues above them",
+			zap.Int64("checkpoint_version", s.version), zap.Int64("announced", v))
+		s.version = v + 1
+	}
 	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
 		return quiet(ctx, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err))
 	}
@@ -360,6 +371,7 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 		}
 		p.missing += pt.samples
 	}
+	p.expected = p.missing
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
 	defer cancel()
 	if err := batch.Wait(wctx); err != nil {
@@ -601,6 +613,9 @@ func (s *Service) gather(ctx context.Context, p *plan) error {
 			s.logWait(p, start)
 		case m := <-s.scoredC:
 			s.receive(ctx, m)
+			if p.missing <= p.expected/2 {
+				faultpoint.Hit("learner.gather", p.step) // crash tests: half the step's rollouts in
+			}
 		}
 	}
 	return nil
@@ -632,7 +647,9 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 				LogProbs: tr.LogProbs, Version: tr.PolicyVersion, Reward: sc.Reward, Reason: sc.Reason})
 		}
 		s.rollouts += int64(len(fresh))
-		kept, dropped := learner.FilterStale(t, cfg.Staleness, fresh)
+		// Staleness is the gap in policy versions to the policy being
+		// trained (version == step until a learner restart renumbers).
+		kept, dropped := learner.FilterStale(s.version, cfg.Staleness, fresh)
 		stale += dropped
 		if len(kept) != pt.samples {
 			res.Dropped++
@@ -684,6 +701,7 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 	if _, err := s.pub.Publish(pctx, s.d.Bus.Names.Subject(bus.Control), wire.ReportMsgID(s.epoch, t), data); err != nil {
 		return res, fmt.Errorf("learner service: publish step report %d: %w", t, err)
 	}
+	faultpoint.Hit("learner.after-report", t) // crash tests
 	last := s.cfg.Steps > 0 && t == s.cfg.Steps-1
 	if s.cfg.CheckpointDir != "" && (last || (s.cfg.CheckpointEvery > 0 && (t+1)%int64(s.cfg.CheckpointEvery) == 0)) {
 		if err := s.checkpoint(ctx, t); err != nil {

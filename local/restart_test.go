@@ -1,0 +1,334 @@
+package local
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/bus/bustest"
+	"github.com/exgrpo/exgrpo/internal/faultpoint"
+	"github.com/exgrpo/exgrpo/replay"
+	rsvc "github.com/exgrpo/exgrpo/replay/service"
+	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// TestLearnerKilledAndResumed runs every role as its own process and kills
+// the learner with SIGKILL three times, at the moments that matter: in the
+// middle of a gather (step 3), right after a step report (step 6, so the
+// resumed learner trains that step again from the checkpoint before it), and
+// between storing a weights version and announcing it. Each time the learner
+// is restarted at once with --resume=auto. The run must complete; no gather
+// may wait (the learner logs every 15 s of waiting); and an audit of CONTROL
+// and SCORED must find every step exactly once in the final lineage, every
+// trajectory it names once with one content, and the replay service's pool
+// equal to an independent fold of that lineage.
+func TestLearnerKilledAndResumed(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts processes")
+	}
+	dir := t.TempDir()
+	bin := buildExgrpo(t, dir)
+	cache := filepath.Join(dir, "cache")
+	const steps = 12
+	train := []string{"--steps", strconv.Itoa(steps), "--k", strconv.Itoa(itK), "--batch", strconv.Itoa(itB), "--minibatches", "1",
+		"--max-new", "24", "--train-questions", "100", "--heldout", "8", "--eval-samples", "1", "--start", "0",
+		"--pretrain-steps", "300", "--cache-dir", cache}
+	port := bustest.FreePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	procs := &processes{t: t, dir: dir, bin: bin, ctx: ctx}
+	procs.start("server", nil, "server", "--port", strconv.Itoa(port), "--store", filepath.Join(dir, "js"), "--log-level", "warn")
+	role := []string{"--nats", url, "--run", "rs", "--log-level", "info"}
+	procs.start("replay", nil, append(append([]string{"replay"}, role...), train...)...)
+	procs.start("verifier", nil, append([]string{"verifier"}, role...)...)
+	procs.start("actor-0", nil, append([]string{"actor", "--id", "a0"}, role...)...)
+	procs.start("actor-1", nil, append([]string{"actor", "--id", "a1"}, role...)...)
+	b := openBus(t, ctx, url, "rs")
+
+	learnerArgs := append(append(append([]string{"learner"}, role...), train...),
+		"--checkpoint-dir", filepath.Join(dir, "ckpt"), "--checkpoint-every", "2", "--resume=auto", "--eval=false")
+	// The third fault is armed by version: the resumed learners renumber
+	// above what a dead one announced, so the test reads where it stands.
+	faults := []func() string{
+		func() string { return "learner.gather@3" },
+		func() string { return "learner.after-report@6" },
+		func() string {
+			v, err := b.LatestVersion(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return fmt.Sprintf("weights.put@%d", v+3) // during the publish after the resumed epoch's second update
+		},
+	}
+	for i := 0; ; i++ {
+		var env []string
+		if i < len(faults) {
+			env = []string{faultpoint.Env + "=" + faults[i]()}
+		}
+		name := fmt.Sprintf("learner-%d", i+1)
+		start := time.Now()
+		err := procs.start(name, env, learnerArgs...).Wait()
+		var ee *exec.ExitError
+		killed := errors.As(err, &ee) && ee.Sys().(syscall.WaitStatus).Signal() == syscall.SIGKILL
+		switch {
+		case i < len(faults) && !killed:
+			procs.dump()
+			t.Fatalf("%s (armed %s) ended with %v, not killed by its fault point", name, env[0], err)
+		case i < len(faults):
+			t.Logf("%s killed at %s after %v", name, env[0], time.Since(start).Round(time.Millisecond))
+			continue
+		case err != nil:
+			procs.dump()
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Logf("%s completed the run in %v", name, time.Since(start).Round(time.Millisecond))
+		break
+	}
+	for i := 1; i <= len(faults)+1; i++ {
+		log := procs.log(fmt.Sprintf("learner-%d", i))
+		if strings.Contains(log, "gather waiting for rollouts") || strings.Contains(log, "gather deadline") {
+			t.Errorf("learner-%d waited on a gather:\n%s", i, grepLines(log, "gather"))
+		}
+	}
+
+	led := readLedger(t, ctx, b)
+	if len(led.epochs) != len(faults)+1 {
+		t.Errorf("lineage records name epochs %v; want %d epochs", led.epochs, len(faults)+1)
+	}
+	if led.rewinds == 0 {
+		t.Error("no resumed learner went back before a report: the test did not exercise a rewind")
+	}
+	for s := int64(0); s < steps; s++ {
+		if n := len(led.byStep[s]); n != 1 {
+			t.Errorf("step %d appears %d times in the final lineage", s, n)
+		}
+	}
+	if len(led.scoredConflicts) > 0 {
+		t.Errorf("trajectory ids stored on SCORED with different contents: %v", led.scoredConflicts)
+	}
+	named := map[string]int{}
+	for _, r := range led.ledger {
+		for _, g := range r.Groups {
+			for _, id := range g.TrajectoryIDs {
+				if g.Replayed && id == g.ReplayedID {
+					continue // stored experience of an earlier step
+				}
+				named[id]++
+				if _, ok := led.scored[id]; !ok {
+					t.Errorf("step %d names trajectory %s, which SCORED does not hold", r.Step, id)
+				}
+			}
+		}
+	}
+	for id, n := range named {
+		if n != 1 {
+			t.Errorf("trajectory %s named by %d reports of the lineage", id, n)
+		}
+	}
+
+	// The pool: the replay service's (once it has folded the last step)
+	// against an independent fold of the lineage with the pure pool.
+	cfg := DefaultConfig()
+	cfg.Learner.Learner.K = itK
+	cfg.Normalize()
+	want, err := replay.New(cfg.Replay.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range led.ledger {
+		rep, missing := rsvc.Assemble(r, func(id string) (*wire.Scored, bool) { sc, ok := led.scored[id]; return sc, ok })
+		if len(missing) > 0 {
+			t.Fatalf("step %d: trajectories missing from SCORED: %v", r.Step, missing)
+		}
+		if err := want.Apply(rep); err != nil {
+			t.Fatalf("fold step %d: %v", r.Step, err)
+		}
+	}
+	var got *replay.Pool
+	bustest.Eventually(t, 30*time.Second, "the replay service folds the last step", func() bool {
+		p, _, err := rsvc.ReadSnapshot(ctx, b, cfg.Replay.Pool)
+		if err != nil || p == nil {
+			return false
+		}
+		got = p
+		last, ok := p.LastStep()
+		return ok && last == steps-1
+	})
+	if !bytes.Equal(got.Snapshot(), want.Snapshot()) {
+		t.Errorf("replay pool %+v differs from the fold of the final lineage %+v", got.Stats(), want.Stats())
+	}
+	if st := want.Stats(); st.Questions == 0 {
+		t.Errorf("the lineage stored nothing: %+v", st)
+	}
+}
+
+// ledgerAudit is CONTROL and SCORED as an auditor reads them.
+type ledgerAudit struct {
+	ledger          []*wire.StepReport // the final lineage, in step order
+	byStep          map[int64][]*wire.StepReport
+	epochs          []int64
+	rewinds         int
+	scored          map[string]*wire.Scored
+	scoredConflicts []string
+}
+
+func readLedger(t *testing.T, ctx context.Context, b *bus.Bus) ledgerAudit {
+	t.Helper()
+	a := ledgerAudit{byStep: map[int64][]*wire.StepReport{}, scored: map[string]*wire.Scored{}}
+	lin := replay.NewLineage()
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err := bus.ReadSubjects(rctx, b, bus.Control, []string{b.Names.Subject(bus.Control), b.Names.Subject(bus.Control) + ".>"}, func(m jetstream.Msg) {
+		if m.Subject() == b.Names.LineageSubject() {
+			var rec wire.Lineage
+			if err := wire.Decode(m.Data(), &rec); err != nil {
+				t.Errorf("lineage record: %v", err)
+				return
+			}
+			if rec.Kind == wire.LineageEpoch {
+				a.epochs = append(a.epochs, rec.Epoch)
+			}
+			if d := lin.Record(&rec); d.Rewind {
+				a.rewinds++
+				keep := a.ledger[:0]
+				for _, r := range a.ledger {
+					if r.Step <= d.To {
+						keep = append(keep, r)
+					}
+				}
+				a.ledger = keep
+			}
+			return
+		}
+		r := new(wire.StepReport)
+		if err := wire.Decode(m.Data(), r); err != nil {
+			t.Errorf("step report: %v", err)
+			return
+		}
+		if lin.Report(r).Fold {
+			a.ledger = append(a.ledger, r)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range a.ledger {
+		a.byStep[r.Step] = append(a.byStep[r.Step], r)
+	}
+	raw := map[string][]byte{}
+	err = bus.ReadSubjects(rctx, b, bus.Scored, []string{b.Names.Subject(bus.Scored), b.Names.Subject(bus.Scored) + ".>"}, func(m jetstream.Msg) {
+		sc := new(wire.Scored)
+		if err := wire.Decode(m.Data(), sc); err != nil {
+			return
+		}
+		if prev, ok := raw[sc.Traj.ID]; ok && !bytes.Equal(prev, m.Data()) {
+			a.scoredConflicts = append(a.scoredConflicts, sc.Traj.ID)
+		}
+		raw[sc.Traj.ID] = m.Data()
+		a.scored[sc.Traj.ID] = sc
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func openBus(t *testing.T, ctx context.Context, url, run string) *bus.Bus {
+	t.Helper()
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	nc, err := bus.Connect(octx, bus.ConnConfig{URL: url, Name: "audit"}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	b, err := bus.Open(octx, nc, bus.DefaultConfig(run), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// buildExgrpo builds the binary into dir.
+func buildExgrpo(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "exgrpo")
+	build := exec.Command("go", "build", "-o", bin, "github.com/exgrpo/exgrpo/cmd/exgrpo")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// processes starts role processes whose output goes to <dir>/<name>.log;
+// they are stopped (SIGTERM) when the test ends.
+type processes struct {
+	t     *testing.T
+	dir   string
+	bin   string
+	ctx   context.Context
+	names []string
+}
+
+func (p *processes) start(name string, env []string, args ...string) *exec.Cmd {
+	p.t.Helper()
+	cmd := exec.CommandContext(p.ctx, p.bin, args...)
+	logf, err := os.Create(filepath.Join(p.dir, name+".log"))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	if err := cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	p.names = append(p.names, name)
+	p.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+		}
+		logf.Close()
+	})
+	return cmd
+}
+
+func (p *processes) log(name string) string {
+	b, _ := os.ReadFile(filepath.Join(p.dir, name+".log"))
+	return string(b)
+}
+
+func (p *processes) dump() {
+	for _, n := range p.names {
+		b := p.log(n)
+		if len(b) > 3000 {
+			b = b[len(b)-3000:]
+		}
+		p.t.Logf("--- %s.log (tail)\n%s", n, b)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
