@@ -110,6 +110,11 @@ func StartServer(cfg ServerConfig, log *zap.Logger) (*Server, error) {
 			return nil, fmt.Errorf("bus: server config %s: %w", cfg.ConfigFile, err)
 		}
 		opts = o
+		if opts.Host == "" {
+			// The file names no listen host: bind where the flags say the
+			// default is, not on every interface (nats-server's default).
+			opts.Host = "127.0.0.1"
+		}
 	} else {
 		opts.Host = "127.0.0.1"
 		opts.Port = 4222
