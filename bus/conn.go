@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -100,11 +101,13 @@ func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, 
 		// authorization errors while reconnecting) ends here; without this
 		// line such a role would stall with nothing in its log.
 		nats.ClosedHandler(func(c *nats.Conn) {
+			forgetDenials(c)
 			if err := c.LastError(); err != nil {
 				log.Warn("nats connection closed", zap.Error(err))
 			}
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+		nats.ErrorHandler(func(c *nats.Conn, s *nats.Subscription, err error) {
+			noteDenied(c, err)
 			subj := ""
 			if s != nil {
 				subj = s.Subject
@@ -141,7 +144,11 @@ func Connect(ctx context.Context, cfg ConnConfig, log *zap.Logger) (*nats.Conn, 
 		if err == nil {
 			return nc, nil
 		}
-		if isAuthError(err) || isCertError(err) {
+		if isAuthError(err) {
+			return nil, fmt.Errorf("%w: connect %s as %q: the server refused the credentials (%v); pass this role's --creds for this server",
+				ErrDenied, url, cfg.Name, err)
+		}
+		if isCertError(err) {
 			return nil, fmt.Errorf("bus: connect %s: %w", url, err)
 		}
 		log.Debug("nats connect failed, retrying", zap.String("url", url), zap.Error(err))
@@ -165,8 +172,16 @@ func isCertError(err error) bool {
 	return errors.As(err, &ua) || errors.As(err, &ci) || errors.As(err, &he)
 }
 
+// isAuthError: the server refused the credentials (none, unknown, expired,
+// revoked), which retrying does not change. nats.go sometimes returns the
+// server's -ERR text rather than its sentinel, so the text is checked too.
 func isAuthError(err error) bool {
-	return err == nats.ErrAuthorization || err == nats.ErrAuthExpired || err == nats.ErrAuthRevoked
+	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) {
+		return true
+	}
+	msg := strings.ToLower(err.Error())
+	return strings.Contains(msg, "authorization violation") || strings.Contains(msg, "authentication expired") ||
+		strings.Contains(msg, "authentication revoked") || strings.Contains(msg, "user authentication")
 }
 
 // ErrConnectionLost: a connection stayed disconnected longer than allowed

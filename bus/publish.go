@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -74,6 +75,8 @@ type PublishStats struct {
 type Publisher struct {
 	cfg    PublisherConfig
 	js     jetstream.JetStream
+	nc     *nats.Conn
+	run    string
 	bytes  *semaphore.Weighted
 	queue  chan *pending
 	ctx    context.Context // cancelled by Close, bounds retries
@@ -100,7 +103,7 @@ func (b *Bus) NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		return nil, fmt.Errorf("bus: publisher: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &Publisher{cfg: cfg, js: js, bytes: semaphore.NewWeighted(cfg.MaxInflightBytes),
+	p := &Publisher{cfg: cfg, js: js, nc: b.NC, run: b.Names.Run, bytes: semaphore.NewWeighted(cfg.MaxInflightBytes),
 		queue: make(chan *pending, cfg.MaxInflightMsgs), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go p.collect()
 	return p, nil
@@ -159,12 +162,28 @@ func (p *Publisher) publishSync(ctx context.Context, m *nats.Msg, tries int) (*j
 				wait = 2 * time.Second
 			}
 		}
+		if err := p.deniedFor(m.Subject); err != nil {
+			p.failed.Add(1)
+			return nil, err
+		}
 		actx, cancel := context.WithTimeout(ctx, p.cfg.AckTimeout)
+		_, dch := Denied(p.nc)
+		go func() { // a refused publish gets no ack: stop waiting at the refusal
+			select {
+			case <-dch:
+				cancel()
+			case <-actx.Done():
+			}
+		}()
 		ack, err := p.js.PublishMsg(actx, m)
 		cancel()
 		if err == nil {
 			p.count(ack)
 			return ack, nil
+		}
+		if err := p.deniedFor(m.Subject); err != nil {
+			p.failed.Add(1)
+			return nil, err
 		}
 		last = err
 		if ctx.Err() != nil {
@@ -173,6 +192,17 @@ func (p *Publisher) publishSync(ctx context.Context, m *nats.Msg, tries int) (*j
 	}
 	p.failed.Add(1)
 	return nil, fmt.Errorf("bus: publish %s id %q: %w", m.Subject, m.Header.Get(jetstream.MsgIDHeader), last)
+}
+
+// deniedFor returns an ErrDenied error when the server refused this
+// connection publishing to subject.
+func (p *Publisher) deniedFor(subject string) error {
+	err, _ := Denied(p.nc)
+	if err == nil || !strings.Contains(err.Error(), `"`+subject+`"`) {
+		return nil
+	}
+	return fmt.Errorf("%w: connection %q may not publish to %s on run %s: %v; the credentials given (--creds) are not this role's",
+		ErrDenied, p.nc.Opts.Name, subject, p.run, err)
 }
 
 func (p *Publisher) count(ack *jetstream.PubAck) {

@@ -110,9 +110,12 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Bus
 	b := &Bus{Names: names, Config: cfg, NC: nc, JS: js, log: log}
 	backoff := 200 * time.Millisecond
 	for {
-		err = b.ensure(ctx)
+		err = b.ensureUnlessDenied(ctx)
 		if err == nil {
 			return b, nil
+		}
+		if errors.Is(err, ErrDenied) {
+			return nil, err
 		}
 		if errors.Is(err, ErrConfig) || ctx.Err() != nil || !transient(err) {
 			return nil, err
@@ -127,6 +130,35 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Bus
 			backoff *= 2
 		}
 	}
+}
+
+// ensureUnlessDenied is ensure, cut short when the server refuses one of
+// its requests: a refused request gets no reply, so without this the wait
+// would last until the request's timeout, and Open would retry for ever.
+func (b *Bus) ensureUnlessDenied(ctx context.Context) error {
+	if err, _ := Denied(b.NC); err != nil {
+		return b.denied(err)
+	}
+	_, ch := Denied(b.NC)
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-ch:
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	err := b.ensure(dctx)
+	if derr, _ := Denied(b.NC); derr != nil {
+		return b.denied(derr)
+	}
+	return err
+}
+
+func (b *Bus) denied(err error) error {
+	return fmt.Errorf("%w: connection %q on run %s: %v; the credentials given (--creds) are not this role's for this run",
+		ErrDenied, b.NC.Opts.Name, b.Names.Run, err)
 }
 
 // transient reports errors worth retrying while a server or cluster comes
