@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/exgrpo/exgrpo/internal/faultpoint"
 	"os"
 	"strconv"
 	"sync"
@@ -267,6 +268,8 @@ func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publi
 			return
 		}
 	}
+
+	faultpoint.Hit("actor.sample", t.Step) // crash tests: holding a task
 
 	hctx, stopBeat := context.WithCancel(ctx)
 	beat := make(chan struct{})

@@ -23,9 +23,9 @@ type Config struct {
 	// outlast a task's redelivery (AckWait * MaxDeliver). Default 10m.
 	Duplicates time.Duration
 	// Shared work-queue consumers (TASKS -> actors, ROLLOUTS -> verifiers).
-	TaskAckWait       time.Duration // default 60s; actors heartbeat with InProgress while sampling
+	TaskAckWait       time.Duration // default 15s; actors heartbeat with InProgress while sampling (every 5s), so only a dead actor lets it expire
 	TaskMaxDeliver    int           // default 5; then the task goes to DEAD
-	RolloutAckWait    time.Duration // default 30s
+	RolloutAckWait    time.Duration // default 15s: how long a dead verifier holds a rollout
 	RolloutMaxDeliver int           // default 5
 	MaxAckPending     int           // per shared consumer; default 4096
 	// Byte limits of the limits streams (oldest discarded when full).
@@ -48,8 +48,8 @@ type Config struct {
 func DefaultConfig(run string) Config {
 	return Config{
 		Run: run, Replicas: 1, Duplicates: 10 * time.Minute,
-		TaskAckWait: 60 * time.Second, TaskMaxDeliver: 5,
-		RolloutAckWait: 30 * time.Second, RolloutMaxDeliver: 5,
+		TaskAckWait: 15 * time.Second, TaskMaxDeliver: 5,
+		RolloutAckWait: 15 * time.Second, RolloutMaxDeliver: 5,
 		MaxAckPending:     4096,
 		WorkQueueMaxBytes: 2 << 30, ScoredMaxBytes: 1 << 30, ExperienceMaxBytes: 4 << 30, ControlMaxBytes: 1 << 30, DeadMaxBytes: 256 << 20,
 		KeepWeights: 3, OpTimeout: 10 * time.Second,

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -331,4 +332,79 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestActorAndVerifierKilledRecover kills (SIGKILL, through fault points)
+// one of two actors while it holds a task of step 2 and one of two
+// verifiers while it holds rollouts of step 4. Their work must come back
+// within about the ack wait (15 s) and the run completes; the note's
+// recovery figures are the extra time of those steps over the median step.
+func TestActorAndVerifierKilledRecover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts processes")
+	}
+	dir := t.TempDir()
+	bin := buildExgrpo(t, dir)
+	const steps = 7
+	train := []string{"--steps", strconv.Itoa(steps), "--k", strconv.Itoa(itK), "--batch", strconv.Itoa(itB), "--minibatches", "1",
+		"--max-new", "24", "--train-questions", "100", "--heldout", "8", "--eval-samples", "1",
+		"--pretrain-steps", "20", "--cache-dir", filepath.Join(dir, "cache")}
+	port := bustest.FreePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	procs := &processes{t: t, dir: dir, bin: bin, ctx: ctx}
+	procs.start("server", nil, "server", "--port", strconv.Itoa(port), "--store", filepath.Join(dir, "js"), "--log-level", "warn")
+	role := []string{"--nats", url, "--run", "kv", "--log-level", "info"}
+	procs.start("replay", nil, append(append([]string{"replay"}, role...), train...)...)
+	v0 := procs.start("verifier-0", []string{faultpoint.Env + "=verifier.grade@4"}, append([]string{"verifier"}, role...)...)
+	procs.start("verifier-1", nil, append([]string{"verifier"}, role...)...)
+	a0 := procs.start("actor-0", []string{faultpoint.Env + "=actor.sample@2"}, append([]string{"actor", "--id", "a0"}, role...)...)
+	procs.start("actor-1", nil, append([]string{"actor", "--id", "a1"}, role...)...)
+	learner := procs.start("learner", nil, append(append(append([]string{"learner"}, role...), train...),
+		"--checkpoint-dir", filepath.Join(dir, "ckpt"), "--eval=false")...)
+	if err := learner.Wait(); err != nil {
+		procs.dump()
+		t.Fatalf("learner: %v", err)
+	}
+	for _, c := range []*exec.Cmd{a0, v0} {
+		err := c.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Fatalf("%s was not killed at its fault point: %v", filepath.Base(c.Args[1]), err)
+		}
+	}
+	led := readLedger(t, ctx, openBus(t, ctx, url, "kv"))
+	if len(led.ledger) != steps {
+		t.Fatalf("%d steps in the ledger, want %d", len(led.ledger), steps)
+	}
+	var normal []time.Duration
+	took := map[int64]time.Duration{}
+	for _, r := range led.ledger {
+		took[r.Step] = time.Duration(r.StepMicros) * time.Microsecond
+		if r.Step != 2 && r.Step != 4 && r.Step != 0 {
+			normal = append(normal, took[r.Step])
+		}
+	}
+	median := medianDuration(normal)
+	for _, c := range []struct {
+		step int64
+		what string
+	}{{2, "actor"}, {4, "verifier"}} {
+		extra := took[c.step] - median
+		t.Logf("kill -9 of the %s: step %d took %v, median step %v: recovered in %v", c.what, c.step,
+			took[c.step].Round(time.Millisecond), median.Round(time.Millisecond), extra.Round(time.Millisecond))
+		if took[c.step] > 30*time.Second {
+			t.Errorf("step %d took %v after a dead %s; want its work back within about the 15 s ack wait", c.step, took[c.step], c.what)
+		}
+	}
+}
+
+func medianDuration(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

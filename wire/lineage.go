@@ -75,13 +75,25 @@ func RetryTaskID(task string, index, attempt int) string {
 // RetryTaskID); ok is false for an id of another shape (a run written before
 // epochs existed reads as epoch 0).
 func TaskEpoch(task string) (epoch int64, ok bool) {
-	head, _, found := strings.Cut(task, "/")
+	epoch, _, ok = ParseTaskID(task)
+	return epoch, ok
+}
+
+// ParseTaskID returns the epoch and step of a task id made by TaskID (or
+// RetryTaskID); ok is false for an id of another shape.
+func ParseTaskID(task string) (epoch, step int64, ok bool) {
+	head, rest, found := strings.Cut(task, "/")
 	if !found || len(head) < 2 || head[0] != 'e' {
-		return 0, false
+		return 0, 0, false
 	}
 	e, err := strconv.ParseInt(head[1:], 10, 64)
 	if err != nil || e < 1 {
-		return 0, false
+		return 0, 0, false
 	}
-	return e, true
+	st, _, found := strings.Cut(rest, "/")
+	n, err := strconv.ParseInt(st, 10, 64)
+	if !found || err != nil || n < 0 {
+		return 0, 0, false
+	}
+	return e, n, true
 }

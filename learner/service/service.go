@@ -504,9 +504,16 @@ func (s *Service) requestSample(ctx context.Context, req wire.SampleRequest) (wi
 	if err != nil {
 		return reply, fmt.Errorf("learner service: %w", err)
 	}
-	deadline := time.Now().Add(s.cfg.ReplayWait)
+	start := time.Now()
+	deadline := start.Add(s.cfg.ReplayWait)
+	logged := start
 	var last error
 	for time.Now().Before(deadline) {
+		if time.Since(logged) >= waitLogEvery {
+			logged = time.Now()
+			s.log.Info("waiting for the replay service", zap.Int64("step", req.Step), zap.Duration("waited", time.Since(start).Round(time.Second)),
+				zap.Duration("deadline", s.cfg.ReplayWait), zap.NamedError("last_error", last))
+		}
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.SampleTimeout)
 		msg, err := s.d.Bus.NC.RequestWithContext(rctx, s.d.Bus.Names.SampleSubject(), data)
 		cancel()

@@ -158,18 +158,22 @@ type Service struct {
 	pub  *bus.Publisher
 	snap jetstream.ObjectStore
 
-	pool     *replay.Pool
-	lin      replay.Lineage
-	deferred []deferredPurge
-	touched  []touchedStep
-	buffer   map[string]*wire.Scored // scored trajectories awaiting their report, by id
-	unacked  []jetstream.Msg         // SCORED messages buffered but not yet in a snapshot
-	reports  []pendingReport         // CONTROL messages in stream order, not yet handled
-	samples  []pendingSample
-	queries  chan query
-	dirtyAt  time.Time // when the first unacked message arrived
-	lastStep int64     // last folded step, -1 before any
+	pool       *replay.Pool
+	lin        replay.Lineage
+	deferred   []deferredPurge
+	touched    []touchedStep
+	buffer     map[string]*wire.Scored // scored trajectories awaiting their report, by id
+	unacked    []jetstream.Msg         // SCORED messages buffered but not yet in a snapshot
+	reports    []pendingReport         // CONTROL messages in stream order, not yet handled
+	samples    []pendingSample
+	queries    chan query
+	dirtyAt    time.Time // when the first unacked message arrived
+	lastStep   int64     // last folded step, -1 before any
+	waitLogged time.Time // when a waiting report was last logged
 }
+
+// waitLogEvery is how often a report waiting for its trajectories says so.
+const waitLogEvery = 15 * time.Second
 
 // pendingReport is one CONTROL message: a step report, or a lineage record
 // (rec set).
@@ -443,6 +447,12 @@ func (s *Service) advance(ctx context.Context) error {
 		r, missing := s.assemble(&pr.rep)
 		if len(missing) > 0 {
 			if time.Since(pr.arrived) < s.cfg.ReportWait {
+				if time.Since(s.waitLogged) >= waitLogEvery {
+					s.waitLogged = time.Now()
+					s.log.Info("step report waiting for trajectories it names", zap.Int64("step", pr.rep.Step),
+						zap.Int("missing", len(missing)), zap.String("first", missing[0]),
+						zap.Duration("waited", time.Since(pr.arrived).Round(time.Second)), zap.Duration("deadline", s.cfg.ReportWait))
+				}
 				break
 			}
 			s.met.MissingTrajectories.Add(float64(len(missing)))

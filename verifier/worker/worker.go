@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/exgrpo/exgrpo/internal/faultpoint"
 	"runtime"
 	"sync"
 	"time"
@@ -228,6 +229,9 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 	if err != nil {
 		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", id, err))
 		return
+	}
+	if _, step, ok := wire.ParseTaskID(traj.Head.TaskID); ok {
+		faultpoint.Hit("verifier.grade", step) // crash tests: holding an ungraded rollout
 	}
 	v, us := w.grade(chk, traj.Head.Answer, traj.Head.Text)
 	reward := float32(0)
