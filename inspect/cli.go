@@ -144,7 +144,8 @@ func (o Options) Open(ctx context.Context, log *zap.Logger) (*Source, error) {
 		if url == "" {
 			url = "nats://127.0.0.1:4222"
 		}
-		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		// The connection is part of the read: --timeout bounds it too.
+		cctx, cancel := context.WithTimeout(ctx, min(15*time.Second, o.Timeout))
 		s, err = Dial(cctx, bus.ConnConfig{URL: url, CredsFile: o.Creds, User: o.User, Password: o.Password, Name: "inspect",
 			TLSCA: o.TLSCA, TLSCert: o.TLSCert, TLSKey: o.TLSKey}, run, log)
 		cancel()

@@ -215,6 +215,8 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 		return fmt.Errorf("local: %w", err)
 	}
 	defer srv.Shutdown()
+	fmt.Fprintf(out, "NATS server: %s (while the run goes on: exgrpo inspect buckets --nats %s --run %s)\n",
+		srv.ClientURL(), srv.ClientURL(), cfg.RunID)
 	if hooks.Server != nil {
 		hooks.Server(srv.ClientURL())
 	}

@@ -160,3 +160,15 @@ func (m *Model) recycle(a []float32) {
 	}
 	m.arenas = append(m.arenas, a)
 }
+
+// CheckFinite reports the first parameter that is NaN or infinite: such a
+// model samples garbage (every score NaN), which an evaluation would report
+// as pass@1 0 rather than as the broken checkpoint it is.
+func (m *Model) CheckFinite() error {
+	for i, p := range m.Params {
+		if math.IsNaN(float64(p)) || math.IsInf(float64(p), 0) {
+			return fmt.Errorf("policy: parameter %d of %d is %v: the weights are not finite", i, len(m.Params), p)
+		}
+	}
+	return nil
+}

@@ -43,6 +43,9 @@ func runEval(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := ck.Model.CheckFinite(); err != nil {
+		return fmt.Errorf("checkpoint %s: %w", *ckPath, err)
+	}
 	var all []task.Dataset
 	for _, name := range splitList(*sets) {
 		ds, err := task.Builtin(name)
@@ -69,6 +72,9 @@ func runEval(ctx context.Context, args []string) error {
 	for i, ds := range all {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if len(ds.Problems) == 0 {
+			return fmt.Errorf("%w: dataset %q has no problems", errUsage, ds.Name)
 		}
 		if *kind != "" {
 			for j := range ds.Problems {

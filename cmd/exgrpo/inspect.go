@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/exgrpo/exgrpo/inspect"
 	"go.uber.org/zap"
@@ -22,7 +23,8 @@ func runInspect(ctx context.Context, args []string) error {
 	defer log.Sync()
 	err = inspect.Main(ctx, args, os.Stdout, os.Stderr, log.Named("inspect").WithOptions(zap.AddStacktrace(zap.FatalLevel)))
 	if errors.Is(err, inspect.ErrUsage) {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		// One "usage:" in the message, not "usage: inspect: usage: ...".
+		return fmt.Errorf("%w: %s", errUsage, strings.TrimPrefix(err.Error(), inspect.ErrUsage.Error()+": "))
 	}
 	return err
 }

@@ -50,7 +50,22 @@ func addBusFlags(fs *flag.FlagSet) *busFlags {
 
 // open connects (retrying until connect-timeout) and opens the run's bus.
 // The caller closes the connection.
+// check validates the flags that need no server, so that a typo fails at
+// once instead of after --connect-timeout.
+func (f *busFlags) check() error {
+	if _, err := bus.NewNames(f.run); err != nil {
+		return fmt.Errorf("%w: --run: %v", errUsage, err)
+	}
+	if f.replicas < 1 {
+		return fmt.Errorf("%w: --replicas %d < 1", errUsage, f.replicas)
+	}
+	return nil
+}
+
 func (f *busFlags) open(ctx context.Context, name string, log *zap.Logger) (*nats.Conn, *bus.Bus, error) {
+	if err := f.check(); err != nil {
+		return nil, nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, f.connectWait)
 	defer cancel()
 	nc, err := bus.Connect(cctx, bus.ConnConfig{URL: f.url, CredsFile: f.creds, User: f.user, Password: f.password, Name: name,

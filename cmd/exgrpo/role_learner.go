@@ -39,6 +39,9 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %v", errUsage, fs.Args())
 	}
+	if err := bf.check(); err != nil {
+		return err
+	}
 	var err error
 	c.RunDir = "-" // no run directory in this role
 	c.Normalize()

@@ -24,6 +24,14 @@ func runReplayRole(ctx context.Context, args []string) error {
 	}
 	c.RunDir = "-" // no run directory in this role
 	c.Normalize()
+	if err := bf.check(); err != nil {
+		return err
+	}
+	// The learner's settings matter here too: K and the replayed fraction
+	// shape the pool (--rho 2 is refused before connecting).
+	if err := c.Learner.Learner.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	if err := c.Replay.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}

@@ -28,6 +28,9 @@ func runTasks(_ context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
+	if *n < 0 {
+		return fmt.Errorf("%w: -n %d: questions per set must be >= 0 (0 = the set's size)", errUsage, *n)
+	}
 	builtin := task.BuiltinSets()
 	if *list {
 		tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
