@@ -160,3 +160,37 @@ func counter(t *testing.T, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestNoReaderLeftBehind: the learner reads stored experience every mixed
+// step; its readers must be deleted after use, not left to the server's
+// inactivity threshold (one per step would pile up over a run).
+func TestNoReaderLeftBehind(t *testing.T) {
+	e := newEnv(t)
+	_, results := e.runAll(t, testConfig(8))
+	replayed := 0
+	for _, r := range results {
+		replayed += r.Replayed
+	}
+	if replayed == 0 {
+		t.Fatal("no step replayed anything: the test did not read experience")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := e.b.Stream(ctx, bus.Experience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := st.ConsumerNames(ctx)
+	var left []string
+	for n := range names.Name() {
+		left = append(left, n)
+	}
+	if len(left) > 0 {
+		t.Errorf("consumers left on EXPERIENCE after %d steps: %v", len(results), left)
+	}
+	for _, k := range bus.Kinds {
+		if e.b.StreamConfig(k).Description == "" {
+			t.Errorf("stream %s has no description", k)
+		}
+	}
+}
