@@ -86,6 +86,11 @@ type Config struct {
 	// whose norm is non-finite or above it (E14). Paper: 1.0 and 500.
 	ClipNorm, SkipNorm float64
 
+	// Temperature is the actors' sampling temperature T: the trainer scores
+	// softmax(z/T), the distribution the behaviour log-probs were recorded
+	// under (E7's entropies, E10 and E11's ratios). 0 means 1.
+	Temperature float64
+
 	// Ablation switches. Their zero values are ExGRPO.
 
 	// NoPolicyShaping trains replayed tokens with the plain ratio -A*w
@@ -181,6 +186,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: ClipNorm = %v and SkipNorm = %v must be > 0 (paper: 1 and 500)", ErrConfig, c.ClipNorm, c.SkipNorm)
 	case c.SkipNorm < c.ClipNorm:
 		return fmt.Errorf("%w: SkipNorm = %v below ClipNorm = %v would skip every clipped update; raise SkipNorm", ErrConfig, c.SkipNorm, c.ClipNorm)
+	case !finite(c.Temperature) || c.Temperature < 0:
+		return fmt.Errorf("%w: Temperature = %v, must be > 0 (0 means 1)", ErrConfig, c.Temperature)
 	case c.OnPolicyOnly && c.Rho != 0:
 		return fmt.Errorf("%w: OnPolicyOnly with Rho = %v; set Rho to 0 for the on-policy baseline", ErrConfig, c.Rho)
 	}
@@ -196,4 +203,12 @@ func (c Config) PoolQuestions(mixed bool) int {
 		return 0
 	}
 	return int(math.Floor(c.Rho * float64(c.B)))
+}
+
+// temperature is Temperature with 0 read as 1.
+func (c Config) temperature() float32 {
+	if c.Temperature == 0 {
+		return 1
+	}
+	return float32(c.Temperature)
 }

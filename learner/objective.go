@@ -52,6 +52,13 @@ type ObjectiveStats struct {
 // so dL/dlogp_t = dloss_t/dlogp_t / LMax and dL/dH_t = -CEnt / N. Sums run in
 // float64; the derivatives are returned as float32 in fresh slices.
 func Objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32) (ObjectiveStats, [][]float32, [][]float32, error) {
+	return objective(cfg, mixed, items, logps, ents, 0)
+}
+
+// objective is Objective for one micro-batch of a mini-batch of entTokens
+// response tokens (E13's N; 0 = the items' own count): only the entropy
+// derivative -CEnt/N depends on the rest of the mini-batch.
+func objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32, entTokens int) (ObjectiveStats, [][]float32, [][]float32, error) {
 	var st ObjectiveStats
 	if len(logps) != len(items) || len(ents) != len(items) {
 		return st, nil, nil, fmt.Errorf("%w: %d items, %d log-prob rows, %d entropy rows", ErrShape, len(items), len(logps), len(ents))
@@ -72,7 +79,10 @@ func Objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32) (O
 	}
 
 	lmax := float64(cfg.LMax)
-	entGrad := float32(-cfg.CEnt / float64(st.Tokens))
+	if entTokens <= 0 {
+		entTokens = st.Tokens
+	}
+	entGrad := float32(-cfg.CEnt / float64(entTokens))
 	var sumLoss, sumEnt, sumWFresh, sumWRep float64
 	freshTokens := 0
 	for i, it := range items {
