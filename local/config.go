@@ -72,7 +72,7 @@ const (
 type TorchOptions struct {
 	Python           string `json:"python"`             // interpreter with torch, numpy, msgpack; "" = $EXGRPO_PYTHON, then /usr/bin/python3
 	Device           string `json:"device"`             // torch device; default cpu
-	Threads          int    `json:"threads"`            // torch intra-op threads; 0 = torch's default
+	Threads          int    `json:"threads"`            // torch (and BLAS) threads; 0 = torch's default; default 1
 	MicroBatchTokens int    `json:"micro_batch_tokens"` // tokens per forward with gradient; 0 = whole mini-batches
 	Socket           string `json:"socket"`             // connect to a worker already listening here (torchrun) instead of starting one
 }
@@ -98,6 +98,10 @@ func DefaultConfig() Config {
 	c.Learner.MaxNew = task.TrainMaxNew
 	c.Learner.CheckpointEvery = 50
 	c.Learner.EvalEvery = 50
+	// With --trainer torch on CPU: one torch thread. The built-in model is
+	// small, and more threads (torch's and BLAS's pools) only contend with
+	// the actors for the same cores (measured in BENCHMARKS.md).
+	c.Torch.Threads = 1
 	return c
 }
 

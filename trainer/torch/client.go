@@ -202,6 +202,15 @@ func start(ctx context.Context, o Options, model, tmp string, adam policy.AdamWC
 	}
 	cmd := exec.Command(python, args...)
 	cmd.Env = append(os.Environ(), "PYTHONPATH="+tmp, "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
+	if o.Threads > 0 {
+		// BLAS keeps its own thread pool beside torch's: bound both, or a
+		// CPU worker oversubscribes the cores it shares with the actors.
+		for _, v := range []string{"OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"} {
+			if os.Getenv(v) == "" {
+				cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", v, o.Threads))
+			}
+		}
+	}
 	c := &Client{opts: o, cmd: cmd, exited: make(chan struct{}), stderr: newTailBuffer(8<<10, o.Stderr), tmp: tmp}
 	cmd.Stderr = c.stderr
 	cmd.Stdout = c.stderr
@@ -776,4 +785,32 @@ func (c *Client) PID() int {
 		return 0
 	}
 	return c.cmd.Process.Pid
+}
+
+// Ping is one empty round trip (the protocol's fixed cost).
+func (c *Client) Ping(ctx context.Context) error {
+	_, err := c.call(ctx, "ping", nil)
+	return err
+}
+
+// BenchStep asks the worker to time, repeats times and with no socket in
+// between, what one Forward, Backward(dlogps, dents) and Step cost through
+// the client; it returns the worker's seconds per repeat.
+func (c *Client) BenchStep(ctx context.Context, seqs []policy.Seq, temp float32, dlogps, dents [][]float32, repeats int) ([]float64, error) {
+	args := packSeqs(seqs)
+	args["temp"] = float64(temp)
+	args["dlogps"] = f32Bytes(dlogps)
+	args["dents"] = f32Bytes(dents)
+	args["repeats"] = repeats
+	c.cached = nil
+	r, err := c.call(ctx, "bench", args)
+	if err != nil {
+		return nil, err
+	}
+	raw, _ := r["seconds"].([]any)
+	out := make([]float64, len(raw))
+	for i, v := range raw {
+		out[i] = asFloat(v)
+	}
+	return out, nil
 }

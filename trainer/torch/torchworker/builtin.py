@@ -49,9 +49,10 @@ def layout(cfg):
 
 
 def _gelu(x):
-    # GPT-2's tanh approximation, as x * sigmoid(2u) (policy/kernels.go).
-    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    return x * torch.sigmoid(2 * u)
+    # GPT-2's tanh approximation 0.5x(1 + tanh(u)), u = sqrt(2/pi)(x + 0.044715x^3),
+    # which policy/kernels.go writes as x * sigmoid(2u): equal up to float
+    # rounding, and torch fuses it into one kernel.
+    return F.gelu(x, approximate="tanh")
 
 
 class BuiltinModel(torch.nn.Module):

@@ -352,7 +352,29 @@ class Worker:
             lens.append(len(ids))
         return {"tokens": i32_bytes(out), "lens": i32_bytes(lens)}
 
-    OPS = ("hello", "score", "score_shared", "forward", "backward", "step", "gradients", "export", "restore",
+    def op_bench(self, msg):
+        """Times forward (with gradient), backward with the given upstream
+        gradients and step, repeats times, inside the worker: the same
+        handlers as the socket path without framing, msgpack or transfer.
+        Returns the seconds of each repeat."""
+        import time
+
+        fwd = {k: msg[k] for k in ("tokens", "lens", "prompt_lens", "temp")}
+        bwd = {"dlogps": msg.get("dlogps"), "dents": msg.get("dents")}
+        out = []
+        for _ in range(int(msg.get("repeats", 1))):
+            t0 = time.perf_counter()
+            for op, m in (("forward", fwd), ("backward", bwd), ("step", {})):
+                r = self.handle(dict(m, op=op))
+                if not r["ok"]:
+                    raise RequestError("bench %s: %s" % (op, r["error"]))
+            out.append(time.perf_counter() - t0)
+        return {"seconds": out}
+
+    def op_ping(self, msg):
+        return {}
+
+    OPS = ("hello", "ping", "bench", "score", "score_shared", "forward", "backward", "step", "gradients", "export", "restore",
            "save_weights", "save_optimizer", "load_optimizer", "tokenize")
 
     def handle(self, msg):
