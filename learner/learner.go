@@ -24,6 +24,11 @@ func (c Config) AdamW() policy.AdamWConfig {
 type Learner struct {
 	cfg Config
 	tr  trainer.Trainer
+
+	// behaviour holds the trainer's log-probs of recent fresh trajectories
+	// (Config.TrainerBehaviour), by trajectory id; order is their FIFO.
+	behaviour map[string][]float32
+	order     []string
 }
 
 // New returns a learner training the built-in model with the built-in Go
@@ -62,7 +67,7 @@ func NewTrainer(cfg Config, tr trainer.Trainer) (*Learner, error) {
 	if tr == nil {
 		return nil, fmt.Errorf("%w: nil trainer", ErrConfig)
 	}
-	return &Learner{cfg: cfg, tr: tr}, nil
+	return &Learner{cfg: cfg, tr: tr, behaviour: map[string][]float32{}}, nil
 }
 
 // Config returns the learner's configuration.
@@ -152,6 +157,15 @@ type StepSummary struct {
 	Tokens, ReplayedTokens        int
 	Clipped                       int // fresh tokens on the PPO clipped branch (before the delayed start)
 	StaleDropped                  int
+	// Engine/trainer mismatch, measured at the first mini-batch (before any
+	// update of the step, so w compares the trainer with the engine only):
+	// mean |log w| over its fresh tokens and the fraction of them whose w
+	// exceeded Config.TruncCap (0 when the cap is off).
+	MismatchLogW   float64
+	CappedFraction float64
+	// TrainerBehaviour is how many replayed trajectories trained with the
+	// trainer's own stored log-probs (Config.TrainerBehaviour).
+	TrainerBehaviour int
 }
 
 // Retired returns the questions whose group was all correct (E4): the
@@ -207,6 +221,11 @@ func (l *Learner) StepContext(ctx context.Context, in StepInput) (StepSummary, e
 		return sum, nil
 	}
 
+	if cfg.TrainerBehaviour {
+		if err := l.recordBehaviour(ctx, in.Groups); err != nil {
+			return sum, fmt.Errorf("learner: step %d: trainer behaviour log-probs: %w", in.Step, err)
+		}
+	}
 	nb := min(cfg.MiniBatches, len(in.Groups))
 	var entSum float64
 	for b := range nb {
@@ -217,9 +236,15 @@ func (l *Learner) StepContext(ctx context.Context, in StepInput) (StepSummary, e
 		for i := b; i < len(in.Groups); i += nb {
 			mb = append(mb, in.Groups[i])
 		}
-		st, info, err := l.update(ctx, mb, in.Mixed)
+		st, info, err := l.update(ctx, mb, in.Mixed, &sum)
 		if err != nil {
 			return sum, fmt.Errorf("learner: step %d mini-batch %d: %w", in.Step, b, err)
+		}
+		if b == 0 {
+			sum.MismatchLogW = st.MeanAbsLogW
+			if f := st.Tokens - st.ReplayedTokens; f > 0 {
+				sum.CappedFraction = float64(st.Capped) / float64(f)
+			}
 		}
 		sum.Loss += st.Loss / float64(nb)
 		sum.PolicyLoss += st.PolicyLoss / float64(nb)
@@ -248,18 +273,25 @@ func (l *Learner) StepContext(ctx context.Context, in StepInput) (StepSummary, e
 // each) before the one optimiser step; every term of E10-E13 is
 // token-local and E13's token count N is the mini-batch's, known before the
 // first forward, so the accumulated gradient is the mini-batch's.
-func (l *Learner) update(ctx context.Context, groups []Group, mixed bool) (ObjectiveStats, policy.StepInfo, error) {
+func (l *Learner) update(ctx context.Context, groups []Group, mixed bool, sum *StepSummary) (ObjectiveStats, policy.StepInfo, error) {
 	var seqs []policy.Seq
 	var items []Item
 	for _, g := range groups {
 		for i, r := range g.Rollouts {
 			seqs = append(seqs, concat(r.PromptTokens, r.Tokens))
-			items = append(items, Item{Advantage: g.Advantages[i], Behaviour: r.LogProbs, Replayed: r.Replayed})
+			lb := r.LogProbs
+			if r.Replayed && l.cfg.TrainerBehaviour {
+				if own, ok := l.behaviour[r.ID]; ok && len(own) == len(r.Tokens) {
+					lb = own // E11 with the trainer's log-probs of the step that trained it
+					sum.TrainerBehaviour++
+				}
+			}
+			items = append(items, Item{Advantage: g.Advantages[i], Behaviour: lb, Replayed: r.Replayed})
 		}
 	}
 	n := trainer.Responses(seqs)
 	var st ObjectiveStats
-	var entSum, wFresh, wRep float64
+	var entSum, wFresh, wRep, absLogW float64
 	for _, mb := range microBatches(seqs, l.tr.Info().MicroBatchTokens) {
 		lp, ent, err := l.tr.Forward(ctx, seqs[mb[0]:mb[1]], l.cfg.temperature())
 		if err != nil {
@@ -276,6 +308,8 @@ func (l *Learner) update(ctx context.Context, groups []Group, mixed bool) (Objec
 		st.Tokens += ms.Tokens
 		st.ReplayedTokens += ms.ReplayedTokens
 		st.Clipped += ms.Clipped
+		st.Capped += ms.Capped
+		absLogW += ms.MeanAbsLogW * float64(ms.Tokens-ms.ReplayedTokens)
 		entSum += ms.MeanEntropy * float64(ms.Tokens)
 		wFresh += ms.MeanRatioFresh * float64(ms.Tokens-ms.ReplayedTokens)
 		wRep += ms.MeanRatioRep * float64(ms.ReplayedTokens)
@@ -285,6 +319,7 @@ func (l *Learner) update(ctx context.Context, groups []Group, mixed bool) (Objec
 	}
 	if f := st.Tokens - st.ReplayedTokens; f > 0 {
 		st.MeanRatioFresh = wFresh / float64(f)
+		st.MeanAbsLogW = absLogW / float64(f)
 	}
 	if st.ReplayedTokens > 0 {
 		st.MeanRatioRep = wRep / float64(st.ReplayedTokens)
@@ -296,6 +331,43 @@ func (l *Learner) update(ctx context.Context, groups []Group, mixed bool) (Objec
 		return st, info, fmt.Errorf("optimiser step: %w", err)
 	}
 	return st, info, nil
+}
+
+// recordBehaviour scores the step's fresh trajectories with the trainer
+// before any update (the reference code's old log-probs) and remembers them
+// by trajectory id for when they are replayed (Config.TrainerBehaviour).
+func (l *Learner) recordBehaviour(ctx context.Context, groups []Group) error {
+	var seqs []policy.Seq
+	var ids []string
+	for _, g := range groups {
+		for _, r := range g.Rollouts {
+			if !r.Replayed && r.ID != "" {
+				seqs = append(seqs, concat(r.PromptTokens, r.Tokens))
+				ids = append(ids, r.ID)
+			}
+		}
+	}
+	for _, mb := range microBatches(seqs, l.tr.Info().MicroBatchTokens) {
+		lp, _, err := l.tr.Score(ctx, seqs[mb[0]:mb[1]], l.cfg.temperature())
+		if err != nil {
+			return err
+		}
+		for i, id := range ids[mb[0]:mb[1]] {
+			if _, ok := l.behaviour[id]; !ok {
+				l.order = append(l.order, id)
+			}
+			l.behaviour[id] = lp[i]
+		}
+	}
+	limit := l.cfg.BehaviourCap
+	if limit <= 0 {
+		limit = 1 << 16
+	}
+	for len(l.order) > limit {
+		delete(l.behaviour, l.order[0])
+		l.order = l.order[1:]
+	}
+	return nil
 }
 
 // microBatches splits seqs into consecutive [lo, hi) ranges of at most

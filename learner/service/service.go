@@ -679,6 +679,8 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 		return res, fmt.Errorf("learner service: %w", err)
 	}
 	res.Train = time.Since(tstart)
+	s.log.Info("engine/trainer mismatch at the first mini-batch", zap.Int64("step", t),
+		zap.Float64("mean_abs_log_w", sum.MismatchLogW), zap.Float64("capped_fraction", sum.CappedFraction))
 	s.version++
 	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
 		return res, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err)
