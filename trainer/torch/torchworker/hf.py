@@ -27,12 +27,18 @@ class HFModel:
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ValueError("%s has no config.json: not an HF model directory" % path)
         self.path = path
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
+        try:
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except TypeError:  # transformers < 4.56 names it torch_dtype
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype)
         self.model.to(device)
         if checkpointing:
             self.model.gradient_checkpointing_enable()
             self.model.config.use_cache = False
-        self.tok = transformers.AutoTokenizer.from_pretrained(path)
+        try:
+            self.tok = transformers.AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:  # a directory with weights and config only
+            self.tok, self.tok_error = None, str(e)
         cfg = self.model.config
         self.vocab = self.model.get_output_embeddings().weight.shape[0]
         self.context = getattr(cfg, "max_position_embeddings", 1 << 30)
@@ -52,6 +58,8 @@ class HFModel:
         return out.last_hidden_state
 
     def tokenize(self, text):
+        if self.tok is None:
+            raise ValueError("the model directory has no tokenizer (%s)" % self.tok_error)
         msgs = [{"role": "user", "content": text}]
         if getattr(self.tok, "chat_template", None):
             ids = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
@@ -65,19 +73,27 @@ class HFModel:
         load). full_state_dict: name -> tensor (rank 0's gathered state under
         FSDP); default the model's own."""
         sd = full_state_dict if full_state_dict is not None else self.model.state_dict()
+        # The master weights are fp32; engines load the model's own dtype
+        # (bf16 for the models this is for).
+        want = getattr(self.model.config, "torch_dtype", None) or getattr(self.model.config, "dtype", None)
+        cast = torch.bfloat16 if want in (torch.bfloat16, "bfloat16") else None
         ts = []
         seen = set()
         for n, t in sd.items():
-            t = t.detach().cpu().contiguous()
-            if t.data_ptr() in seen and getattr(self.model.config, "tie_word_embeddings", False) and n.endswith("lm_head.weight"):
+            ptr = t.data_ptr()
+            if ptr in seen and getattr(self.model.config, "tie_word_embeddings", False) and n.endswith("lm_head.weight"):
                 continue  # tied: the embedding holds it
-            seen.add(t.data_ptr())
+            seen.add(ptr)
+            t = t.detach().cpu().contiguous()
+            if cast is not None and t.is_floating_point():
+                t = t.to(cast)
             ts.append(tensor_entry(n, t))
         stfile.write_shards(dir, ts, max_shard_bytes)
         self.model.config.save_pretrained(dir)
         if getattr(self.model, "generation_config", None) is not None:
             self.model.generation_config.save_pretrained(dir)
-        self.tok.save_pretrained(dir)
+        if self.tok is not None:
+            self.tok.save_pretrained(dir)
 
 
 def tensor_entry(name, t):

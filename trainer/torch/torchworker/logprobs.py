@@ -43,6 +43,10 @@ class ChunkedLogProbs(torch.autograd.Function):
         h, w, targets, lse_all, ent = ctx.saved_tensors
         temp, chunk = ctx.temp, ctx.chunk
         M = h.shape[0]
+        # The backward runs outside autocast: under bf16 autocast h is bf16
+        # while w (the fp32 master weight) is not; recompute in h's dtype,
+        # as the forward's autocast matmul did.
+        wc = w if w.dtype == h.dtype else w.to(h.dtype)
         dh = torch.zeros_like(h) if ctx.needs_input_grad[0] else None
         dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if ctx.needs_input_grad[1] else None
         if glogp is None:
@@ -51,7 +55,7 @@ class ChunkedLogProbs(torch.autograd.Function):
             gent = torch.zeros(M, dtype=torch.float32, device=h.device)
         for lo in range(0, M, chunk):
             hi = min(M, lo + chunk)
-            s = _chunk_logits(h[lo:hi], w, temp)
+            s = _chunk_logits(h[lo:hi], wc, temp)
             logp_all = s - lse_all[lo:hi, None]
             p = torch.exp(logp_all)
             gl, ge = glogp[lo:hi, None], gent[lo:hi, None]
@@ -59,9 +63,9 @@ class ChunkedLogProbs(torch.autograd.Function):
             ds.scatter_add_(1, targets[lo:hi, None], gl)
             dz = (ds / temp).to(h.dtype)
             if dh is not None:
-                dh[lo:hi] = dz @ w
+                dh[lo:hi] = dz @ wc
             if dw is not None:
-                dw += (dz.t() @ h[lo:hi]).float()
+                dw += dz.float().t() @ h[lo:hi].float()
             del s, logp_all, p, ds, dz
         if dw is not None:
             dw = dw.to(w.dtype)

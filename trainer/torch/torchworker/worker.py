@@ -66,12 +66,15 @@ def pack_rows(rows):
 
 class Worker:
     def __init__(self, model_path, device="cpu", micro_batch_tokens=0, logit_chunk=1024, checkpointing=False,
-                 comm=None, fsdp=False):
+                 comm=None, fsdp=False, autocast=None):
+        """autocast: bf16 autocast of the forward (default: on CUDA). Weights
+        and optimiser state stay fp32 (master weights): an update of lr 1e-6
+        is below bf16's resolution."""
         self.device = torch.device(device)
         self.comm = comm or Comm()
         self.micro_batch_tokens = int(micro_batch_tokens)
         self.logit_chunk = int(logit_chunk)
-        self.autocast = self.device.type == "cuda"
+        self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
         if not os.path.exists(model_path):
             raise FileNotFoundError("model %s does not exist" % model_path)
         if os.path.isdir(model_path) and os.path.isfile(os.path.join(model_path, builtin.FORMAT_FILE)):
@@ -84,8 +87,7 @@ class Worker:
             self.vocab, self.context = self.model.cfg["vocab"], self.model.cfg["context"]
         else:
             self.arch = "hf"
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-            self.model = hf.HFModel(model_path, self.device, dtype, checkpointing)
+            self.model = hf.HFModel(model_path, self.device, torch.float32, checkpointing)
             self.vocab, self.context = self.model.vocab, self.model.context
         if fsdp:
             from . import dist
