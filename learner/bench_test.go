@@ -3,6 +3,7 @@
 package learner
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"syscall"
@@ -133,7 +134,7 @@ func BenchmarkStep(b *testing.B) {
 	b.Run("select", func(b *testing.B) { // E7 alone: 16 questions x 8 candidates
 		for range b.N {
 			for _, cs := range s.cands {
-				if _, _, err := SelectTrajectory(s.m, s.cfg, cs, nil); err != nil {
+				if _, _, err := SelectTrajectory(context.Background(), builtinOf(b, s.m), s.cfg, cs, nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -86,6 +86,32 @@ type Config struct {
 	// whose norm is non-finite or above it (E14). Paper: 1.0 and 500.
 	ClipNorm, SkipNorm float64
 
+	// Temperature is the actors' sampling temperature T: the trainer scores
+	// softmax(z/T), the distribution the behaviour log-probs were recorded
+	// under (E7's entropies, E10 and E11's ratios). 0 means 1.
+	Temperature float64
+
+	// TruncCap, when > 0, truncates the importance weight of fresh tokens
+	// at this value (truncated importance sampling: the token's loss and
+	// gradient use min(w, TruncCap), E10), bounding the damage of an engine
+	// whose probabilities differ from the trainer's. 0 = off, the right
+	// setting for the built-in model (actor and trainer agree exactly);
+	// 2.0 is the field's choice for remote engines (verl, slime).
+	TruncCap float64
+	// TrainerBehaviour stores the trainer's own log-probs of each fresh
+	// trajectory, scored at the start of the step that trains it, as the
+	// behaviour log-probs used when that trajectory is replayed (E11), as
+	// the paper's reference code does, so that E11's ratio measures policy
+	// change and not kernel differences between engine and trainer. The
+	// learner keeps them in memory for its BehaviourCap most recent
+	// trajectories (after a restart, or beyond the cap, the stored engine
+	// log-probs are used). Off by default (the built-in actors' log-probs
+	// are the trainer's).
+	TrainerBehaviour bool
+	// BehaviourCap bounds the trajectories TrainerBehaviour remembers;
+	// 0 = 1<<16.
+	BehaviourCap int
+
 	// Ablation switches. Their zero values are ExGRPO.
 
 	// NoPolicyShaping trains replayed tokens with the plain ratio -A*w
@@ -181,6 +207,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: ClipNorm = %v and SkipNorm = %v must be > 0 (paper: 1 and 500)", ErrConfig, c.ClipNorm, c.SkipNorm)
 	case c.SkipNorm < c.ClipNorm:
 		return fmt.Errorf("%w: SkipNorm = %v below ClipNorm = %v would skip every clipped update; raise SkipNorm", ErrConfig, c.SkipNorm, c.ClipNorm)
+	case !finite(c.TruncCap) || c.TruncCap < 0 || (c.TruncCap > 0 && c.TruncCap < 1):
+		return fmt.Errorf("%w: TruncCap = %v, must be 0 (off) or >= 1 (2.0 is usual for remote engines)", ErrConfig, c.TruncCap)
+	case c.BehaviourCap < 0:
+		return fmt.Errorf("%w: BehaviourCap = %d, must be >= 0", ErrConfig, c.BehaviourCap)
+	case !finite(c.Temperature) || c.Temperature < 0:
+		return fmt.Errorf("%w: Temperature = %v, must be > 0 (0 means 1)", ErrConfig, c.Temperature)
 	case c.OnPolicyOnly && c.Rho != 0:
 		return fmt.Errorf("%w: OnPolicyOnly with Rho = %v; set Rho to 0 for the on-policy baseline", ErrConfig, c.Rho)
 	}
@@ -196,4 +228,12 @@ func (c Config) PoolQuestions(mixed bool) int {
 		return 0
 	}
 	return int(math.Floor(c.Rho * float64(c.B)))
+}
+
+// temperature is Temperature with 0 read as 1.
+func (c Config) temperature() float32 {
+	if c.Temperature == 0 {
+		return 1
+	}
+	return float32(c.Temperature)
 }

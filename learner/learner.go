@@ -1,10 +1,12 @@
 package learner
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 
 	"github.com/exgrpo/exgrpo/policy"
+	"github.com/exgrpo/exgrpo/trainer"
 )
 
 // AdamW returns the optimiser settings of E14.
@@ -15,17 +17,24 @@ func (c Config) AdamW() policy.AdamWConfig {
 	}
 }
 
-// Learner owns the policy being trained and its optimiser, and performs the
-// update of one step. It is not safe for concurrent use: like the policy it
-// wraps, one goroutine drives it.
+// Learner owns the trainer of the policy being trained (the built-in Go
+// model or a PyTorch worker, see package trainer) and performs the update of
+// one step. It is not safe for concurrent use: like the trainer it drives,
+// one goroutine drives it.
 type Learner struct {
-	cfg   Config
-	model *policy.Model
-	opt   *policy.AdamW
+	cfg Config
+	tr  trainer.Trainer
+
+	// behaviour holds the trainer's log-probs of recent fresh trajectories
+	// (Config.TrainerBehaviour), by trajectory id; order is their FIFO.
+	behaviour map[string][]float32
+	order     []string
 }
 
-// New returns a learner training model. opt may be nil for a fresh AdamW
-// built from cfg, or an optimiser restored from a checkpoint.
+// New returns a learner training the built-in model with the built-in Go
+// trainer. opt may be nil for a fresh AdamW built from cfg, or an optimiser
+// restored from a checkpoint (its moments and step count are kept, the
+// hyper-parameters come from cfg).
 func New(cfg Config, model *policy.Model, opt *policy.AdamW) (*Learner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -33,29 +42,71 @@ func New(cfg Config, model *policy.Model, opt *policy.AdamW) (*Learner, error) {
 	if model == nil {
 		return nil, fmt.Errorf("%w: nil model", ErrConfig)
 	}
-	if opt == nil {
-		var err error
-		if opt, err = policy.NewAdamW(cfg.AdamW(), model); err != nil {
-			return nil, fmt.Errorf("learner: optimiser: %w", err)
-		}
+	tr, err := trainer.NewBuiltin(model, nil, cfg.AdamW(), trainer.BuiltinOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("learner: %w", err)
 	}
-	return &Learner{cfg: cfg, model: model, opt: opt}, nil
+	if opt != nil {
+		if len(opt.M) != len(model.Params) || len(opt.V) != len(model.Params) {
+			return nil, fmt.Errorf("%w: optimiser state for %d parameters, model has %d", ErrConfig, len(opt.M), len(model.Params))
+		}
+		o, _ := tr.Optimizer(context.Background())
+		copy(o.M, opt.M)
+		copy(o.V, opt.V)
+		o.T = opt.T
+	}
+	return NewTrainer(cfg, tr)
+}
+
+// NewTrainer returns a learner training through tr, whose optimiser must
+// have been built with cfg.AdamW(). The learner does not Close tr.
+func NewTrainer(cfg Config, tr trainer.Trainer) (*Learner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if tr == nil {
+		return nil, fmt.Errorf("%w: nil trainer", ErrConfig)
+	}
+	return &Learner{cfg: cfg, tr: tr, behaviour: map[string][]float32{}}, nil
 }
 
 // Config returns the learner's configuration.
 func (l *Learner) Config() Config { return l.cfg }
 
-// Model returns the policy being trained. The caller may read it (to
-// publish weights, or Clone it for sampling) between steps.
-func (l *Learner) Model() *policy.Model { return l.model }
+// Trainer returns the trainer the learner drives.
+func (l *Learner) Trainer() trainer.Trainer { return l.tr }
 
-// Optimizer returns the AdamW state, for checkpoints.
-func (l *Learner) Optimizer() *policy.AdamW { return l.opt }
+// Model returns the built-in weights being trained, nil when the trainer
+// holds another architecture. The caller may read them (to publish
+// weights, or Clone them for sampling) between steps.
+func (l *Learner) Model() *policy.Model {
+	m, err := l.tr.Weights(context.Background())
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// Optimizer returns the AdamW state of the built-in architecture, nil for
+// another one.
+func (l *Learner) Optimizer() *policy.AdamW {
+	o, err := l.tr.Optimizer(context.Background())
+	if err != nil {
+		return nil
+	}
+	return o
+}
 
 // SelectTrajectory runs E7 with the current policy; see the function of the
 // same name.
 func (l *Learner) SelectTrajectory(cands []Rollout, rng *rand.Rand) (chosen int, ranking []Ranked, err error) {
-	return SelectTrajectory(l.model, l.cfg, cands, rng)
+	return SelectTrajectory(context.Background(), l.tr, l.cfg, cands, rng)
+}
+
+// SelectTrajectoryContext is SelectTrajectory with a context for the
+// trainer's calls.
+func (l *Learner) SelectTrajectoryContext(ctx context.Context, cands []Rollout, rng *rand.Rand) (chosen int, ranking []Ranked, err error) {
+	return SelectTrajectory(ctx, l.tr, l.cfg, cands, rng)
 }
 
 // StepInput is what one step trains on.
@@ -106,6 +157,15 @@ type StepSummary struct {
 	Tokens, ReplayedTokens        int
 	Clipped                       int // fresh tokens on the PPO clipped branch (before the delayed start)
 	StaleDropped                  int
+	// Engine/trainer mismatch, measured at the first mini-batch (before any
+	// update of the step, so w compares the trainer with the engine only):
+	// mean |log w| over its fresh tokens and the fraction of them whose w
+	// exceeded Config.TruncCap (0 when the cap is off).
+	MismatchLogW   float64
+	CappedFraction float64
+	// TrainerBehaviour is how many replayed trajectories trained with the
+	// trainer's own stored log-probs (Config.TrainerBehaviour).
+	TrainerBehaviour int
 }
 
 // Retired returns the questions whose group was all correct (E4): the
@@ -134,6 +194,11 @@ func (s StepSummary) Retired() []string {
 // a bad norm). Mini-batches after the first see the policy moved by the
 // earlier ones, which is what the ratio w corrects.
 func (l *Learner) Step(in StepInput) (StepSummary, error) {
+	return l.StepContext(context.Background(), in)
+}
+
+// StepContext is Step with a context for the trainer's calls.
+func (l *Learner) StepContext(ctx context.Context, in StepInput) (StepSummary, error) {
 	cfg := l.cfg
 	sum := StepSummary{
 		Step: in.Step, PolicyVersion: in.PolicyVersion, Mixed: in.Mixed,
@@ -156,6 +221,11 @@ func (l *Learner) Step(in StepInput) (StepSummary, error) {
 		return sum, nil
 	}
 
+	if cfg.TrainerBehaviour {
+		if err := l.recordBehaviour(ctx, in.Groups); err != nil {
+			return sum, fmt.Errorf("learner: step %d: trainer behaviour log-probs: %w", in.Step, err)
+		}
+	}
 	nb := min(cfg.MiniBatches, len(in.Groups))
 	var entSum float64
 	for b := range nb {
@@ -166,9 +236,15 @@ func (l *Learner) Step(in StepInput) (StepSummary, error) {
 		for i := b; i < len(in.Groups); i += nb {
 			mb = append(mb, in.Groups[i])
 		}
-		st, info, err := l.update(mb, in.Mixed)
+		st, info, err := l.update(ctx, mb, in.Mixed, &sum)
 		if err != nil {
 			return sum, fmt.Errorf("learner: step %d mini-batch %d: %w", in.Step, b, err)
+		}
+		if b == 0 {
+			sum.MismatchLogW = st.MeanAbsLogW
+			if f := st.Tokens - st.ReplayedTokens; f > 0 {
+				sum.CappedFraction = float64(st.Capped) / float64(f)
+			}
 		}
 		sum.Loss += st.Loss / float64(nb)
 		sum.PolicyLoss += st.PolicyLoss / float64(nb)
@@ -192,28 +268,125 @@ func (l *Learner) Step(in StepInput) (StepSummary, error) {
 }
 
 // update runs one mini-batch: forward, objective, backward, AdamW (E14).
-func (l *Learner) update(groups []Group, mixed bool) (ObjectiveStats, policy.StepInfo, error) {
+// When the trainer bounds its micro-batch tokens, the mini-batch streams
+// through it in micro-batches (forward, objective coefficients, backward
+// each) before the one optimiser step; every term of E10-E13 is
+// token-local and E13's token count N is the mini-batch's, known before the
+// first forward, so the accumulated gradient is the mini-batch's.
+func (l *Learner) update(ctx context.Context, groups []Group, mixed bool, sum *StepSummary) (ObjectiveStats, policy.StepInfo, error) {
 	var seqs []policy.Seq
 	var items []Item
 	for _, g := range groups {
 		for i, r := range g.Rollouts {
 			seqs = append(seqs, concat(r.PromptTokens, r.Tokens))
-			items = append(items, Item{Advantage: g.Advantages[i], Behaviour: r.LogProbs, Replayed: r.Replayed})
+			lb := r.LogProbs
+			if r.Replayed && l.cfg.TrainerBehaviour {
+				if own, ok := l.behaviour[r.ID]; ok && len(own) == len(r.Tokens) {
+					lb = own // E11 with the trainer's log-probs of the step that trained it
+					sum.TrainerBehaviour++
+				}
+			}
+			items = append(items, Item{Advantage: g.Advantages[i], Behaviour: lb, Replayed: r.Replayed})
 		}
 	}
-	pass, err := l.model.Forward(seqs)
+	n := trainer.Responses(seqs)
+	var st ObjectiveStats
+	var entSum, wFresh, wRep, absLogW float64
+	for _, mb := range microBatches(seqs, l.tr.Info().MicroBatchTokens) {
+		lp, ent, err := l.tr.Forward(ctx, seqs[mb[0]:mb[1]], l.cfg.temperature())
+		if err != nil {
+			return st, policy.StepInfo{}, fmt.Errorf("forward: %w", err)
+		}
+		ms, dlp, dent, err := objective(l.cfg, mixed, items[mb[0]:mb[1]], lp, ent, n)
+		if err != nil {
+			return st, policy.StepInfo{}, err
+		}
+		if err := l.tr.Backward(ctx, dlp, dent); err != nil {
+			return st, policy.StepInfo{}, fmt.Errorf("backward: %w", err)
+		}
+		st.PolicyLoss += ms.PolicyLoss
+		st.Tokens += ms.Tokens
+		st.ReplayedTokens += ms.ReplayedTokens
+		st.Clipped += ms.Clipped
+		st.Capped += ms.Capped
+		absLogW += ms.MeanAbsLogW * float64(ms.Tokens-ms.ReplayedTokens)
+		entSum += ms.MeanEntropy * float64(ms.Tokens)
+		wFresh += ms.MeanRatioFresh * float64(ms.Tokens-ms.ReplayedTokens)
+		wRep += ms.MeanRatioRep * float64(ms.ReplayedTokens)
+	}
+	if st.Tokens > 0 {
+		st.MeanEntropy = entSum / float64(st.Tokens)
+	}
+	if f := st.Tokens - st.ReplayedTokens; f > 0 {
+		st.MeanRatioFresh = wFresh / float64(f)
+		st.MeanAbsLogW = absLogW / float64(f)
+	}
+	if st.ReplayedTokens > 0 {
+		st.MeanRatioRep = wRep / float64(st.ReplayedTokens)
+	}
+	st.EntropyTerm = -l.cfg.CEnt * st.MeanEntropy // ALGORITHM.md E13
+	st.Loss = st.PolicyLoss + st.EntropyTerm
+	info, err := l.tr.Step(ctx)
 	if err != nil {
-		return ObjectiveStats{}, policy.StepInfo{}, fmt.Errorf("forward: %w", err)
+		return st, info, fmt.Errorf("optimiser step: %w", err)
 	}
-	st, dlp, dent, err := Objective(l.cfg, mixed, items, pass.LogProbs, pass.Entropies)
-	if err != nil {
-		return st, policy.StepInfo{}, err
+	return st, info, nil
+}
+
+// recordBehaviour scores the step's fresh trajectories with the trainer
+// before any update (the reference code's old log-probs) and remembers them
+// by trajectory id for when they are replayed (Config.TrainerBehaviour).
+func (l *Learner) recordBehaviour(ctx context.Context, groups []Group) error {
+	var seqs []policy.Seq
+	var ids []string
+	for _, g := range groups {
+		for _, r := range g.Rollouts {
+			if !r.Replayed && r.ID != "" {
+				seqs = append(seqs, concat(r.PromptTokens, r.Tokens))
+				ids = append(ids, r.ID)
+			}
+		}
 	}
-	l.model.ZeroGrads()
-	if err := pass.Backward(dlp, dent); err != nil {
-		return st, policy.StepInfo{}, fmt.Errorf("backward: %w", err)
+	for _, mb := range microBatches(seqs, l.tr.Info().MicroBatchTokens) {
+		lp, _, err := l.tr.Score(ctx, seqs[mb[0]:mb[1]], l.cfg.temperature())
+		if err != nil {
+			return err
+		}
+		for i, id := range ids[mb[0]:mb[1]] {
+			if _, ok := l.behaviour[id]; !ok {
+				l.order = append(l.order, id)
+			}
+			l.behaviour[id] = lp[i]
+		}
 	}
-	return st, l.opt.Step(l.model), nil
+	limit := l.cfg.BehaviourCap
+	if limit <= 0 {
+		limit = 1 << 16
+	}
+	for len(l.order) > limit {
+		delete(l.behaviour, l.order[0])
+		l.order = l.order[1:]
+	}
+	return nil
+}
+
+// microBatches splits seqs into consecutive [lo, hi) ranges of at most
+// budget packed tokens each (a longer sequence goes alone); budget 0 keeps
+// one range.
+func microBatches(seqs []policy.Seq, budget int) [][2]int {
+	if budget <= 0 || len(seqs) == 0 {
+		return [][2]int{{0, len(seqs)}}
+	}
+	var out [][2]int
+	lo, n := 0, 0
+	for i, s := range seqs {
+		if i > lo && n+len(s.Tokens) > budget {
+			out = append(out, [2]int{lo, i})
+			lo, n = i, 0
+		}
+		n += len(s.Tokens)
+	}
+	return append(out, [2]int{lo, len(seqs)})
 }
 
 func summarise(g Group) GroupSummary {

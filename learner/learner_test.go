@@ -1,6 +1,7 @@
 package learner
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -74,7 +75,7 @@ func TestSelectTrajectoryE7(t *testing.T) {
 		want int
 	}{{SelectLowestEntropy, lo}, {SelectHighestEntropy, hi}} {
 		cfg.Selection = tc.sel
-		got, ranking, err := SelectTrajectory(m, cfg, cands, nil)
+		got, ranking, err := SelectTrajectory(context.Background(), builtinOf(t, m), cfg, cands, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,12 +99,12 @@ func TestSelectTrajectoryE7(t *testing.T) {
 	}
 	// Cap of 2: only c3 and c4 are considered.
 	cfg.Selection, cfg.Candidates = SelectLowestEntropy, 2
-	got, ranking, _ := SelectTrajectory(m, cfg, cands, nil)
+	got, ranking, _ := SelectTrajectory(context.Background(), builtinOf(t, m), cfg, cands, nil)
 	if len(ranking) != 2 || got < 3 {
 		t.Errorf("cap 2: chose %d among %d ranked, want one of the two most recent", got, len(ranking))
 	}
 	cfg.Selection, cfg.Candidates = SelectRandom, 32
-	got, ranking, _ = SelectTrajectory(m, cfg, cands, rand.New(rand.NewPCG(2, 0)))
+	got, ranking, _ = SelectTrajectory(context.Background(), builtinOf(t, m), cfg, cands, rand.New(rand.NewPCG(2, 0)))
 	if got < 0 || got >= len(cands) || !math.IsNaN(ranking[0].Entropy) {
 		t.Errorf("random: chose %d, first entropy %v (want NaN: not scored)", got, ranking[0].Entropy)
 	}

@@ -29,6 +29,11 @@ type ObjectiveStats struct {
 	Clipped        int     // fresh tokens whose PPO surrogate took the clipped branch (zero gradient)
 	MeanRatioFresh float64 // mean w over fresh tokens (1 when on-policy and unchanged)
 	MeanRatioRep   float64 // mean w over replayed tokens
+	// Engine/trainer mismatch over fresh tokens (GPU.md): on the first
+	// mini-batch of a step, before any update, w is the ratio of the
+	// trainer's probability to the engine's, 1 when they agree.
+	MeanAbsLogW float64 // mean |log w| over fresh tokens
+	Capped      int     // fresh tokens whose w exceeded TruncCap (truncated)
 }
 
 // Objective evaluates the ExGRPO loss of one mini-batch and its derivatives
@@ -44,6 +49,7 @@ type ObjectiveStats struct {
 //	fresh, not mixed:  loss = -min(A*w, A*clip(w, 1-eps, 1+eps)),                        dloss/dlogp = -A*w or 0 when clipped
 //	replayed:          w = exp(logp - logp_stored),     loss = -A*f(w), f(w) = w/(w+beta), dloss/dlogp = -A*beta/(w+beta)^2 * w
 //	replayed, no shaping: loss = -A*w; replayed, no IS correction: logp_stored := logp (detached), so w = 1
+//	fresh, TruncCap C > 0: w := min(w, C) in the two fresh rows above (value and gradient, truncated IS)
 //
 // and the mini-batch loss is (E12, E13)
 //
@@ -52,6 +58,13 @@ type ObjectiveStats struct {
 // so dL/dlogp_t = dloss_t/dlogp_t / LMax and dL/dH_t = -CEnt / N. Sums run in
 // float64; the derivatives are returned as float32 in fresh slices.
 func Objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32) (ObjectiveStats, [][]float32, [][]float32, error) {
+	return objective(cfg, mixed, items, logps, ents, 0)
+}
+
+// objective is Objective for one micro-batch of a mini-batch of entTokens
+// response tokens (E13's N; 0 = the items' own count): only the entropy
+// derivative -CEnt/N depends on the rest of the mini-batch.
+func objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32, entTokens int) (ObjectiveStats, [][]float32, [][]float32, error) {
 	var st ObjectiveStats
 	if len(logps) != len(items) || len(ents) != len(items) {
 		return st, nil, nil, fmt.Errorf("%w: %d items, %d log-prob rows, %d entropy rows", ErrShape, len(items), len(logps), len(ents))
@@ -72,8 +85,11 @@ func Objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32) (O
 	}
 
 	lmax := float64(cfg.LMax)
-	entGrad := float32(-cfg.CEnt / float64(st.Tokens))
-	var sumLoss, sumEnt, sumWFresh, sumWRep float64
+	if entTokens <= 0 {
+		entTokens = st.Tokens
+	}
+	entGrad := float32(-cfg.CEnt / float64(entTokens))
+	var sumLoss, sumEnt, sumWFresh, sumWRep, sumAbsLogW float64
 	freshTokens := 0
 	for i, it := range items {
 		a := float64(it.Advantage)
@@ -103,12 +119,16 @@ func Objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32) (O
 			case mixed: // ALGORITHM.md E10, mixed mode: no clipping
 				w := math.Exp(lp - float64(lb))
 				sumWFresh += w
+				sumAbsLogW += math.Abs(lp - float64(lb))
 				freshTokens++
+				w = truncate(cfg, w, &st)
 				loss, grad = -a*w, -a*w
 			default: // ALGORITHM.md E10, before the delayed start: PPO clip
 				w := math.Exp(lp - float64(lb))
 				sumWFresh += w
+				sumAbsLogW += math.Abs(lp - float64(lb))
 				freshTokens++
+				w = truncate(cfg, w, &st)
 				unclipped := a * w
 				clipped := a * math.Min(math.Max(w, 1-cfg.Eps), 1+cfg.Eps)
 				if unclipped <= clipped {
@@ -128,9 +148,22 @@ func Objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32) (O
 	st.Loss = st.PolicyLoss + st.EntropyTerm
 	if freshTokens > 0 {
 		st.MeanRatioFresh = sumWFresh / float64(freshTokens)
+		st.MeanAbsLogW = sumAbsLogW / float64(freshTokens)
 	}
 	if st.ReplayedTokens > 0 {
 		st.MeanRatioRep = sumWRep / float64(st.ReplayedTokens)
 	}
 	return st, dLogp, dEnt, nil
+}
+
+// truncate is truncated importance sampling on a fresh token (GPU.md,
+// engine/trainer mismatch): with TruncCap > 0, w above the cap is replaced
+// by the cap in the token's loss and gradient (sg(min(w, C))·A·∇logp, the
+// estimator of verl and slime), and counted.
+func truncate(cfg Config, w float64, st *ObjectiveStats) float64 {
+	if cfg.TruncCap > 0 && w > cfg.TruncCap {
+		st.Capped++
+		return cfg.TruncCap
+	}
+	return w
 }

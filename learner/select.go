@@ -1,30 +1,33 @@
 package learner
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 
 	"github.com/exgrpo/exgrpo/policy"
+	"github.com/exgrpo/exgrpo/trainer"
 )
 
 // SelectTrajectory chooses which stored trajectory of a replayed question to
 // replay (ALGORITHM.md E7). cands are the question's stored successful
 // trajectories, oldest first; only the most recent cfg.Candidates are
 // considered. For the entropy rules the candidates are scored under the
-// current policy with one policy.ScoreShared call per distinct prompt (a
-// question's candidates normally share it), which equals policy.Score on
-// each prompt+response to float32 rounding, and a candidate's value is the
-// mean entropy of the full next-token distribution over its response
-// tokens, EOS included.
+// current policy at the sampling temperature (cfg.Temperature) with one
+// trainer ScoreShared call per distinct prompt (a question's candidates
+// normally share it), which equals Score on each prompt+response to float32
+// rounding, and a candidate's value is the mean entropy of the full
+// next-token distribution softmax(z/T) over its response tokens, EOS
+// included.
 // The random rule does not score (its ranking lists the candidates in stored
 // order with NaN entropies). rng is used by the random rule only and may be
 // nil otherwise.
 //
 // It returns the chosen position in cands and the ranking (lowest entropy
 // first for the lowest and random rules, highest first for the highest rule).
-func SelectTrajectory(m *policy.Model, cfg Config, cands []Rollout, rng *rand.Rand) (chosen int, ranking []Ranked, err error) {
+func SelectTrajectory(ctx context.Context, tr trainer.Trainer, cfg Config, cands []Rollout, rng *rand.Rand) (chosen int, ranking []Ranked, err error) {
 	if len(cands) == 0 {
 		return -1, nil, fmt.Errorf("%w: no candidate trajectory to replay", ErrGroup)
 	}
@@ -47,7 +50,7 @@ func SelectTrajectory(m *policy.Model, cfg Config, cands []Rollout, rng *rand.Ra
 			for j, i := range idx {
 				responses[j] = pool[i].Tokens
 			}
-			_, ents, err := m.ScoreShared(pool[idx[0]].PromptTokens, responses)
+			_, ents, err := tr.ScoreShared(ctx, pool[idx[0]].PromptTokens, responses, cfg.temperature())
 			if err != nil {
 				return -1, nil, fmt.Errorf("learner: score replay candidates: %w", err)
 			}

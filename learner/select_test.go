@@ -1,6 +1,7 @@
 package learner
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -33,7 +34,7 @@ func TestSelectTrajectoryMixedPrompts(t *testing.T) {
 	}
 	cfg := DefaultConfig()
 	cfg.Selection = SelectLowestEntropy
-	got, ranking, err := SelectTrajectory(m, cfg, cands, nil)
+	got, ranking, err := SelectTrajectory(context.Background(), builtinOf(t, m), cfg, cands, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +60,7 @@ func TestSelectTrajectoryRejectsUnscorable(t *testing.T) {
 		{ID: "long", PromptTokens: []int32{tBOS, 3}, Tokens: make([]int32, 15), Reward: 1},
 		{ID: "no prompt", Tokens: []int32{4, tEOS}, Reward: 1},
 	} {
-		_, _, err := SelectTrajectory(m, DefaultConfig(), []Rollout{ok, bad}, nil)
+		_, _, err := SelectTrajectory(context.Background(), builtinOf(t, m), DefaultConfig(), []Rollout{ok, bad}, nil)
 		if !errors.Is(err, policy.ErrInput) {
 			t.Errorf("%s: error %v, want policy.ErrInput", bad.ID, err)
 		}

@@ -52,8 +52,29 @@ type Config struct {
 	EvalSamples      int    `json:"eval_samples"`      // samples per held-out question for pass@1; default 4
 	EvalSeed         uint64 `json:"eval_seed"`         // sampling seed of every evaluation; default 7
 
+	// Trainer is the learner's trainer backend: TrainerGo (default, the
+	// built-in Go model in process) or TrainerTorch (the PyTorch worker,
+	// package trainer/torch, on the same built-in weights).
+	Trainer string       `json:"trainer"`
+	Torch   TorchOptions `json:"torch"` // with TrainerTorch
+
 	MetricsAddr string `json:"metrics_addr"` // Prometheus /metrics listen address; "" = off
 	NATSPort    int    `json:"nats_port"`    // embedded server port; default -1 (a free one)
+}
+
+// Trainer backends of Config.Trainer.
+const (
+	TrainerGo    = "go"
+	TrainerTorch = "torch"
+)
+
+// TorchOptions configure the PyTorch worker of TrainerTorch.
+type TorchOptions struct {
+	Python           string `json:"python"`             // interpreter with torch, numpy, msgpack; "" = $EXGRPO_PYTHON, then /usr/bin/python3
+	Device           string `json:"device"`             // torch device; default cpu
+	Threads          int    `json:"threads"`            // torch (and BLAS) threads; 0 = torch's default; default 1
+	MicroBatchTokens int    `json:"micro_batch_tokens"` // tokens per forward with gradient; 0 = whole mini-batches
+	Socket           string `json:"socket"`             // connect to a worker already listening here (torchrun) instead of starting one
 }
 
 // DefaultConfig is `exgrpo run` without flags: ExGRPO on the built-in task,
@@ -64,7 +85,7 @@ type Config struct {
 func DefaultConfig() Config {
 	c := Config{RunID: "local", Algo: AlgoExGRPO, Learner: lsvc.DefaultConfig(), Replay: rsvc.DefaultConfig(),
 		Actors: 1, Verifiers: 1, Pretrain: task.DefaultPretrainConfig(),
-		TrainQuestions: 4000, HeldOutQuestions: 400, EvalSamples: 4, EvalSeed: 7, NATSPort: -1}
+		TrainQuestions: 4000, HeldOutQuestions: 400, EvalSamples: 4, EvalSeed: 7, NATSPort: -1, Trainer: TrainerGo}
 	// Tuned on the built-in task and base model (docs/benchmarks/run.md):
 	// AdamW moves every parameter by about lr per update, and at 1e-3 the
 	// 111k-parameter policy collapses within ten steps, at 2e-4 it drifts;
@@ -77,6 +98,10 @@ func DefaultConfig() Config {
 	c.Learner.MaxNew = task.TrainMaxNew
 	c.Learner.CheckpointEvery = 50
 	c.Learner.EvalEvery = 50
+	// With --trainer torch on CPU: one torch thread. The built-in model is
+	// small, and more threads (torch's and BLAS's pools) only contend with
+	// the actors for the same cores (measured in BENCHMARKS.md).
+	c.Torch.Threads = 1
 	return c
 }
 
@@ -97,6 +122,9 @@ func (c *Config) Normalize() {
 	}
 	if c.Algo == "" {
 		c.Algo = AlgoExGRPO
+	}
+	if c.Trainer == "" {
+		c.Trainer = TrainerGo
 	}
 	if c.Algo == AlgoOnPolicy {
 		c.Learner.Learner.OnPolicyOnly = true
@@ -120,6 +148,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: RunDir is required (--run-dir)", ErrConfig)
 	case c.Algo != AlgoExGRPO && c.Algo != AlgoOnPolicy:
 		return fmt.Errorf("%w: Algo %q: want %q or %q", ErrConfig, c.Algo, AlgoExGRPO, AlgoOnPolicy)
+	case c.Trainer != TrainerGo && c.Trainer != TrainerTorch:
+		return fmt.Errorf("%w: Trainer %q: want %q or %q (--trainer)", ErrConfig, c.Trainer, TrainerGo, TrainerTorch)
 	case c.Learner.Steps < 1:
 		return fmt.Errorf("%w: Steps %d: a run needs at least 1 step (--steps)", ErrConfig, c.Learner.Steps)
 	case c.Actors < 1 || c.Verifiers < 1:

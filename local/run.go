@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +22,8 @@ import (
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"github.com/exgrpo/exgrpo/rundir"
 	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/trainer"
+	"github.com/exgrpo/exgrpo/trainer/torch"
 	"github.com/exgrpo/exgrpo/verifier/worker"
 	"go.uber.org/zap"
 )
@@ -304,7 +307,14 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 	lreg := reg("learner")
 	bar := progress.New(out, "training", cfg.Learner.Steps, 25)
 	heldOut := math.NaN()
-	learnerSvc, err := lsvc.New(cfg.Learner, lsvc.Deps{Bus: lb, Model: base.Model, Tokenizer: base.Tokenizer, Problems: train,
+	tr, err := StartTrainer(ctx, cfg, base, log)
+	if err != nil {
+		return err
+	}
+	if tr != nil {
+		defer tr.Close()
+	}
+	learnerSvc, err := lsvc.New(cfg.Learner, lsvc.Deps{Bus: lb, Model: base.Model, Tokenizer: base.Tokenizer, Problems: train, Trainer: tr,
 		Evaluate: evaluate, Metrics: lsvc.NewMetrics(lreg.Registerer()), Log: log.Named("learner"),
 		OnStep: func(r lsvc.StepResult) {
 			pool := poolStats(ctx, replaySvc, r.Summary.Step)
@@ -388,4 +398,44 @@ func fmtAcc(x float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.3f", x)
+}
+
+// StartTrainer starts the PyTorch worker on the base weights for
+// TrainerTorch (nil for TrainerGo: the learner service trains the built-in
+// model in process).
+func StartTrainer(ctx context.Context, cfg Config, base policy.Checkpoint, log *zap.Logger) (trainer.Trainer, error) {
+	if cfg.Trainer != TrainerTorch {
+		return nil, nil
+	}
+	o := torch.Options{Python: cfg.Torch.Python, Device: cfg.Torch.Device, Threads: cfg.Torch.Threads,
+		MicroBatchTokens: cfg.Torch.MicroBatchTokens, Stderr: &zapWriter{log.Named("torchworker")}}
+	adam := cfg.Learner.Learner.AdamW()
+	if cfg.Torch.Socket != "" {
+		tr, err := torch.Connect(ctx, o, cfg.Torch.Socket, adam)
+		if err != nil {
+			return nil, fmt.Errorf("local: torch trainer: %w", err)
+		}
+		if err := tr.Restore(ctx, base.Model, nil); err != nil {
+			tr.Close()
+			return nil, fmt.Errorf("local: torch trainer: %w", err)
+		}
+		return tr, nil
+	}
+	tr, err := torch.StartBuiltin(ctx, o, base, adam)
+	if err != nil {
+		return nil, fmt.Errorf("local: torch trainer: %w", err)
+	}
+	return tr, nil
+}
+
+// zapWriter logs the worker's stderr lines at info level.
+type zapWriter struct{ log *zap.Logger }
+
+func (w *zapWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		if line != "" {
+			w.log.Info(line)
+		}
+	}
+	return len(p), nil
 }

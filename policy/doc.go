@@ -3,15 +3,16 @@
 // with everything the RL loop needs from a language model and nothing else.
 //
 //   - Sample draws responses for a batch of prompts with a KV cache, at a
-//     sampling temperature and optional top-p, and records for every
-//     generated token the log-probability of that token and the entropy of
-//     the whole next-token distribution, both under the temperature-1
-//     distribution (the model's own softmax, whatever temperature was used
-//     for drawing).
-//   - Score recomputes exactly those records for given prompt+response
-//     sequences (no gradients); ScoreShared does the same for several
-//     responses to one prompt, running the prompt once.
-//   - Forward / Pass.Backward differentiate any token-level loss: the
+//     sampling temperature T (no top-p: a nucleus is refused), and records
+//     for every generated token the log-probability of that token and the
+//     entropy of the whole next-token distribution, both under the
+//     distribution it drew from, softmax(z/T).
+//   - ScoreAt recomputes exactly those records at the same temperature for
+//     given prompt+response sequences (no gradients); ScoreSharedAt does the
+//     same for several responses to one prompt, running the prompt once.
+//     Score and ScoreShared are the T = 1 cases.
+//   - ForwardAt / Pass.Backward differentiate any token-level loss at a
+//     temperature (Forward: T = 1): the
 //     caller supplies dL/dlogp and dL/dentropy per response token and the
 //     gradients accumulate into Model.Grads.
 //   - AdamW with global-norm clipping and skip-on-bad-gradient steps.

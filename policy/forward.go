@@ -79,8 +79,8 @@ type layerActs struct {
 }
 
 // Pass is one forward pass over a batch, holding what Backward needs.
-// LogProbs and Entropies are per sequence, per response token, at
-// temperature 1. A Pass belongs to the Model that made it; the Model's
+// LogProbs and Entropies are per sequence, per response token, of
+// softmax(z/T) at the pass's temperature T (1 for Forward). A Pass belongs to the Model that made it; the Model's
 // parameters must not change between Forward and Backward.
 type Pass struct {
 	LogProbs, Entropies [][]float32
@@ -96,6 +96,7 @@ type Pass struct {
 	logits  []float32 // (M, V)
 	lse     []float64 // (M) log-sum-exp of each logits row
 	ent     []float32 // (M) entropies (private copy: callers may edit Entropies)
+	temp    float32   // T: logits holds z/T
 	done    bool
 }
 
@@ -114,15 +115,23 @@ func (m *Model) passSize(pk packing) int {
 	return N*C + m.Config.Layers*perLayer + M*C + 2*M + M*V
 }
 
-// Forward runs the batch and keeps activations for one Backward.
-func (m *Model) Forward(seqs []Seq) (*Pass, error) {
+// Forward is ForwardAt at temperature 1.
+func (m *Model) Forward(seqs []Seq) (*Pass, error) { return m.ForwardAt(seqs, 1) }
+
+// ForwardAt runs the batch and keeps activations for one Backward. The
+// log-probs and entropies are those of softmax(z/temp), the distribution an
+// actor sampling at temp drew from; temp must be > 0.
+func (m *Model) ForwardAt(seqs []Seq, temp float32) (*Pass, error) {
+	if err := checkTemp(temp); err != nil {
+		return nil, err
+	}
 	pk, err := m.pack(seqs)
 	if err != nil {
 		return nil, err
 	}
 	cfg := m.Config
 	C, V, N, M := cfg.Width, cfg.Vocab, pk.n, pk.m
-	ps := &Pass{m: m, pk: pk}
+	ps := &Pass{m: m, pk: pk, temp: temp}
 	ps.arena = m.arena(m.passSize(pk))
 	cv := carver{ps.arena}
 	ps.encoded = cv.take(N * C)
@@ -162,6 +171,7 @@ func (m *Model) Forward(seqs []Seq) (*Pass, error) {
 		layernormForward(ps.lnf[r*C:r*C+C], ps.lnfMean[r:r+1], ps.lnfRstd[r:r+1], res[int(row)*C:int(row)*C+C], m.p.lnfw, m.p.lnfb, 1, C)
 	}
 	matmulForward(ps.logits, ps.lnf, m.p.wout, nil, M, C, V)
+	scaleLogits(ps.logits, temp) // from here on, logits are s = z/T
 
 	ps.LogProbs = make([][]float32, len(seqs))
 	ps.Entropies = make([][]float32, len(seqs))
@@ -331,8 +341,8 @@ func (ps *Pass) Backward(dLogProbs, dEntropies [][]float32) error {
 	cfg := m.Config
 	C, V, N, M := cfg.Width, cfg.Vocab, pk.n, pk.m
 
-	// dlogits (M, V): for p = softmax(z), ∂logp_y/∂z = onehot(y) − p and
-	// ∂H/∂z = −p·(log p + H).
+	// dlogits (M, V): for p = softmax(s), s = z/T, ∂logp_y/∂s = onehot(y) − p
+	// and ∂H/∂s = −p·(log p + H); then ∂/∂z = (∂/∂s)/T.
 	scratch := m.arena(M*V + N*C + M*C + N*4*C + N*C)
 	defer m.recycle(scratch)
 	cv := carver{scratch}
@@ -359,6 +369,7 @@ func (ps *Pass) Backward(dLogProbs, dEntropies [][]float32) error {
 			dz[pk.targets[r]] += float32(gl)
 		}
 	}
+	scaleLogits(dlogits, ps.temp)
 
 	// Buffers reused across layers.
 	dres := cv.take(N * C) // (N, C) dL/d residual stream

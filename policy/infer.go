@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"slices"
 )
 
 // This file is inference without gradients: sampling with a KV cache and
@@ -168,11 +167,17 @@ func (m *Model) infer(kv *kvCache, pw *packedWeights, bufs inferBufs, slots, cou
 // scoreChunkTokens bounds the tokens Score runs at once (memory, cache reuse).
 const scoreChunkTokens = 4096
 
-// Score returns, per sequence and per response token, the temperature-1
-// log-prob of the token and the entropy of the temperature-1 next-token
-// distribution, without keeping activations. For the tokens Sample drew, it
-// equals Sample's records within 1e-5.
-func (m *Model) Score(seqs []Seq) (logps, ents [][]float32, err error) {
+// Score is ScoreAt at temperature 1.
+func (m *Model) Score(seqs []Seq) (logps, ents [][]float32, err error) { return m.ScoreAt(seqs, 1) }
+
+// ScoreAt returns, per sequence and per response token, the log-prob of the
+// token and the entropy of the next-token distribution softmax(z/temp),
+// without keeping activations. For the tokens Sample drew at temperature
+// temp, it equals Sample's records within 1e-5. temp must be > 0.
+func (m *Model) ScoreAt(seqs []Seq, temp float32) (logps, ents [][]float32, err error) {
+	if err := checkTemp(temp); err != nil {
+		return nil, nil, err
+	}
 	cfg := m.Config
 	V := cfg.Vocab
 	if _, err := m.pack(seqs); err != nil { // validation only
@@ -201,6 +206,7 @@ func (m *Model) Score(seqs []Seq) (logps, ents [][]float32, err error) {
 		kv := m.newKV(len(chunk), tmax, true)
 		logits := make([]float32, len(rows)*V)
 		m.infer(&kv, &pw, m.newInferBufs(n, len(rows)), slots, counts, past, tokens, rows, logits)
+		scaleLogits(logits, temp)
 		r := 0
 		for i, s := range chunk {
 			k := len(s.Tokens) - s.PromptLen
@@ -219,18 +225,23 @@ func (m *Model) Score(seqs []Seq) (logps, ents [][]float32, err error) {
 // SampleOptions control Sample.
 type SampleOptions struct {
 	Temperature float32 // sampling temperature > 0; 0 means 1
-	TopP        float32 // nucleus mass in (0, 1); 0 or 1 = off
-	MaxNew      int     // max response tokens per prompt; 0 = up to Context
-	EOS         int32   // token that ends a response (Tokenizer.EOS()); negative = never stop early
+	// TopP must be 0 or 1 (off). A nucleus below 1 is refused: the trainer
+	// scores the full softmax(z/T), so tokens drawn from a truncated
+	// distribution would carry behaviour log-probs that no trainer
+	// reproduces, and E10's ratio would be wrong.
+	TopP   float32
+	MaxNew int   // max response tokens per prompt; 0 = up to Context
+	EOS    int32 // token that ends a response (Tokenizer.EOS()); negative = never stop early
 }
 
-// Sampled is one response. LogProbs and Entropies refer to the
-// temperature-1 distribution softmax(logits), whatever Temperature and TopP
-// were used to draw the token: they are what Score and Forward compute.
+// Sampled is one response. LogProbs and Entropies refer to the distribution
+// the token was drawn from, softmax(logits/Temperature): they are what
+// ScoreAt and ForwardAt compute at the same temperature, so the learner's
+// ratios (E10, E11) and E7's entropies see the behaviour policy as it was.
 type Sampled struct {
 	Tokens    []int32   // response tokens, EOS included if emitted
-	LogProbs  []float32 // per response token: log-prob of the sampled token under the T=1 distribution
-	Entropies []float32 // per response token: entropy of the full T=1 next-token distribution
+	LogProbs  []float32 // per response token: log-prob of the sampled token under softmax(z/T)
+	Entropies []float32 // per response token: entropy of the full softmax(z/T) next-token distribution
 	Finish    string    // "eos" or "length"
 }
 
@@ -251,16 +262,13 @@ func (m *Model) Sample(prompts [][]int32, opts SampleOptions, rng *rand.Rand) ([
 	switch {
 	case math.IsNaN(temp) || temp < 0:
 		return nil, fmt.Errorf("%w: Temperature %v must be ≥ 0 (0 means 1)", ErrInput, opts.Temperature)
-	case math.IsNaN(topP) || topP < 0 || topP > 1:
-		return nil, fmt.Errorf("%w: TopP %v must be in [0, 1] (0 or 1 = off)", ErrInput, opts.TopP)
+	case topP != 0 && topP != 1:
+		return nil, fmt.Errorf("%w: TopP %v refused: only 0 or 1 (off) is supported, since the trainer scores the full softmax(z/T) and a nucleus would make the recorded log-probs wrong", ErrInput, opts.TopP)
 	case opts.MaxNew < 0:
 		return nil, fmt.Errorf("%w: MaxNew %d < 0", ErrInput, opts.MaxNew)
 	}
 	if temp == 0 {
 		temp = 1
-	}
-	if topP == 1 {
-		topP = 0
 	}
 	B := len(prompts)
 	budget := make([]int, B)
@@ -306,18 +314,13 @@ func (m *Model) Sample(prompts [][]int32, opts SampleOptions, rng *rand.Rand) ([
 
 	active := slots // indices of unfinished prompts, in prompt order
 	weights := make([]float64, V)
-	order := make([]int, V)
 	for len(active) > 0 {
 		next := active[:0:0]
 		for a, i := range active {
 			z := logits[a*V : a*V+V]
+			scaleLogits(z, float32(temp)) // the distribution drawn from is the one recorded
 			mx, sum, sz := softmaxFill(z, weights)
-			var y int
-			if temp == 1 {
-				y = drawWeighted(weights, sum, topP, rng.Float64(), order)
-			} else {
-				y = drawToken(z, temp, topP, rng, weights, order)
-			}
+			y := drawWeighted(weights, sum, rng.Float64())
 			lp, ent, _ := statsFrom(z, y, mx, sum, sz)
 			s := &out[i]
 			s.Tokens = append(s.Tokens, int32(y))
@@ -349,65 +352,36 @@ func (m *Model) Sample(prompts [][]int32, opts SampleOptions, rng *rand.Rand) ([
 	return out, nil
 }
 
-// drawToken samples from softmax(z/temp), restricted to the smallest set of
-// most likely tokens whose mass reaches topP when topP > 0. weights and
-// order are scratch of length V.
-func drawToken(z []float32, temp, topP float64, rng *rand.Rand, weights []float64, order []int) int {
-	mx := z[0]
-	for _, v := range z[1:] {
-		mx = max(mx, v)
-	}
-	var sum float64
-	for v, zv := range z {
-		w := math.Exp(float64(zv-mx) / temp)
-		weights[v] = w
-		sum += w
-	}
-	return drawWeighted(weights, sum, topP, rng.Float64(), order)
-}
-
 // drawWeighted picks index v with probability weights[v]/sum (u uniform in
-// [0, 1)), over the top-p nucleus when topP > 0.
-func drawWeighted(weights []float64, sum, topP, u float64, order []int) int {
-	if topP <= 0 {
-		target := u * sum
-		var cum float64
-		for v, w := range weights {
-			cum += w
-			if cum > target {
-				return v
-			}
-		}
-		return len(weights) - 1
-	}
-	for v := range order {
-		order[v] = v
-	}
-	slices.SortFunc(order, func(a, b int) int {
-		switch {
-		case weights[a] > weights[b]:
-			return -1
-		case weights[a] < weights[b]:
-			return 1
-		}
-		return a - b
-	})
-	var kept float64
-	k := 0
-	for k < len(order) {
-		kept += weights[order[k]]
-		k++
-		if kept >= topP*sum {
-			break
-		}
-	}
-	target := u * kept
+// [0, 1)).
+func drawWeighted(weights []float64, sum, u float64) int {
+	target := u * sum
 	var cum float64
-	for _, v := range order[:k] {
-		cum += weights[v]
+	for v, w := range weights {
+		cum += w
 		if cum > target {
 			return v
 		}
 	}
-	return order[k-1]
+	return len(weights) - 1
+}
+
+// scaleLogits divides logits by temp in place (z/T of softmax(z/T)); T = 1
+// leaves them untouched, bit for bit.
+func scaleLogits(z []float32, temp float32) {
+	if temp == 1 {
+		return
+	}
+	inv := 1 / temp
+	for i := range z {
+		z[i] *= inv
+	}
+}
+
+// checkTemp rejects a temperature that is not a finite positive number.
+func checkTemp(temp float32) error {
+	if !(temp > 0) || math.IsInf(float64(temp), 0) {
+		return fmt.Errorf("%w: temperature %v must be finite and > 0", ErrInput, temp)
+	}
+	return nil
 }

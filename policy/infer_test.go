@@ -38,9 +38,12 @@ func samplePrompts(rng *rand.Rand, cfg Config, n int) [][]int32 {
 }
 
 // TestSampleAgreesWithRecompute checks the KV-cache sampler against two full
-// recomputations of the same sequences without a cache: Score (the inference
-// kernels, one pass over the whole sequence) and Forward (the training
-// kernels). Tolerance 1e-5 absolute on log-probs and entropies.
+// recomputations of the same sequences without a cache at the sampling
+// temperature: ScoreAt (the inference kernels, one pass over the whole
+// sequence) and ForwardAt (the training kernels). Tolerance 1e-5 absolute on
+// log-probs and entropies. At T != 1 it also checks that the records are not
+// those of T = 1 (they differ by more than 1e-2 somewhere), which is what
+// the sampler recorded before the temperature fix.
 func TestSampleAgreesWithRecompute(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -48,7 +51,8 @@ func TestSampleAgreesWithRecompute(t *testing.T) {
 		opts SampleOptions
 	}{
 		{"T=1 tied", tinyConfig(true), SampleOptions{Temperature: 1, MaxNew: 9, EOS: eosID}},
-		{"T=0.6 top-p 0.9 untied", tinyConfig(false), SampleOptions{Temperature: 0.6, TopP: 0.9, MaxNew: 9, EOS: eosID}},
+		{"T=0.6 untied", tinyConfig(false), SampleOptions{Temperature: 0.6, MaxNew: 9, EOS: eosID}},
+		{"T=0.5 top-p 1 tied", tinyConfig(true), SampleOptions{Temperature: 0.5, TopP: 1, MaxNew: 9, EOS: eosID}},
 		{"T=1.5 no EOS", tinyConfig(true), SampleOptions{Temperature: 1.5, MaxNew: 8, EOS: -1}},
 		{"wide", Config{Vocab: 20, Context: 40, Layers: 3, Width: 48, Heads: 4}, SampleOptions{MaxNew: 30, EOS: eosID}},
 	} {
@@ -87,9 +91,22 @@ func TestSampleAgreesWithRecompute(t *testing.T) {
 			if tc.opts.EOS < 0 && eos > 0 {
 				t.Errorf("%d samples stopped at EOS with EOS disabled", eos)
 			}
-			slp, sen, err := m.Score(seqs)
+			temp := tc.opts.Temperature
+			if temp == 0 {
+				temp = 1
+			}
+			slp, sen, err := m.ScoreAt(seqs, temp)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if temp != 1 {
+				lp1, _, err := m.Score(seqs)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if d := maxDiff(t, lp, lp1); d < 1e-2 {
+					t.Errorf("records at T=%v are within %g of the T=1 log-probs: the temperature is not reflected", temp, d)
+				}
 			}
 			if d := maxDiff(t, lp, slp); d > 1e-5 {
 				t.Errorf("Sample vs Score log-probs differ by %g", d)
@@ -97,7 +114,7 @@ func TestSampleAgreesWithRecompute(t *testing.T) {
 			if d := maxDiff(t, en, sen); d > 1e-5 {
 				t.Errorf("Sample vs Score entropies differ by %g", d)
 			}
-			ps, err := m.Forward(seqs)
+			ps, err := m.ForwardAt(seqs, temp)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,7 +164,7 @@ func TestSampleDeterministic(t *testing.T) {
 	cfg := tinyConfig(true)
 	m := newTestModel(t, cfg, 3)
 	prompts := samplePrompts(rand.New(rand.NewPCG(9, 9)), cfg, 20)
-	opts := SampleOptions{Temperature: 0.8, TopP: 0.95, MaxNew: 8, EOS: eosID}
+	opts := SampleOptions{Temperature: 0.8, MaxNew: 8, EOS: eosID}
 	a, err := m.Sample(prompts, opts, rand.New(rand.NewPCG(4, 4)))
 	if err != nil {
 		t.Fatal(err)
@@ -163,24 +180,17 @@ func TestSampleDeterministic(t *testing.T) {
 	}
 }
 
-// TestTopPRestricts: with TopP tiny, only the most likely token may be drawn.
-func TestTopPRestricts(t *testing.T) {
+// TestDrawFrequencies: every token appears with its softmax probability
+// (tolerance 0.02 absolute on frequencies from 20000 draws).
+func TestDrawFrequencies(t *testing.T) {
 	z := []float32{0.1, 2, 1.9, -1, 0.5}
 	rng := rand.New(rand.NewPCG(1, 2))
-	w, o := make([]float64, len(z)), make([]int, len(z))
+	w := make([]float64, len(z))
 	counts := make([]int, len(z))
-	for range 2000 {
-		counts[drawToken(z, 1, 1e-6, rng, w, o)]++
-	}
-	if counts[1] != 2000 {
-		t.Errorf("top-p 1e-6 drew %v, want only token 1", counts)
-	}
-	clear(counts)
+	_, sum, _ := softmaxFill(z, w)
 	for range 20000 {
-		counts[drawToken(z, 1, 0, rng, w, o)]++
+		counts[drawWeighted(w, sum, rng.Float64())]++
 	}
-	// Without top-p every token appears with its softmax probability
-	// (tolerance 0.02 absolute on frequencies from 20000 draws).
 	_, _, lse := softmaxStats(z, -1)
 	for v := range z {
 		p := math.Exp(float64(z[v]) - lse)
@@ -203,6 +213,7 @@ func TestSampleRejectsBadInput(t *testing.T) {
 		{"bad token", [][]int32{{1, 99}}, SampleOptions{MaxNew: 2}},
 		{"negative temperature", [][]int32{{1}}, SampleOptions{Temperature: -1, MaxNew: 2}},
 		{"top-p above 1", [][]int32{{1}}, SampleOptions{TopP: 1.5, MaxNew: 2}},
+		{"top-p below 1 refused", [][]int32{{1}}, SampleOptions{TopP: 0.9, MaxNew: 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := m.Sample(tc.prompts, tc.opts, rng); err == nil {

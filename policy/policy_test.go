@@ -38,9 +38,9 @@ func randomSeqs(rng *rand.Rand, cfg Config, lens, prompts []int) []Seq {
 }
 
 // weightedLoss is L = Σ a·logp + Σ b·entropy in float64.
-func weightedLoss(t testing.TB, m *Model, seqs []Seq, a, b [][]float32) float64 {
+func weightedLoss(t testing.TB, m *Model, seqs []Seq, a, b [][]float32, temp float32) float64 {
 	t.Helper()
-	lp, en, err := m.Score(seqs)
+	lp, en, err := m.ScoreAt(seqs, temp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,14 +65,17 @@ func TestGradientCheck(t *testing.T) {
 		lens    []int
 		prompts []int
 		entOnly bool
-		width   int // 0 = tinyConfig's 16 (head size 8, the vector paths)
+		width   int     // 0 = tinyConfig's 16 (head size 8, the vector paths)
+		temp    float32 // 0 = 1
 	}{
-		{"tied", true, []int{9, 5, 14}, []int{3, 1, 6}, false, 0},
-		{"untied", false, []int{7, 12}, []int{2, 4}, false, 0},
-		{"entropy only", true, []int{8, 6}, []int{3, 2}, true, 0},
-		{"logp only", false, []int{10, 3}, []int{5, 1}, false, 0},
-		{"head size 6", true, []int{11, 4}, []int{2, 3}, false, 12},
-		{"head size 24", false, []int{6, 13}, []int{1, 5}, false, 48},
+		{"tied", true, []int{9, 5, 14}, []int{3, 1, 6}, false, 0, 0},
+		{"untied", false, []int{7, 12}, []int{2, 4}, false, 0, 0},
+		{"entropy only", true, []int{8, 6}, []int{3, 2}, true, 0, 0},
+		{"logp only", false, []int{10, 3}, []int{5, 1}, false, 0, 0},
+		{"head size 6", true, []int{11, 4}, []int{2, 3}, false, 12, 0},
+		{"head size 24", false, []int{6, 13}, []int{1, 5}, false, 48, 0},
+		{"T=0.5", true, []int{9, 5, 14}, []int{3, 1, 6}, false, 0, 0.5},
+		{"T=1.7 untied", false, []int{7, 12}, []int{2, 4}, false, 0, 1.7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tinyConfig(tc.tied)
@@ -95,7 +98,11 @@ func TestGradientCheck(t *testing.T) {
 					}
 				}
 			}
-			ps, err := m.Forward(seqs)
+			temp := tc.temp
+			if temp == 0 {
+				temp = 1
+			}
+			ps, err := m.ForwardAt(seqs, temp)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -128,9 +135,9 @@ func TestGradientCheck(t *testing.T) {
 					p := &m.Params[s.Offset+i]
 					orig := *p
 					*p = orig + eps
-					lp := weightedLoss(t, m, seqs, a, b)
+					lp := weightedLoss(t, m, seqs, a, b, temp)
 					*p = orig - eps
-					lm := weightedLoss(t, m, seqs, a, b)
+					lm := weightedLoss(t, m, seqs, a, b, temp)
 					*p = orig
 					num := (lp - lm) / (2 * eps)
 					ana := float64(m.Grads[s.Offset+i])

@@ -7,10 +7,15 @@ import "fmt"
 // and all of them share the question's prompt: Score would run the prompt
 // once per candidate, ScoreShared runs it once in all.
 
-// ScoreShared returns what Score returns for the sequences prompt+responses[i]
-// (PromptLen = len(prompt)), for every i: per response token, the
-// temperature-1 log-prob of the token and the entropy of the temperature-1
-// next-token distribution. The results agree with Score's to float32
+// ScoreShared is ScoreSharedAt at temperature 1.
+func (m *Model) ScoreShared(prompt []int32, responses [][]int32) (logps, ents [][]float32, err error) {
+	return m.ScoreSharedAt(prompt, responses, 1)
+}
+
+// ScoreSharedAt returns what ScoreAt returns for the sequences
+// prompt+responses[i] (PromptLen = len(prompt)), for every i: per response
+// token, the log-prob of the token and the entropy of the next-token
+// distribution softmax(z/temp). The results agree with Score's to float32
 // rounding (the same kernels run on the same rows; tested within 1e-5).
 //
 // Shapes: prompt (P) with P ≥ 1 (it starts with BOS); responses[i] (k_i) with
@@ -27,7 +32,10 @@ import "fmt"
 // products see many rows. The last prompt token is computed once per
 // candidate: that costs one row each and keeps every candidate's row count
 // at k_i ≥ 1.
-func (m *Model) ScoreShared(prompt []int32, responses [][]int32) (logps, ents [][]float32, err error) {
+func (m *Model) ScoreSharedAt(prompt []int32, responses [][]int32, temp float32) (logps, ents [][]float32, err error) {
+	if err := checkTemp(temp); err != nil {
+		return nil, nil, err
+	}
 	cfg := m.Config
 	C, V := cfg.Width, cfg.Vocab
 	P := len(prompt)
@@ -117,6 +125,7 @@ func (m *Model) ScoreShared(prompt []int32, responses [][]int32) (logps, ents []
 			rows[r] = int32(r)
 		}
 		m.infer(&kv, &pw, bufs, slotIDs, counts, past, tokens, rows, logits)
+		scaleLogits(logits[:len(rows)*V], temp)
 		lp, en := make([]float32, len(rows)), make([]float32, len(rows)) // (M)
 		parallelRange(len(rows), 64, func(lo, hi int) {
 			for r := lo; r < hi; r++ {

@@ -15,7 +15,7 @@ type Task struct {
 	Samples    int     `msgpack:"n"`      // K fresh, or K-1 for a replayed question (ALGORITHM.md E8)
 	MinVersion int64   `msgpack:"minv"`   // actors must sample with at least this policy version
 	MaxNew     int     `msgpack:"maxnew"` // response token cap
-	Temp       float32 `msgpack:"temp"`   // sampling temperature (log-probs are recorded at T=1, see policy)
+	Temp       float32 `msgpack:"temp"`   // sampling temperature T (log-probs and entropies are recorded under softmax(z/T), see policy)
 	Seed       int64   `msgpack:"seed"`   // base seed; sample i uses Seed+i, so a redelivered task samples the same
 }
 
@@ -33,8 +33,8 @@ type Trajectory struct {
 	ActorID       string   `msgpack:"actor"` // who sampled it
 	PromptTokens  Int32s   `msgpack:"pt"`
 	Tokens        Int32s   `msgpack:"tok"`    // response token ids, EOS included when emitted
-	LogProbs      Float32s `msgpack:"lp"`     // per response token, behaviour log-prob at T=1
-	Entropies     Float32s `msgpack:"ent"`    // per response token, entropy of the full T=1 distribution
+	LogProbs      Float32s `msgpack:"lp"`     // per response token, behaviour log-prob under softmax(z/T) at the task's T
+	Entropies     Float32s `msgpack:"ent"`    // per response token, entropy of the full softmax(z/T) distribution
 	Text          string   `msgpack:"text"`   // decoded response
 	Finish        string   `msgpack:"finish"` // "eos" or "length"
 	Answer        string   `msgpack:"gold"`   // copied from the task

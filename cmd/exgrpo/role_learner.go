@@ -27,6 +27,7 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	bf := addBusFlags(fs)
 	c := local.DefaultConfig()
 	trainFlags(fs, &c)
+	trainerFlags(fs, &c)
 	ckptDir := fs.String("checkpoint-dir", "checkpoints", "where checkpoints are written (and read with --resume)")
 	resume := &resumeFlag{}
 	fs.Var(resume, "resume", "continue from checkpoint-dir/latest.safetensors at the step after it; "+
@@ -92,6 +93,21 @@ func runLearnerRole(ctx context.Context, args []string) error {
 		}}
 	if *eval {
 		deps.Evaluate = local.Evaluator(c, heldout)
+	}
+	if c.Trainer == local.TrainerTorch && ck.Model == nil {
+		// Resuming: the worker starts on the checkpoint's weights; the
+		// service then restores them and the optimiser state into it.
+		if ck, err = policy.LoadFile(filepath.Join(*ckptDir, lsvc.LatestFile)); err != nil {
+			return fmt.Errorf("learner: resume: %w", err)
+		}
+	}
+	tr, err := local.StartTrainer(ctx, c, ck, log)
+	if err != nil {
+		return err
+	}
+	if tr != nil {
+		defer tr.Close()
+		deps.Trainer = tr
 	}
 	svc, err := lsvc.New(c.Learner, deps)
 	if err != nil {

@@ -37,7 +37,7 @@ func trainFlags(fs *flag.FlagSet, c *local.Config) {
 	fs.IntVar(&l.MiniBatches, "minibatches", l.MiniBatches, "optimiser steps per step")
 	fs.IntVar(&l.Staleness, "staleness", l.Staleness, "staleness bound S in policy versions (0 = synchronous, the paper)")
 	fs.IntVar(&c.Learner.MaxNew, "max-new", c.Learner.MaxNew, "response token cap per rollout")
-	fs.Func("temperature", "actors' sampling temperature (default 1; behaviour log-probs are recorded at T = 1 either way)", func(v string) error {
+	fs.Func("temperature", "actors' sampling temperature (default 1); actors record and the trainer scores softmax(z/T)", func(v string) error {
 		t, err := strconv.ParseFloat(v, 32)
 		c.Learner.Temperature = float32(t)
 		return err
@@ -74,6 +74,7 @@ func runLocal(ctx context.Context, args []string) error {
 	c := local.DefaultConfig()
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.StringVar(&c.RunDir, "run-dir", "", "run directory (default a fresh timestamped one under ./runs)")
+	trainerFlags(fs, &c)
 	fs.StringVar(&c.RunID, "run", c.RunID, "run id in stream names")
 	fs.IntVar(&c.Actors, "actors", c.Actors, "actor roles")
 	fs.IntVar(&c.Verifiers, "verifiers", c.Verifiers, "verifier worker roles")

@@ -41,8 +41,8 @@ type Config struct {
 	Steps int64
 	// MaxNew caps response tokens per rollout; default learner.DefaultLMax.
 	MaxNew int
-	// Temperature of the actors' sampling; default 1 (the log-probs are
-	// always recorded at T = 1).
+	// Temperature of the actors' sampling; default 1. The actors record
+	// log-probs of softmax(z/T) and the trainer scores at the same T.
 	Temperature float32
 	// Seed seeds question draws, E7 tie-breaking and the tasks' sampling seeds.
 	Seed int64

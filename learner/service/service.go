@@ -19,6 +19,7 @@ import (
 	"github.com/exgrpo/exgrpo/learner"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/trainer"
 	"github.com/exgrpo/exgrpo/verifier"
 	"github.com/exgrpo/exgrpo/wire"
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,6 +33,11 @@ type Deps struct {
 	// from a checkpoint. The service owns it while Run runs.
 	Model     *policy.Model
 	Tokenizer *policy.Tokenizer
+	// Trainer, when set, trains the policy instead of the built-in Go
+	// trainer over Model (e.g. a PyTorch worker holding Model's weights,
+	// built with Config.Learner.AdamW()); on resume the checkpoint's
+	// weights and optimiser state are restored into it. The caller closes it.
+	Trainer trainer.Trainer
 	// Problems is the training set; replayed questions must be among them.
 	Problems []task.Problem
 	// PublishWeights makes a policy version available to the actors; nil
@@ -154,6 +160,8 @@ func New(cfg Config, d Deps) (*Service, error) {
 		return nil, fmt.Errorf("%w: %d training problems for B = %d questions per step", ErrConfig, len(ids), cfg.Learner.B)
 	}
 	model, opt := d.Model, (*policy.AdamW)(nil)
+	cfg.Learner.Temperature = float64(cfg.Temperature) // the trainer scores what the actors sampled (E7, E10, E11)
+	s.cfg = cfg
 	s.mixed = learner.InitialMixed(cfg.Learner)
 	if cfg.Resume {
 		ck, err := policy.LoadFile(filepath.Join(cfg.CheckpointDir, LatestFile))
@@ -177,10 +185,21 @@ func New(cfg Config, d Deps) (*Service, error) {
 			}
 		}
 	}
-	if model == nil {
+	var core *learner.Learner
+	var err error
+	switch {
+	case d.Trainer != nil:
+		if cfg.Resume {
+			if err := d.Trainer.Restore(context.Background(), model, opt); err != nil {
+				return nil, fmt.Errorf("learner service: resume: %w", err)
+			}
+		}
+		core, err = learner.NewTrainer(cfg.Learner, d.Trainer)
+	case model == nil:
 		return nil, fmt.Errorf("%w: no model to train (Deps.Model or a checkpoint)", ErrConfig)
+	default:
+		core, err = learner.New(cfg.Learner, model, opt)
 	}
-	core, err := learner.New(cfg.Learner, model, opt)
 	if err != nil {
 		return nil, fmt.Errorf("learner service: %w", err)
 	}
@@ -465,7 +484,7 @@ func (s *Service) replayed(ctx context.Context, t int64, n int) ([]*planned, err
 			s.log.Warn("no stored experience found for a replayed question", zap.String("question", q.QuestionID))
 			continue
 		}
-		i, ranking, err := s.core.SelectTrajectory(cands, s.rng)
+		i, ranking, err := s.core.SelectTrajectoryContext(ctx, cands, s.rng)
 		if err != nil {
 			return nil, fmt.Errorf("learner service: step %d: %w", t, err)
 		}
@@ -679,11 +698,13 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 		mixed = true // cannot happen: replay is only asked for in mixed mode
 	}
 	tstart := time.Now()
-	sum, err := s.core.Step(learner.StepInput{Step: t, PolicyVersion: p.version, Mixed: mixed, Groups: groups, StaleDropped: stale})
+	sum, err := s.core.StepContext(ctx, learner.StepInput{Step: t, PolicyVersion: p.version, Mixed: mixed, Groups: groups, StaleDropped: stale})
 	if err != nil {
 		return res, fmt.Errorf("learner service: %w", err)
 	}
 	res.Train = time.Since(tstart)
+	s.log.Info("engine/trainer mismatch at the first mini-batch", zap.Int64("step", t),
+		zap.Float64("mean_abs_log_w", sum.MismatchLogW), zap.Float64("capped_fraction", sum.CappedFraction))
 	s.version++
 	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
 		return res, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err)
