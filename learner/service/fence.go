@@ -41,8 +41,8 @@ type retryRef struct {
 
 // limits is what the model says a rollout can be.
 func (s *Service) limits() wire.Limits {
-	c := s.core.Model().Config
-	return wire.Limits{Vocab: c.Vocab, Context: c.Context}
+	in := s.core.Trainer().Info()
+	return wire.Limits{Vocab: in.Vocab, Context: in.Context}
 }
 
 // validate checks one scored rollout of this epoch (see the fence above).
