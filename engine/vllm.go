@@ -415,7 +415,9 @@ func (v *vllm) Reload(ctx context.Context, dir string, version int64) error {
 	return v.control(ctx, "/collective_rpc", body)
 }
 
-func (v *vllm) ResetCache(ctx context.Context) error { return v.control(ctx, "/reset_prefix_cache", nil) }
+func (v *vllm) ResetCache(ctx context.Context) error {
+	return v.control(ctx, "/reset_prefix_cache", nil)
+}
 
 // WeightVersion: vLLM names no weight version.
 func (v *vllm) WeightVersion(ctx context.Context) (string, error) { return "", nil }

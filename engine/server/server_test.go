@@ -305,9 +305,9 @@ func TestServerRefusesWhatItCannotServe(t *testing.T) {
 	}
 	p := prompt(t)
 	for name, r := range map[string]engine.Request{
-		"stop id not EOS":   {Prompt: p, N: 1, Temperature: 1, TopP: 1, MaxTokens: 4, StopTokenIDs: []int32{5}},
-		"past the context":  {Prompt: p, N: 1, Temperature: 1, TopP: 1, MaxTokens: 500, StopTokenIDs: []int32{2}},
-		"id outside vocab":  {Prompt: []int32{1, 999}, N: 1, Temperature: 1, TopP: 1, MaxTokens: 4, StopTokenIDs: []int32{2}},
+		"stop id not EOS":  {Prompt: p, N: 1, Temperature: 1, TopP: 1, MaxTokens: 4, StopTokenIDs: []int32{5}},
+		"past the context": {Prompt: p, N: 1, Temperature: 1, TopP: 1, MaxTokens: 500, StopTokenIDs: []int32{2}},
+		"id outside vocab": {Prompt: []int32{1, 999}, N: 1, Temperature: 1, TopP: 1, MaxTokens: 4, StopTokenIDs: []int32{2}},
 	} {
 		if _, err := st.client.Generate(ctx, r); !errors.Is(err, engine.ErrRejected) {
 			t.Errorf("%s: %v, want ErrRejected", name, err)
