@@ -42,6 +42,12 @@ type Config struct {
 	Replay  rsvc.Config `json:"replay"`  // the pool (its K follows Learner.Learner.K)
 
 	Actors    int `json:"actors"`    // actor roles; default 1
+	// Engine runs the actors on inference-engine backends instead of the
+	// built-in one: "vllm" or "sglang" starts one built-in engine server
+	// (package engine/server) per actor in this process, serving the base
+	// model in that API, and points an engine actor at it. "" (default):
+	// the built-in actors.
+	Engine string `json:"engine,omitempty"`
 	Verifiers int `json:"verifiers"` // verifier worker roles; default 1
 
 	Pretrain task.PretrainConfig `json:"pretrain"`  // the base model's warm-up
@@ -122,6 +128,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Algo %q: want %q or %q", ErrConfig, c.Algo, AlgoExGRPO, AlgoOnPolicy)
 	case c.Learner.Steps < 1:
 		return fmt.Errorf("%w: Steps %d: a run needs at least 1 step (--steps)", ErrConfig, c.Learner.Steps)
+	case c.Engine != "" && c.Engine != "vllm" && c.Engine != "sglang":
+		return fmt.Errorf("%w: engine %q (want vllm, sglang or empty)", ErrConfig, c.Engine)
 	case c.Actors < 1 || c.Verifiers < 1:
 		return fmt.Errorf("%w: need at least 1 actor and 1 verifier (have %d, %d)", ErrConfig, c.Actors, c.Verifiers)
 	case c.TrainQuestions < c.Learner.Learner.B:

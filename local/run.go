@@ -287,6 +287,16 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 		buses = append(buses, b)
 		acfg := actor.DefaultConfig()
 		acfg.ID = name
+		if cfg.Engine != "" {
+			run, err := engineActor(ctx, cfg, base, dir, i, b, acfg, log.Named(name), reg(name), func(n string, f func(context.Context) error) {
+				roles = append(roles, role{n, f})
+			})
+			if err != nil {
+				return err
+			}
+			roles = append(roles, role{name, run})
+			continue
+		}
 		a, err := actor.New(b, actor.NewBuiltin(), acfg, log.Named(name), reg(name))
 		if err != nil {
 			return err

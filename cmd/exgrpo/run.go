@@ -77,6 +77,7 @@ func runLocal(ctx context.Context, args []string) error {
 	fs.StringVar(&c.RunID, "run", c.RunID, "run id in stream names")
 	fs.IntVar(&c.Actors, "actors", c.Actors, "actor roles")
 	fs.IntVar(&c.Verifiers, "verifiers", c.Verifiers, "verifier worker roles")
+	fs.StringVar(&c.Engine, "engine", "", "run the actors on engine backends: vllm or sglang starts one built-in engine server per actor in this process, serving the base model in that API (empty: built-in actors)")
 	fs.StringVar(&c.MetricsAddr, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090)")
 	debug := fs.Bool("debug", false, "debug logging (to run.log in the run directory)")
 	trainFlags(fs, &c)
@@ -101,8 +102,12 @@ func runLocal(ctx context.Context, args []string) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	fmt.Fprintf(os.Stderr, "exgrpo run: %s, %d steps of %d questions x %d rollouts (rho %.2f), %d actor(s)\n",
-		c.Algo, c.Learner.Steps, c.Learner.Learner.B, c.Learner.Learner.K, c.Learner.Learner.Rho, c.Actors)
+	actors := "built-in"
+	if c.Engine != "" {
+		actors = c.Engine + " engine"
+	}
+	fmt.Fprintf(os.Stderr, "exgrpo run: %s, %d steps of %d questions x %d rollouts (rho %.2f), %d %s actor(s)\n",
+		c.Algo, c.Learner.Steps, c.Learner.Learner.B, c.Learner.Learner.K, c.Learner.Learner.Rho, c.Actors, actors)
 	_, err = local.Run(ctx, c, local.Hooks{Out: os.Stderr}, log)
 	return err
 }
