@@ -42,13 +42,13 @@ type Config struct {
 	Replay  rsvc.Config `json:"replay"`  // the pool (its K follows Learner.Learner.K)
 
 	Actors    int `json:"actors"`    // actor roles; default 1
+	Verifiers int `json:"verifiers"` // verifier worker roles; default 1
 	// Engine runs the actors on inference-engine backends instead of the
 	// built-in one: "vllm" or "sglang" starts one built-in engine server
 	// (package engine/server) per actor in this process, serving the base
 	// model in that API, and points an engine actor at it. "" (default):
 	// the built-in actors.
 	Engine string `json:"engine,omitempty"`
-	Verifiers int `json:"verifiers"` // verifier worker roles; default 1
 
 	Pretrain task.PretrainConfig `json:"pretrain"`  // the base model's warm-up
 	CacheDir string              `json:"cache_dir"` // where base models are cached; default ~/.cache/exgrpo
