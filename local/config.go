@@ -53,6 +53,13 @@ type Config struct {
 	Pretrain task.PretrainConfig `json:"pretrain"`  // the base model's warm-up
 	CacheDir string              `json:"cache_dir"` // where base models are cached; default ~/.cache/exgrpo
 
+	// TrainData and HeldOutData replace the built-in sets with dataset
+	// files (task.LoadFile: verl-style .parquet, or JSONL), loaded with
+	// Data. With the built-in policy every prompt must be in its alphabet.
+	TrainData   string              `json:"train_data,omitempty"`
+	HeldOutData string              `json:"heldout_data,omitempty"`
+	Data        task.DatasetOptions `json:"data_options"`
+
 	TrainQuestions   int    `json:"train_questions"`   // training set size (built-in "train" set); default 4000
 	HeldOutQuestions int    `json:"heldout_questions"` // held-out questions evaluated; default 400
 	EvalSamples      int    `json:"eval_samples"`      // samples per held-out question for pass@1; default 4

@@ -197,8 +197,18 @@ func Datasets(cfg Config) (train, heldout task.Dataset, err error) {
 			return train, heldout, fmt.Errorf("local: dataset %s: %w", s.Name, err)
 		}
 	}
+	if cfg.TrainData != "" {
+		if train, err = task.LoadFile(cfg.TrainData, cfg.Data); err != nil {
+			return train, heldout, fmt.Errorf("local: train data: %w", err)
+		}
+	}
+	if cfg.HeldOutData != "" {
+		if heldout, err = task.LoadFile(cfg.HeldOutData, cfg.Data); err != nil {
+			return train, heldout, fmt.Errorf("local: held-out data: %w", err)
+		}
+	}
 	if len(train.Problems) == 0 || len(heldout.Problems) == 0 {
-		return train, heldout, fmt.Errorf("local: built-in train or heldout set missing")
+		return train, heldout, fmt.Errorf("local: train or held-out set is empty")
 	}
 	return train, heldout, nil
 }

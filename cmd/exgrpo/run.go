@@ -12,6 +12,7 @@ import (
 	"github.com/exgrpo/exgrpo/learner"
 	"github.com/exgrpo/exgrpo/local"
 	"github.com/exgrpo/exgrpo/rundir"
+	"github.com/exgrpo/exgrpo/task"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -27,6 +28,16 @@ func trainFlags(fs *flag.FlagSet, c *local.Config) {
 	fs.StringVar(&c.Algo, "algo", c.Algo, "algorithm: exgrpo, or onpolicy (the Dr.GRPO baseline: rho 0, no collection)")
 	fs.Int64Var(&c.Learner.Steps, "steps", c.Learner.Steps, "training steps")
 	fs.Int64Var(&c.Learner.Seed, "seed", c.Learner.Seed, "seed of question draws and sampling")
+	fs.StringVar(&c.TrainData, "train-data", "", "train on this dataset file instead of the built-in set (verl-style .parquet, or JSONL)")
+	fs.StringVar(&c.HeldOutData, "heldout-data", "", "evaluate on this dataset file instead of the built-in held-out set")
+	fs.Func("system-prompt", "system prompt of every problem of --train-data/--heldout-data: 'paper' (the paper's <think> prompt) or the text", func(v string) error {
+		c.Data.System = v
+		if v == "paper" {
+			c.Data.System = task.PaperSystemPrompt
+		}
+		return nil
+	})
+	fs.BoolVar(&c.Data.ThinkGate, "think-gate", false, "grade only the text after the last </think> (math-think / arith-think)")
 	fs.IntVar(&l.K, "k", l.K, "rollouts per question (group size K)")
 	fs.IntVar(&l.B, "batch", l.B, "questions per step (B)")
 	fs.Float64Var(&l.Rho, "rho", l.Rho, "fraction of a step's questions replayed from the pool")
