@@ -125,7 +125,7 @@ type Request struct {
 	Prompt       []int32 // prompt token ids, BOS included (engines add none)
 	N            int     // completions, >= 1
 	Temperature  float32 // > 0
-	TopP         float32 // must be 1: the trainer does not apply a nucleus filter (GPU.md)
+	TopP         float32 // in (0, 1]; actors send 1 (the trainer applies no nucleus filter, GPU.md), evaluation may not
 	MaxTokens    int     // response token cap, >= 1
 	Seed         int64   // the request's seed: the same seed, weights and prompt give the same completions
 	StopTokenIDs []int32 // every EOS id; a completion ends after sampling one
@@ -141,8 +141,8 @@ func (r Request) validate() error {
 		return fmt.Errorf("%w: N %d < 1", ErrConfig, r.N)
 	case !(r.Temperature > 0):
 		return fmt.Errorf("%w: temperature %v must be > 0", ErrConfig, r.Temperature)
-	case r.TopP != 1:
-		return fmt.Errorf("%w: top_p %v: only 1 is supported (the trainer would have to apply the same nucleus filter)", ErrConfig, r.TopP)
+	case !(r.TopP > 0 && r.TopP <= 1):
+		return fmt.Errorf("%w: top_p %v outside (0, 1]", ErrConfig, r.TopP)
 	case r.MaxTokens < 1:
 		return fmt.Errorf("%w: max tokens %d < 1", ErrConfig, r.MaxTokens)
 	case len(r.StopTokenIDs) == 0:
@@ -204,6 +204,17 @@ type Client interface {
 	// WeightVersion is the version the engine says it holds; "" when it
 	// cannot say.
 	WeightVersion(ctx context.Context) (string, error)
+	// Tokenize applies the served model's chat template to messages (with
+	// the generation prompt) and returns the token ids: vLLM's
+	// POST /tokenize. For evaluation; training prompts come from the
+	// learner's tokenizer.
+	Tokenize(ctx context.Context, messages []Message) ([]int32, error)
+}
+
+// Message is one chat message.
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
 }
 
 // New returns the client of cfg.API. Call Start before Generate.

@@ -110,7 +110,7 @@ func (s *sglang) Health(ctx context.Context) error {
 
 func (s *sglang) request(r Request) sglangRequest {
 	return sglangRequest{InputIDs: r.Prompt, SamplingParams: sglangSampling{MaxNewTokens: r.MaxTokens, Temperature: r.Temperature,
-		TopP: 1, TopK: -1, StopTokenIDs: r.StopTokenIDs, NoStopTrim: true, N: r.N, SamplingSeed: r.Seed},
+		TopP: r.TopP, TopK: -1, StopTokenIDs: r.StopTokenIDs, NoStopTrim: true, N: r.N, SamplingSeed: r.Seed},
 		ReturnLogprob: true, LogprobStartLen: -1, TopLogprobsNum: r.TopLogProbs}
 }
 
@@ -177,7 +177,7 @@ func (s *sglang) Score(ctx context.Context, tokens []int32, start int, salt stri
 	if start < 1 || start >= len(tokens) {
 		return nil, fmt.Errorf("%w: score start %d of %d tokens", ErrConfig, start, len(tokens))
 	}
-	req := s.request(Request{Prompt: tokens, N: 1, Temperature: 1, MaxTokens: 1, StopTokenIDs: []int32{}})
+	req := s.request(Request{Prompt: tokens, N: 1, Temperature: 1, TopP: 1, MaxTokens: 1, StopTokenIDs: []int32{}})
 	req.LogprobStartLen = start
 	var raw json.RawMessage
 	if err := s.t.call(ctx, http.MethodPost, "/generate", req, &raw, s.cfg.RequestTimeout); err != nil {
@@ -197,6 +197,12 @@ func (s *sglang) Score(ctx context.Context, tokens []int32, start int, salt stri
 		ids[j], lps[j] = int32(e.ID), *e.LogProb
 	}
 	return checkScores(tokens, start, ids, lps)
+}
+
+// Tokenize: SGLang's HTTP API has no chat-template tokenizer endpoint
+// every version serves; give prompts as ids.
+func (s *sglang) Tokenize(ctx context.Context, messages []Message) ([]int32, error) {
+	return nil, fmt.Errorf("%w: sglang: no /tokenize with a chat template; tokenize with the model's tokenizer", ErrRejected)
 }
 
 func (s *sglang) Pause(ctx context.Context) error {

@@ -201,7 +201,7 @@ func (v *vllm) Health(ctx context.Context) error {
 
 func (v *vllm) sampling(r Request) vllmSampling {
 	k := r.TopLogProbs // 0: the sampled token's log-prob only
-	return vllmSampling{N: r.N, Temperature: r.Temperature, TopP: 1, TopK: -1, MinP: 0, Seed: r.Seed,
+	return vllmSampling{N: r.N, Temperature: r.Temperature, TopP: r.TopP, TopK: -1, MinP: 0, Seed: r.Seed,
 		MaxTokens: r.MaxTokens, StopTokenIDs: r.StopTokenIDs, Logprobs: &k, Detokenize: true}
 }
 
@@ -296,7 +296,7 @@ func (v *vllm) detokenize(ctx context.Context, ids []int32) (string, error) {
 }
 
 func (v *vllm) completionsRequest(r Request) vllmCompletionsRequest {
-	return vllmCompletionsRequest{Model: v.model, Prompt: r.Prompt, N: r.N, Temperature: r.Temperature, TopP: 1, TopK: -1,
+	return vllmCompletionsRequest{Model: v.model, Prompt: r.Prompt, N: r.N, Temperature: r.Temperature, TopP: r.TopP, TopK: -1,
 		Seed: r.Seed, MaxTokens: r.MaxTokens, StopTokenIDs: r.StopTokenIDs, Logprobs: r.TopLogProbs,
 		ReturnTokenIDs: true, ReturnTokensAsTokenIDs: true, IncludeStopStrInOutput: true, CacheSalt: r.CacheSalt}
 }
@@ -374,6 +374,30 @@ func promptScores(pl []map[string]vllmPromptLogProb, tokens []int32, start int) 
 		lps = append(lps, *e.LogProb)
 	}
 	return checkScores(tokens, start, nil, lps)
+}
+
+func (v *vllm) Tokenize(ctx context.Context, messages []Message) ([]int32, error) {
+	req := struct {
+		Model               string    `json:"model,omitempty"`
+		Messages            []Message `json:"messages"`
+		AddGenerationPrompt bool      `json:"add_generation_prompt"`
+		AddSpecialTokens    bool      `json:"add_special_tokens"`
+	}{v.model, messages, true, false}
+	var out struct {
+		Tokens []int32 `json:"tokens"`
+	}
+	if err := v.t.call(ctx, http.MethodPost, "/tokenize", req, &out, v.cfg.ControlTimeout); err != nil {
+		return nil, fmt.Errorf("engine: vllm tokenize: %w", err)
+	}
+	if len(out.Tokens) == 0 {
+		return nil, fmt.Errorf("%w: vllm tokenize gave no tokens", ErrBadAnswer)
+	}
+	for _, id := range out.Tokens {
+		if id < 0 || (v.vocab > 0 && int(id) >= v.vocab) {
+			return nil, fmt.Errorf("%w: vllm tokenize gave id %d outside the vocabulary", ErrBadAnswer, id)
+		}
+	}
+	return out.Tokens, nil
 }
 
 func (v *vllm) Score(ctx context.Context, tokens []int32, start int, salt string) ([]float32, error) {

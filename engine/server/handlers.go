@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"sync/atomic"
+
+	"github.com/exgrpo/exgrpo/task"
 )
 
 // maxRequestBytes caps a request body.
@@ -24,6 +26,7 @@ func (s *Server) Handler() http.Handler {
 		mux.HandleFunc("POST /inference/v1/generate", s.vllmGenerate)
 		mux.HandleFunc("POST /v1/completions", s.vllmCompletions)
 		mux.HandleFunc("POST /detokenize", s.detokenize)
+		mux.HandleFunc("POST /tokenize", s.tokenize)
 		mux.HandleFunc("POST /pause", func(w http.ResponseWriter, r *http.Request) { s.pause(); writeJSON(w, map[string]any{}) })
 		mux.HandleFunc("POST /resume", func(w http.ResponseWriter, r *http.Request) { s.resume(); writeJSON(w, map[string]any{}) })
 		mux.HandleFunc("POST /collective_rpc", s.collectiveRPC)
@@ -308,6 +311,45 @@ func (s *Server) detokenize(w http.ResponseWriter, r *http.Request) {
 	text := s.ck.Tokenizer.Decode(req.Tokens)
 	s.mu.RUnlock()
 	writeJSON(w, map[string]string{"prompt": text})
+}
+
+// tokenize is vLLM's /tokenize with chat messages: the built-in model's
+// chat template is task.EncodePrompt (BOS, the user message, the
+// separator; it has no system part).
+func (s *Server) tokenize(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Messages []struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		} `json:"messages"`
+		Prompt *string `json:"prompt"`
+	}
+	if err := decode(r, &req); err != nil {
+		fail(w, err)
+		return
+	}
+	s.mu.RLock()
+	tok := s.ck.Tokenizer
+	ctxLen := s.ck.Model.Config.Context
+	s.mu.RUnlock()
+	var ids []int32
+	var err error
+	if req.Prompt != nil {
+		ids, err = tok.Encode(*req.Prompt)
+	} else {
+		user := ""
+		for _, m := range req.Messages {
+			if m.Role == "user" {
+				user = m.Content
+			}
+		}
+		ids, err = task.EncodePrompt(tok, task.Problem{Prompt: user})
+	}
+	if err != nil {
+		fail(w, badRequest("%v", err))
+		return
+	}
+	writeJSON(w, map[string]any{"count": len(ids), "max_model_len": ctxLen, "tokens": ids})
 }
 
 func (s *Server) collectiveRPC(w http.ResponseWriter, r *http.Request) {
