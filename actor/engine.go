@@ -66,6 +66,9 @@ type EngineConfig struct {
 	// HealthWait bounds the wait for an engine that fails its health check
 	// before the task is handed back (ErrNotServing); default 30s.
 	HealthWait time.Duration
+	// IgnoreEOS makes every response MaxNew tokens long (benchmarks only:
+	// the trajectories are not what the policy would write).
+	IgnoreEOS bool
 }
 
 // DefaultEngineConfig returns the defaults above for an engine.
@@ -356,7 +359,7 @@ func (e *Engine) sample(ctx context.Context, t wire.Task, n int, seed int64) ([]
 		temp = 1
 	}
 	req := engine.Request{Prompt: prompt, N: n, Temperature: temp, TopP: 1, MaxTokens: maxNew, Seed: seed,
-		StopTokenIDs: e.cfg.StopTokenIDs, TopLogProbs: e.cfg.TopLogProbs, CacheSalt: e.salt(version)}
+		StopTokenIDs: e.cfg.StopTokenIDs, TopLogProbs: e.cfg.TopLogProbs, CacheSalt: e.salt(version), IgnoreEOS: e.cfg.IgnoreEOS}
 	var cs []engine.Completion
 	var err error
 	for attempt := 1; attempt <= e.cfg.AnswerAttempts; attempt++ {

@@ -131,6 +131,9 @@ type Request struct {
 	StopTokenIDs []int32 // every EOS id; a completion ends after sampling one
 	TopLogProbs  int     // top-k log-probs per token to return besides the sampled one (0: none)
 	CacheSalt    string  // prefix-cache salt (vLLM cache_salt); empty: none
+	// IgnoreEOS generates MaxTokens tokens whatever is sampled (vLLM and
+	// SGLang ignore_eos): for benchmarks only, never for training.
+	IgnoreEOS bool
 }
 
 func (r Request) validate() error {

@@ -110,7 +110,7 @@ func (s *sglang) Health(ctx context.Context) error {
 
 func (s *sglang) request(r Request) sglangRequest {
 	return sglangRequest{InputIDs: r.Prompt, SamplingParams: sglangSampling{MaxNewTokens: r.MaxTokens, Temperature: r.Temperature,
-		TopP: r.TopP, TopK: -1, StopTokenIDs: r.StopTokenIDs, NoStopTrim: true, N: r.N, SamplingSeed: r.Seed},
+		TopP: r.TopP, TopK: -1, StopTokenIDs: r.StopTokenIDs, NoStopTrim: true, IgnoreEOS: r.IgnoreEOS, N: r.N, SamplingSeed: r.Seed},
 		ReturnLogprob: true, LogprobStartLen: -1, TopLogprobsNum: r.TopLogProbs}
 }
 

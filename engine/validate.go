@@ -80,9 +80,13 @@ func validate(r Request, vocab int, c rawCompletion) (Completion, error) {
 	last := c.tokens[n-1]
 	isStop := slices.Contains(r.StopTokenIDs, last)
 	for i, id := range c.tokens[:n-1] {
-		if slices.Contains(r.StopTokenIDs, id) {
+		if !r.IgnoreEOS && slices.Contains(r.StopTokenIDs, id) {
 			return Completion{}, fmt.Errorf("stop token %d at position %d of %d (generation went on past it)", id, i, n)
 		}
+	}
+	if r.IgnoreEOS && c.finish == FinishLength && n == r.MaxTokens {
+		out.Finish = FinishLength
+		return out, nil
 	}
 	switch c.finish {
 	case FinishEOS:

@@ -202,7 +202,7 @@ func (v *vllm) Health(ctx context.Context) error {
 func (v *vllm) sampling(r Request) vllmSampling {
 	k := r.TopLogProbs // 0: the sampled token's log-prob only
 	return vllmSampling{N: r.N, Temperature: r.Temperature, TopP: r.TopP, TopK: -1, MinP: 0, Seed: r.Seed,
-		MaxTokens: r.MaxTokens, StopTokenIDs: r.StopTokenIDs, Logprobs: &k, Detokenize: true}
+		MaxTokens: r.MaxTokens, StopTokenIDs: r.StopTokenIDs, Logprobs: &k, Detokenize: true, IgnoreEOS: r.IgnoreEOS}
 }
 
 func (v *vllm) Generate(ctx context.Context, r Request) ([]Completion, error) {
@@ -298,7 +298,7 @@ func (v *vllm) detokenize(ctx context.Context, ids []int32) (string, error) {
 func (v *vllm) completionsRequest(r Request) vllmCompletionsRequest {
 	return vllmCompletionsRequest{Model: v.model, Prompt: r.Prompt, N: r.N, Temperature: r.Temperature, TopP: r.TopP, TopK: -1,
 		Seed: r.Seed, MaxTokens: r.MaxTokens, StopTokenIDs: r.StopTokenIDs, Logprobs: r.TopLogProbs,
-		ReturnTokenIDs: true, ReturnTokensAsTokenIDs: true, IncludeStopStrInOutput: true, CacheSalt: r.CacheSalt}
+		ReturnTokenIDs: true, ReturnTokensAsTokenIDs: true, IncludeStopStrInOutput: true, CacheSalt: r.CacheSalt, IgnoreEOS: r.IgnoreEOS}
 }
 
 func (v *vllm) completions(ctx context.Context, r Request) ([]rawCompletion, error) {

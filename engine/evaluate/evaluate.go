@@ -43,7 +43,9 @@ func DefaultConfig() Config {
 }
 
 // PaperKPerSource is the paper's avg@32 sources.
-func PaperKPerSource() map[string]int { return map[string]int{"aime24": 32, "aime25": 32, "amc": 32, "amc23": 32} }
+func PaperKPerSource() map[string]int {
+	return map[string]int{"aime24": 32, "aime25": 32, "amc": 32, "amc23": 32}
+}
 
 // Validate reports impossible values.
 func (c Config) Validate() error {

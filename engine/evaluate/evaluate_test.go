@@ -26,7 +26,9 @@ func scriptedEngine(t *testing.T) *httptest.Server {
 		fmt.Fprint(w, `{"tokens":[1,3,4]}`)
 	})
 	mux.HandleFunc("/detokenize", func(w http.ResponseWriter, r *http.Request) {
-		var req struct{ Tokens []int `json:"tokens"` }
+		var req struct {
+			Tokens []int `json:"tokens"`
+		}
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		fmt.Fprintf(w, `{"prompt":"\\boxed{%d}"}`, req.Tokens[0])
 	})

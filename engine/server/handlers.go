@@ -123,6 +123,7 @@ type vllmSamplingParams struct {
 	Seed           *int64   `json:"seed"`
 	MaxTokens      *int     `json:"max_tokens"`
 	StopTokenIDs   []int32  `json:"stop_token_ids"`
+	IgnoreEOS      bool     `json:"ignore_eos"`
 	Logprobs       *int     `json:"logprobs"`
 	PromptLogprobs *int     `json:"prompt_logprobs"`
 }
@@ -152,7 +153,7 @@ func (p vllmSamplingParams) request(prompt []int32, salt string) (genRequest, er
 	if p.MaxTokens != nil {
 		r.maxTokens = *p.MaxTokens
 	}
-	r.stopIDs = p.StopTokenIDs
+	r.stopIDs, r.ignoreEOS = p.StopTokenIDs, p.IgnoreEOS
 	if p.Logprobs != nil {
 		r.topK = *p.Logprobs
 	}
@@ -404,6 +405,7 @@ func (s *Server) sglangGenerate(w http.ResponseWriter, r *http.Request) {
 			TopK         *int     `json:"top_k"`
 			MinP         *float32 `json:"min_p"`
 			StopTokenIDs []int32  `json:"stop_token_ids"`
+			IgnoreEOS    bool     `json:"ignore_eos"`
 			N            *int     `json:"n"`
 			SamplingSeed *int64   `json:"sampling_seed"`
 		} `json:"sampling_params"`
@@ -421,7 +423,7 @@ func (s *Server) sglangGenerate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p := req.SamplingParams
-	gr := genRequest{prompt: req.InputIDs, n: 1, temp: 1, topP: 1, maxTokens: 128, stopIDs: p.StopTokenIDs}
+	gr := genRequest{prompt: req.InputIDs, n: 1, temp: 1, topP: 1, maxTokens: 128, stopIDs: p.StopTokenIDs, ignoreEOS: p.IgnoreEOS}
 	if p.MaxNewTokens != nil {
 		gr.maxTokens = *p.MaxNewTokens
 	}

@@ -292,6 +292,7 @@ type genRequest struct {
 	maxTokens   int
 	seed        int64
 	stopIDs     []int32
+	ignoreEOS   bool // generate maxTokens tokens whatever is sampled
 	topK        int  // top log-probs per token (0: none)
 	promptLP    bool // return prompt log-probs
 	salt        string
@@ -369,6 +370,9 @@ func (s *Server) generate(ctx context.Context, r genRequest) ([]genOut, []float3
 			return nil, nil, badRequest("stop token id %d: only the tokenizer's EOS (%d) is supported", id, tok.EOS())
 		}
 		eos = id
+	}
+	if r.ignoreEOS {
+		eos = -1
 	}
 	var plp []float32
 	if r.promptLP {
