@@ -86,6 +86,15 @@ type ConcurrentPolicy interface {
 	MaxTasks() int
 }
 
+// ReadyPolicy is an optional extension of Policy for a backend that can be
+// unable to serve for a while (an engine that is down, or refused its
+// weights): while Ready returns an error the actor takes no task, so that
+// an outage does not burn the tasks' deliveries, and retries loading the
+// newest version every NakDelay.
+type ReadyPolicy interface {
+	Ready() error
+}
+
 // ProbeLoader is an optional extension of Policy: Load with the probe the
 // learner published for the version (nil when none was found), which the
 // backend checks the loaded weights against before serving.
@@ -214,6 +223,13 @@ func (a *Actor) Run(ctx context.Context) error {
 		// waits for the tasks sampling to finish).
 		if latest := vw.Latest(); latest > a.pol.Version() {
 			a.load(ctx, latest)
+		}
+		if rp, ok := a.pol.(ReadyPolicy); ok {
+			if err := rp.Ready(); err != nil {
+				a.log.Debug("backend not ready; no task taken", zap.Error(err))
+				sleep(ctx, a.cfg.NakDelay)
+				continue
+			}
 		}
 		select {
 		case sem <- struct{}{}:

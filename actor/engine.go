@@ -124,8 +124,8 @@ func (c EngineConfig) Validate() error {
 // Engine is the Policy backed by an inference engine over HTTP: prompts
 // are the tasks' token ids (the actor never tokenizes), completions come
 // back as ids, log-probs of the sampling distribution and the engine's
-// text. It implements BatchPolicy, ConcurrentPolicy and ProbeLoader and is
-// safe for concurrent use.
+// text. It implements BatchPolicy, ConcurrentPolicy, ReadyPolicy and
+// ProbeLoader and is safe for concurrent use.
 type Engine struct {
 	cfg    EngineConfig
 	client engine.Client
@@ -182,6 +182,20 @@ func (e *Engine) Refused() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.refused
+}
+
+// Ready implements ReadyPolicy: an error while no version is loaded and
+// probed, or while the engine is refused.
+func (e *Engine) Ready() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case e.refused != nil:
+		return fmt.Errorf("%w: %w", ErrNotServing, e.refused)
+	case e.version < 0:
+		return fmt.Errorf("%w: no version loaded", ErrNotServing)
+	}
+	return nil
 }
 
 // Load implements Policy without a probe (refused when RequireProbe).
@@ -374,15 +388,28 @@ func (e *Engine) sample(ctx context.Context, t wire.Task, n int, seed int64) ([]
 	case errors.Is(err, engine.ErrRejected):
 		return nil, fmt.Errorf("%w: %w", ErrBadTask, err)
 	case errors.Is(err, engine.ErrUnavailable):
-		if herr := e.waitHealthy(ctx); herr != nil {
-			return nil, fmt.Errorf("%w: %w (%w)", ErrNotServing, err, herr)
+		down, herr := e.waitHealthy(ctx)
+		if !down {
+			return nil, err // the engine stayed up: this task's request failed
 		}
-		return nil, err // the engine is up: this task's request failed
+		// The engine went away (and may come back): a restarted engine
+		// holds its launch weights, not ours. Forget the version, so that
+		// the actor loads and probes the current one before serving again.
+		e.mu.Lock()
+		if e.version == version {
+			e.version = -1
+		}
+		e.mu.Unlock()
+		e.log.Warn("engine was down; the policy version is reloaded before serving", zap.Int64("version", version), zap.NamedError("health", herr))
+		return nil, fmt.Errorf("%w: engine down (%w)", ErrNotServing, err)
 	default:
 		return nil, err
 	}
 	out := make([]Completion, len(cs))
 	for i, c := range cs {
+		if c.WeightVersion != "" && c.WeightVersion != strconv.FormatInt(version, 10) {
+			return nil, fmt.Errorf("%w: the engine answered with weight version %q, the actor loaded v%d", ErrNotServing, c.WeightVersion, version)
+		}
 		ents, err := engine.Entropies(c, e.cfg.EntropyKind, e.info.Vocab)
 		if err != nil {
 			return nil, err
@@ -393,8 +420,9 @@ func (e *Engine) sample(ctx context.Context, t wire.Task, n int, seed int64) ([]
 	return out, nil
 }
 
-// waitHealthy polls the engine's health for up to HealthWait.
-func (e *Engine) waitHealthy(ctx context.Context) error {
+// waitHealthy polls the engine's health for up to HealthWait; down says
+// whether a check failed before it passed.
+func (e *Engine) waitHealthy(ctx context.Context) (down bool, err error) {
 	hctx, cancel := context.WithTimeout(ctx, e.cfg.HealthWait)
 	defer cancel()
 	for {
@@ -402,11 +430,12 @@ func (e *Engine) waitHealthy(ctx context.Context) error {
 		err := e.client.Health(cctx)
 		ccancel()
 		if err == nil {
-			return nil
+			return down, nil
 		}
+		down = true
 		select {
 		case <-hctx.Done():
-			return fmt.Errorf("actor: engine unhealthy for %v: %w", e.cfg.HealthWait, err)
+			return true, fmt.Errorf("actor: engine unhealthy for %v: %w", e.cfg.HealthWait, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -474,6 +474,13 @@ func TestEngineDiesMidRequest(t *testing.T) {
 	hs2 := &http.Server{Handler: srv2.Handler()}
 	go func() { _ = hs2.Serve(ln2) }()
 	t.Cleanup(func() { _ = hs2.Close() })
+	defer func() {
+		if t.Failed() {
+			buf := make([]byte, 1<<20)
+			n := runtime.Stack(buf, true)
+			t.Logf("engine version %d, refused %v, rollouts %d\n%s", e.Version(), e.Refused(), streamMsgs(t, ctx, b, bus.Rollouts), buf[:n])
+		}
+	}()
 	bustest.Eventually(t, 30*time.Second, "every task served after the restart", func() bool {
 		return streamMsgs(t, ctx, b, bus.Rollouts) == 6 && streamMsgs(t, ctx, b, bus.Tasks) == 0
 	})
@@ -481,6 +488,8 @@ func TestEngineDiesMidRequest(t *testing.T) {
 	if len(ids) != 6 || last != 6 {
 		t.Fatalf("ROLLOUTS %v (last seq %d), want the 6 trajectories once", ids, last)
 	}
+	if n := srv2.Stats().Reloads; n != 1 {
+		t.Fatalf("the restarted engine was reloaded %d times, want once (its launch weights are not trusted)", n)
+	}
 	run.stop()
-	_ = rand.Int
 }

@@ -171,6 +171,9 @@ type Completion struct {
 	Top      [][]TokenLogProb // nil unless Request.TopLogProbs > 0
 	Text     string           // the engine's detokenized response (special tokens kept)
 	Finish   string           // FinishEOS or FinishLength
+	// WeightVersion is the weight version the engine says answered (SGLang
+	// meta_info.weight_version); "" when it does not say.
+	WeightVersion string
 }
 
 // Info is what the server says about itself.

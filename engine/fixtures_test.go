@@ -81,12 +81,12 @@ func TestFixtures(t *testing.T) {
 			fixtureRequest, []Completion{withText(sortedTop(three), `\boxed{5}<|im_end|>`)}},
 		{"sglang generate", APISGLang, "",
 			map[string]string{"/v1/models": models, "/generate": "sglang_generate.json"},
-			fixtureRequest, []Completion{withText(sglTop(three), `\boxed{5}<|im_end|>`)}},
+			fixtureRequest, []Completion{withVersion(withText(sglTop(three), `\boxed{5}<|im_end|>`), "4")}},
 		{"sglang generate n=2", APISGLang, "",
 			map[string]string{"/v1/models": models, "/generate": "sglang_generate_n2.json"},
 			withN(withMax(withK(fixtureRequest, 0), 2), 2), []Completion{
-				{Tokens: []int32{7, 2}, LogProbs: []float32{-0.5, -0.25}, Finish: FinishEOS, Text: "7"},
-				{Tokens: []int32{8, 8}, LogProbs: []float32{-1.5, -1.25}, Finish: FinishLength, Text: "88"}}},
+				{Tokens: []int32{7, 2}, LogProbs: []float32{-0.5, -0.25}, Finish: FinishEOS, Text: "7", WeightVersion: "4"},
+				{Tokens: []int32{8, 8}, LogProbs: []float32{-1.5, -1.25}, Finish: FinishLength, Text: "88", WeightVersion: "4"}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -134,10 +134,11 @@ func TestFixtures(t *testing.T) {
 	})
 }
 
-func withText(c Completion, s string) Completion { c.Text = s; return c }
-func withMax(r Request, n int) Request           { r.MaxTokens = n; return r }
-func withN(r Request, n int) Request             { r.N = n; return r }
-func withK(r Request, k int) Request             { r.TopLogProbs = k; return r }
+func withText(c Completion, s string) Completion    { c.Text = s; return c }
+func withMax(r Request, n int) Request              { r.MaxTokens = n; return r }
+func withVersion(c Completion, v string) Completion { c.WeightVersion = v; return c }
+func withN(r Request, n int) Request                { r.N = n; return r }
+func withK(r Request, k int) Request                { r.TopLogProbs = k; return r }
 
 // sortedTop is c with each top list by log-prob (completions' JSON objects
 // carry no order, the client sorts them).

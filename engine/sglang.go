@@ -143,7 +143,7 @@ func (s *sglang) Generate(ctx context.Context, r Request) ([]Completion, error) 
 	}
 	raws := make([]rawCompletion, len(ans))
 	for i, a := range ans {
-		c := rawCompletion{tokens: a.OutputIDs, text: a.Text, finish: "(none)"}
+		c := rawCompletion{tokens: a.OutputIDs, text: a.Text, finish: "(none)", version: a.MetaInfo.WeightVersion}
 		if fr := a.MetaInfo.FinishReason; fr != nil {
 			c.finish = finishOf(fr.Type)
 		}

@@ -35,6 +35,7 @@ type rawCompletion struct {
 	top      [][]TokenLogProb
 	text     string
 	finish   string // the engine's reason, normalised by finishOf
+	version  string // weight version, when the engine says
 }
 
 // validate turns a parsed answer into a Completion or says why it is bad.
@@ -50,7 +51,7 @@ func validate(r Request, vocab int, c rawCompletion) (Completion, error) {
 	case r.TopLogProbs > 0 && len(c.top) != n:
 		return Completion{}, fmt.Errorf("%d top-log-prob lists for %d tokens", len(c.top), n)
 	}
-	out := Completion{Tokens: c.tokens, LogProbs: make([]float32, n), Text: c.text}
+	out := Completion{Tokens: c.tokens, LogProbs: make([]float32, n), Text: c.text, WeightVersion: c.version}
 	for i, id := range c.tokens {
 		if id < 0 || (vocab > 0 && int(id) >= vocab) {
 			return Completion{}, fmt.Errorf("token %d: id %d outside the vocabulary [0, %d)", i, id, vocab)

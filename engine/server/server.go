@@ -111,8 +111,8 @@ type Server struct {
 	cache map[string][]float32 // salt + prompt -> prompt log-probs (see the package comment)
 	hits  atomic.Int64
 
-	inflight atomic.Int64
 	requests atomic.Int64
+	reloads  atomic.Int64
 }
 
 type worker struct {
@@ -203,6 +203,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 type Stats struct {
 	Requests  int64 // generation and scoring requests served
 	CacheHits int64 // prompt log-probs answered from the prefix cache
+	Reloads   int64 // weight reloads answered with success
 	Version   string
 }
 
@@ -211,7 +212,7 @@ func (s *Server) Stats() Stats {
 	s.mu.RLock()
 	v := s.version
 	s.mu.RUnlock()
-	return Stats{Requests: s.requests.Load(), CacheHits: s.hits.Load(), Version: v}
+	return Stats{Requests: s.requests.Load(), CacheHits: s.hits.Load(), Reloads: s.reloads.Load(), Version: v}
 }
 
 // waitResumed blocks while the server is paused.
@@ -270,6 +271,7 @@ func (s *Server) reload(path, version string) error {
 		version = strconv.Itoa(n + 1)
 	}
 	s.version = version
+	s.reloads.Add(1)
 	if s.cfg.StaleReload {
 		return nil // the fault: success, new name, old weights
 	}
