@@ -20,6 +20,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
@@ -41,6 +42,9 @@ type Completion struct {
 	Entropies    []float32 // per response token, entropy of the T=1 distribution
 	Text         string    // the response text the verifier grades
 	Finish       string    // "eos" or "length"
+	// EntropyKind says what Entropies hold (wire.Trajectory.EntropyKind):
+	// wire.EntropyExact for the built-in model, an estimate from an engine.
+	EntropyKind string
 }
 
 // Policy is what the actor needs from a policy backend. The actor calls it
@@ -69,6 +73,36 @@ type BatchPolicy interface {
 // encode, say); such a task goes to DEAD instead of being retried.
 var ErrBadTask = errors.New("actor: task cannot be served")
 
+// ErrNotServing marks a failure of the backend, not of the task (an engine
+// that is down, or that failed its weight probe and refuses to serve): the
+// task goes back to the queue for any actor and does not count towards
+// Config.DeadAfter.
+var ErrNotServing = errors.New("actor: backend not serving")
+
+// ConcurrentPolicy is an optional extension of Policy for a backend that is
+// safe for concurrent use (an inference engine): the actor keeps up to
+// MaxTasks tasks in hand at once, so that the engine batches their
+// requests. Load is never called while a task is sampling.
+type ConcurrentPolicy interface {
+	MaxTasks() int
+}
+
+// ReadyPolicy is an optional extension of Policy for a backend that can be
+// unable to serve for a while (an engine that is down, or refused its
+// weights): while Ready returns an error the actor takes no task, so that
+// an outage does not burn the tasks' deliveries, and retries loading the
+// newest version every NakDelay.
+type ReadyPolicy interface {
+	Ready() error
+}
+
+// ProbeLoader is an optional extension of Policy: Load with the probe the
+// learner published for the version (nil when none was found), which the
+// backend checks the loaded weights against before serving.
+type ProbeLoader interface {
+	LoadProbe(ctx context.Context, version int64, checkpoint []byte, probe *wire.Probe) error
+}
+
 // Config tunes one actor.
 type Config struct {
 	ID string // actor id in trajectories and logs; default "<host>-<pid>"
@@ -88,6 +122,12 @@ type Config struct {
 	// Publisher bounds the trajectories in flight; default
 	// bus.DefaultPublisherConfig.
 	Publisher bus.PublisherConfig
+	// DeadAfter: a task whose sampling fails on its DeadAfter-th delivery
+	// goes to DEAD with the error as its reason instead of back to the queue
+	// (an engine that keeps answering it badly, say); 0 never. Failures
+	// wrapping ErrNotServing never count. Default 3 (below the bus's
+	// TaskMaxDeliver, so that the reason is ours).
+	DeadAfter int
 }
 
 // DefaultConfig returns the defaults above.
@@ -95,7 +135,7 @@ func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{ID: host + "-" + strconv.Itoa(os.Getpid()), WeightsWait: 10 * time.Second, NakDelay: time.Second,
 		Heartbeat: 5 * time.Second, FetchWait: time.Second, LagEvery: 5 * time.Second,
-		Publisher: bus.DefaultPublisherConfig()}
+		Publisher: bus.DefaultPublisherConfig(), DeadAfter: 3}
 }
 
 // Validate reports impossible values.
@@ -105,6 +145,9 @@ func (c Config) Validate() error {
 	}
 	if c.WeightsWait <= 0 || c.NakDelay <= 0 || c.Heartbeat <= 0 || c.FetchWait <= 0 || c.LagEvery <= 0 {
 		return fmt.Errorf("actor: durations must be positive (start from DefaultConfig)")
+	}
+	if c.DeadAfter < 0 {
+		return fmt.Errorf("actor: DeadAfter %d < 0 (0 never dead-letters a failing task)", c.DeadAfter)
 	}
 	return nil
 }
@@ -118,6 +161,11 @@ type Actor struct {
 	m              *metrics.Consumer
 	swaps, samples interface{ Inc() }
 	version        interface{ Set(float64) }
+	// swap is held shared while a task samples and exclusively while the
+	// policy loads a version, so a trajectory's PolicyVersion is the one it
+	// was sampled with even with several tasks in hand.
+	swap     sync.RWMutex
+	inflight atomic.Int64
 }
 
 // New makes an actor around a policy backend; reg may be nil.
@@ -164,13 +212,34 @@ func (a *Actor) Run(ctx context.Context) error {
 	defer stopLag()
 	wg.Go(func() { a.pollLag(lctx) })
 
+	slots := 1
+	if cp, ok := a.pol.(ConcurrentPolicy); ok && cp.MaxTasks() > 1 {
+		slots = cp.MaxTasks()
+	}
+	sem := make(chan struct{}, slots) // tasks in hand
+	var tasks sync.WaitGroup
+	defer tasks.Wait()
 	for ctx.Err() == nil {
-		// Hot swap between tasks: take the newest announced version.
+		// Hot swap between tasks: take the newest announced version (load
+		// waits for the tasks sampling to finish).
 		if latest := vw.Latest(); latest > a.pol.Version() {
 			a.load(ctx, latest)
 		}
+		if rp, ok := a.pol.(ReadyPolicy); ok {
+			if err := rp.Ready(); err != nil {
+				a.log.Debug("backend not ready; no task taken", zap.Error(err))
+				sleep(ctx, a.cfg.NakDelay)
+				continue
+			}
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
 		msg, err := cons.Next(jetstream.FetchMaxWait(a.cfg.FetchWait))
 		if err != nil {
+			<-sem
 			if ctx.Err() != nil {
 				break
 			}
@@ -181,9 +250,17 @@ func (a *Actor) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		a.m.InFlight.Set(1)
-		a.handle(ctx, vw, pub, msg)
-		a.m.InFlight.Set(0)
+		a.m.InFlight.Set(float64(a.inflight.Add(1)))
+		serve := func() {
+			defer func() { <-sem; a.m.InFlight.Set(float64(a.inflight.Add(-1))) }()
+			a.handle(ctx, vw, pub, msg)
+		}
+		if slots == 1 {
+			serve()
+			continue
+		}
+		tasks.Add(1)
+		go func() { defer tasks.Done(); serve() }()
 	}
 	return nil
 }
@@ -228,7 +305,22 @@ func (a *Actor) load(ctx context.Context, v int64) bool {
 		}
 		return false
 	}
-	if err := a.pol.Load(v, data); err != nil {
+	a.swap.Lock()
+	defer a.swap.Unlock()
+	if a.pol.Version() >= v {
+		return true // another task loaded it meanwhile
+	}
+	if pl, ok := a.pol.(ProbeLoader); ok {
+		probe, perr := a.b.FetchProbe(ctx, v)
+		if perr != nil {
+			a.log.Warn("no weight probe for this version", zap.Int64("version", v), zap.Error(perr))
+			probe = nil
+		}
+		err = pl.LoadProbe(ctx, v, data, probe)
+	} else {
+		err = a.pol.Load(v, data)
+	}
+	if err != nil {
 		a.log.Error("load weights", zap.Int64("version", v), zap.Error(err))
 		a.m.Errors.Inc()
 		return false
@@ -290,6 +382,8 @@ func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publi
 
 	subj := a.b.Names.Subject(bus.Rollouts)
 	batch := pub.Batch()
+	a.swap.RLock()
+	defer a.swap.RUnlock()
 	version := a.pol.Version()
 	var all []Completion // the whole task at once, when the backend can
 	sample := func(i int) (Completion, error) {
@@ -316,10 +410,18 @@ func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publi
 		s0 := time.Now()
 		c, err := sample(i)
 		if err != nil {
-			if errors.Is(err, ErrBadTask) {
+			var dlv uint64
+			if md, merr := msg.Metadata(); merr == nil {
+				dlv = md.NumDelivered
+			}
+			switch {
+			case ctx.Err() != nil:
+			case errors.Is(err, ErrBadTask):
 				a.dead(ctx, msg, err.Error())
-			} else if ctx.Err() == nil {
-				a.log.Warn("sample", zap.String("task", t.TaskID), zap.Error(err))
+			case !errors.Is(err, ErrNotServing) && a.cfg.DeadAfter > 0 && dlv >= uint64(a.cfg.DeadAfter):
+				a.dead(ctx, msg, fmt.Sprintf("sampling failed on delivery %d: %v", dlv, err))
+			default:
+				a.log.Warn("sample", zap.String("task", t.TaskID), zap.Uint64("delivery", dlv), zap.Error(err))
 				a.m.Errors.Inc()
 				_ = msg.NakWithDelay(a.cfg.NakDelay)
 			}
@@ -329,7 +431,7 @@ func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publi
 		tr := wire.Trajectory{RunID: a.b.Names.Run, ID: t.TaskID + "/" + strconv.Itoa(i), TaskID: t.TaskID,
 			Step: t.Step, QuestionID: t.QuestionID, Index: i, PolicyVersion: version, ActorID: a.cfg.ID,
 			PromptTokens: c.PromptTokens, Tokens: c.Tokens, LogProbs: c.LogProbs, Entropies: c.Entropies,
-			Text: c.Text, Finish: c.Finish, Answer: t.Answer, Kind: t.Kind,
+			Text: c.Text, Finish: c.Finish, Answer: t.Answer, Kind: t.Kind, EntropyKind: c.EntropyKind,
 			SampleMicros: time.Since(s0).Microseconds(), CreatedUnixMs: time.Now().UnixMilli()}
 		data, err := wire.Encode(&tr)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"reflect"
 	"slices"
 	"sort"
@@ -52,7 +53,11 @@ func runActor(t *testing.T, b *bus.Bus, pol Policy, id string) *running {
 	cfg.ID = id
 	cfg.FetchWait = 200 * time.Millisecond
 	cfg.NakDelay = 100 * time.Millisecond
-	a, err := New(b, pol, cfg, zap.NewNop(), nil)
+	lg := zap.NewNop()
+	if os.Getenv("EXGRPO_ACTOR_TEST_LOG") != "" {
+		lg, _ = zap.NewDevelopment()
+	}
+	a, err := New(b, pol, cfg, lg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,9 +43,22 @@ type Config struct {
 
 	Actors    int `json:"actors"`    // actor roles; default 1
 	Verifiers int `json:"verifiers"` // verifier worker roles; default 1
+	// Engine runs the actors on inference-engine backends instead of the
+	// built-in one: "vllm" or "sglang" starts one built-in engine server
+	// (package engine/server) per actor in this process, serving the base
+	// model in that API, and points an engine actor at it. "" (default):
+	// the built-in actors.
+	Engine string `json:"engine,omitempty"`
 
 	Pretrain task.PretrainConfig `json:"pretrain"`  // the base model's warm-up
 	CacheDir string              `json:"cache_dir"` // where base models are cached; default ~/.cache/exgrpo
+
+	// TrainData and HeldOutData replace the built-in sets with dataset
+	// files (task.LoadFile: verl-style .parquet, or JSONL), loaded with
+	// Data. With the built-in policy every prompt must be in its alphabet.
+	TrainData   string              `json:"train_data,omitempty"`
+	HeldOutData string              `json:"heldout_data,omitempty"`
+	Data        task.DatasetOptions `json:"data_options"`
 
 	TrainQuestions   int    `json:"train_questions"`   // training set size (built-in "train" set); default 4000
 	HeldOutQuestions int    `json:"heldout_questions"` // held-out questions evaluated; default 400
@@ -152,6 +165,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Trainer %q: want %q or %q (--trainer)", ErrConfig, c.Trainer, TrainerGo, TrainerTorch)
 	case c.Learner.Steps < 1:
 		return fmt.Errorf("%w: Steps %d: a run needs at least 1 step (--steps)", ErrConfig, c.Learner.Steps)
+	case c.Engine != "" && c.Engine != "vllm" && c.Engine != "sglang":
+		return fmt.Errorf("%w: engine %q (want vllm, sglang or empty)", ErrConfig, c.Engine)
 	case c.Actors < 1 || c.Verifiers < 1:
 		return fmt.Errorf("%w: need at least 1 actor and 1 verifier (have %d, %d)", ErrConfig, c.Actors, c.Verifiers)
 	case c.TrainQuestions < c.Learner.Learner.B:

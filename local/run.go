@@ -200,8 +200,18 @@ func Datasets(cfg Config) (train, heldout task.Dataset, err error) {
 			return train, heldout, fmt.Errorf("local: dataset %s: %w", s.Name, err)
 		}
 	}
+	if cfg.TrainData != "" {
+		if train, err = task.LoadFile(cfg.TrainData, cfg.Data); err != nil {
+			return train, heldout, fmt.Errorf("local: train data: %w", err)
+		}
+	}
+	if cfg.HeldOutData != "" {
+		if heldout, err = task.LoadFile(cfg.HeldOutData, cfg.Data); err != nil {
+			return train, heldout, fmt.Errorf("local: held-out data: %w", err)
+		}
+	}
 	if len(train.Problems) == 0 || len(heldout.Problems) == 0 {
-		return train, heldout, fmt.Errorf("local: built-in train or heldout set missing")
+		return train, heldout, fmt.Errorf("local: train or held-out set is empty")
 	}
 	return train, heldout, nil
 }
@@ -292,6 +302,16 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 		buses = append(buses, b)
 		acfg := actor.DefaultConfig()
 		acfg.ID = name
+		if cfg.Engine != "" {
+			run, err := engineActor(ctx, cfg, base, dir, i, b, acfg, log.Named(name), reg(name), func(n string, f func(context.Context) error) {
+				roles = append(roles, role{n, f})
+			})
+			if err != nil {
+				return err
+			}
+			roles = append(roles, role{name, run})
+			continue
+		}
 		a, err := actor.New(b, actor.NewBuiltin(), acfg, log.Named(name), reg(name))
 		if err != nil {
 			return err

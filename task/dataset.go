@@ -21,6 +21,13 @@ type Problem struct {
 	Family   string // problem family (FamilyChain, ...), or the imported set's subject/type
 	Level    int    // difficulty level; for built-ins the number of operands; 0 = unknown
 	Solution string // worked solution ending in \boxed{Answer}, used by the warm-up; may be empty
+	// System is the system prompt a chat template puts before Prompt (a
+	// verl-style "prompt" gives it, or DatasetOptions.System); the built-in
+	// tokenizer's format (EncodePrompt) has none and ignores it.
+	System string
+	// Source is the set the problem comes from (verl's data_source, e.g.
+	// "aime24"); evaluation reports scores per source.
+	Source string
 }
 
 // Dataset is a named list of problems.
@@ -122,6 +129,9 @@ func decodeProblem(b []byte) (Problem, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(b, &m); err != nil {
 		return Problem{}, err
+	}
+	if raw, ok := m["prompt"]; ok && len(bytes.TrimSpace(raw)) > 0 && bytes.TrimSpace(raw)[0] == '[' {
+		return decodeVerlLine(b)
 	}
 	var p Problem
 	var err error

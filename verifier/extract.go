@@ -119,7 +119,8 @@ func lastBoxesEnd(s string) (string, int, bool) {
 
 // isConnectorGap reports whether the text between two boxes only joins them:
 // it is short and, once math delimiters, spacing commands and \text wrappers
-// are removed, empty or holding a connector ("," ";" "and" "or").
+// are removed, empty or holding a connector ("," ";" "and" "or" "&") and no
+// conclusion word (conclusionWords: "the answer is", "so", "hence", ...).
 func isConnectorGap(g string) bool {
 	if len(g) > 48 {
 		return false
@@ -131,19 +132,34 @@ func isConnectorGap(g string) bool {
 	if g == "" {
 		return true
 	}
-	if strings.ContainsAny(g, ",;") {
-		return true
+	words := strings.FieldsFunc(asciiLower(g), func(r rune) bool {
+		return r >= 128 || !(isLetter(byte(r)) || isDigit(byte(r)))
+	})
+	// A conclusion between the boxes makes the last box the answer and the
+	// earlier one a step: "\boxed{5}, so the answer is \boxed{7}" answers 7,
+	// not the list "5, 7". Every anchor phrase holds "answer", "result" or
+	// "solution"; "so", "thus", "hence", "therefore" conclude without one.
+	for _, w := range words {
+		if _, ok := conclusionWords[w]; ok {
+			return false
+		}
 	}
-	if !strings.ContainsFunc(g, func(r rune) bool { return r < 128 && (isLetter(byte(r)) || isDigit(byte(r))) }) {
-		return true // only symbols between the boxes
+	if len(words) == 0 || strings.ContainsAny(g, ",;") {
+		return true // only symbols, or a list separator, between the boxes
 	}
-	for _, w := range strings.Fields(strings.ToLower(g)) {
-		if w == "and" || w == "or" || w == "&" {
+	for _, w := range words {
+		if w == "and" || w == "or" {
 			return true
 		}
 	}
-	return false
+	return strings.Contains(g, "&")
 }
+
+// conclusionWords mark the text between two boxes as a conclusion (see
+// isConnectorGap); anchors (the anchor phrases) all contain one of the first
+// four.
+var conclusionWords = map[string]struct{}{"answer": {}, "answers": {}, "result": {}, "solution": {},
+	"so": {}, "thus": {}, "hence": {}, "therefore": {}, "finally": {}}
 
 // stopMarkers end a response: chat-template tokens that leaked into the text.
 var stopMarkers = []string{"<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>"}

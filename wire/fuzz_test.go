@@ -24,7 +24,7 @@ func FuzzDecodeAll(f *testing.F) {
 	f.Add([]byte{0xc6, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, m := range []Message{&Task{}, &Trajectory{}, &Scored{}, &StepReport{}, &Experience{},
-			&SampleRequest{}, &SampleReply{}, &DeadLetter{}} {
+			&SampleRequest{}, &SampleReply{}, &DeadLetter{}, &Probe{}} {
 			err := Decode(data, m)
 			if err != nil && !errors.Is(err, ErrDecode) && !errors.Is(err, ErrSchema) && !errors.Is(err, ErrTooLarge) {
 				t.Fatalf("%T: error %v wraps no sentinel", m, err)

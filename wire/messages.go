@@ -17,6 +17,12 @@ type Task struct {
 	MaxNew     int     `msgpack:"maxnew"` // response token cap
 	Temp       float32 `msgpack:"temp"`   // sampling temperature T (log-probs and entropies are recorded under softmax(z/T), see policy)
 	Seed       int64   `msgpack:"seed"`   // base seed; sample i uses Seed+i, so a redelivered task samples the same
+	// PromptTokens is the prompt as the trainer's tokenizer and chat
+	// template make it (BOS and system prompt included), so that an engine
+	// actor generates from exactly the tokens the learner trains on and
+	// never tokenizes (GPU.md "Engine actors"). Empty from a learner that
+	// does not fill it; the built-in actor encodes Prompt itself.
+	PromptTokens Int32s `msgpack:"pt,omitempty"`
 }
 
 // Trajectory is one sampled completion (ROLLOUTS stream, work queue). ID is
@@ -41,7 +47,27 @@ type Trajectory struct {
 	Kind          string   `msgpack:"kind"`   // copied from the task
 	SampleMicros  int64    `msgpack:"us"`     // wall time spent sampling this task / Samples
 	CreatedUnixMs int64    `msgpack:"t"`
+	// EntropyKind says what Entropies hold: "" (EntropyExact) the entropy of
+	// the full next-token distribution (the built-in model); from an
+	// inference engine, which returns no entropies, one of the estimates
+	// EntropySample, EntropyTopKLower or EntropyTopKUpper (GPU.md "Engine
+	// actors"). Omitted when exact, so built-in trajectories encode as before.
+	EntropyKind string `msgpack:"entk,omitempty"`
 }
+
+// Entropy kinds of Trajectory.EntropyKind.
+const (
+	EntropyExact = "" // entropy of the full distribution
+	// EntropySample is -log p of the sampled token: an unbiased one-sample
+	// estimate of the entropy.
+	EntropySample = "sample"
+	// EntropyTopKLower is -sum p_i log p_i over the top-k tokens plus
+	// r * (-log p_min) for the rest mass r: a lower bound.
+	EntropyTopKLower = "topk-lower"
+	// EntropyTopKUpper is -sum p_i log p_i over the top-k tokens plus
+	// r * log((V-k)/r): an upper bound.
+	EntropyTopKUpper = "topk-upper"
+)
 
 // Scored is a trajectory with its reward (SCORED stream). The verifier writes
 // it with the trajectory's ID as message id.
@@ -158,7 +184,29 @@ type DeadLetter struct {
 	UnixMs     int64  `msgpack:"t"`
 }
 
+// Probe is published with each policy version (KV, see bus.PublishProbe):
+// the log-probs of a few fixed sequences under that version, computed by the
+// learner. An engine actor scores the same sequences after loading the
+// version and refuses to serve when they disagree (GPU.md: an HTTP 200 from a
+// weight reload is not proof that the weights changed).
+type Probe struct {
+	V       uint16     `msgpack:"v"`
+	RunID   string     `msgpack:"run"`
+	Version int64      `msgpack:"ver"`
+	Temp    float32    `msgpack:"temp"` // temperature of LogProbs (1: softmax(logits))
+	Seqs    []ProbeSeq `msgpack:"seqs"`
+}
+
+// ProbeSeq is one probe sequence: LogProbs[j] is the log-prob of
+// Tokens[PromptLen+j] given the tokens before it.
+type ProbeSeq struct {
+	Tokens    Int32s   `msgpack:"tok"`
+	PromptLen int      `msgpack:"pl"`
+	LogProbs  Float32s `msgpack:"lp"`
+}
+
 func (m *Task) schema() (string, uint16, uint16)       { return "task", TaskSchema, m.V }
+func (m *Probe) schema() (string, uint16, uint16)      { return "probe", ProbeSchema, m.V }
 func (m *Trajectory) schema() (string, uint16, uint16) { return "trajectory", TrajectorySchema, m.V }
 func (m *Scored) schema() (string, uint16, uint16)     { return "scored", ScoredSchema, m.V }
 func (m *StepReport) schema() (string, uint16, uint16) { return "step report", StepReportSchema, m.V }
@@ -195,5 +243,7 @@ func Stamp(m Message) {
 		x.V = DeadLetterSchema
 	case *Lineage:
 		x.V = LineageSchema
+	case *Probe:
+		x.V = ProbeSchema
 	}
 }

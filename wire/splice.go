@@ -66,6 +66,7 @@ type trajectoryShadow struct {
 	Kind          string  `msgpack:"kind"`
 	SampleMicros  int64   `msgpack:"us"`
 	CreatedUnixMs int64   `msgpack:"t"`
+	EntropyKind   string  `msgpack:"entk,omitempty"`
 }
 
 // blobLen checks a blob as Int32s and Float32s decode it and skips its

@@ -28,6 +28,10 @@ var (
 )
 
 // Schema versions, one per message type. Bump on any incompatible change.
+// Adding an omitempty field is compatible and bumps nothing: older readers
+// skip it, and a message without it decodes to the field's zero value,
+// which must mean what older writers meant (Task.PromptTokens: none given;
+// Trajectory.EntropyKind: exact entropies).
 const (
 	TaskSchema          = 1
 	TrajectorySchema    = 1
@@ -38,6 +42,7 @@ const (
 	SampleReplySchema   = 1
 	DeadLetterSchema    = 1
 	LineageSchema       = 1
+	ProbeSchema         = 1
 )
 
 // Message is implemented by every wire type: its expected schema version and

@@ -21,7 +21,7 @@ func init() {
 
 func runEval(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
-	ckPath := fs.String("checkpoint", "", "checkpoint file (safetensors) to evaluate (required)")
+	ckPath := fs.String("checkpoint", "", "checkpoint file (safetensors) to evaluate (required without --engine; with it, the built-in tokenizer to make prompts with)")
 	datasets := fs.String("dataset", "", "comma-separated JSONL dataset files (fields id, problem|prompt|question, answer|solution; kind defaults to math)")
 	sets := fs.String("set", "", "comma-separated built-in sets (see exgrpo tasks --list); default heldout when no --dataset")
 	k := fs.Int("k", 8, "samples per question")
@@ -30,8 +30,16 @@ func runEval(ctx context.Context, args []string) error {
 	kind := fs.String("kind", "", "verifier kind for every problem, overriding the file's (e.g. arith or math)")
 	asJSON := fs.Bool("json", false, "print the reports as JSON")
 	perQuestion := fs.Bool("per-question", false, "with --json, include each question's k")
+	ef := addEngineFlags(fs)
+	ev := addEngineEvalFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if ef.api != "" {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		return runEngineEval(ctx, ef, ev, engineEvalArgs{datasets: splitList(*datasets), k: *k, kSet: set["k"],
+			temp: *temp, tempSet: set["temperature"], seed: int64(*seed), kind: *kind, asJSON: *asJSON, tokenizer: *ckPath})
 	}
 	if *ckPath == "" || fs.NArg() > 0 {
 		return fmt.Errorf("%w: need --checkpoint FILE (and no positional arguments)", errUsage)

@@ -20,7 +20,9 @@ func runActorRole(ctx context.Context, args []string) error {
 	cfg := actor.DefaultConfig()
 	fs.StringVar(&cfg.ID, "id", cfg.ID, "actor id recorded in its trajectories")
 	fs.DurationVar(&cfg.WeightsWait, "weights-wait", cfg.WeightsWait, "how long a task waits for the policy version it needs before going back to the queue")
-	ckpt := fs.String("checkpoint", "", "start from this policy checkpoint as version 0 instead of waiting for the learner's weights")
+	fs.IntVar(&cfg.DeadAfter, "dead-after", cfg.DeadAfter, "a task whose sampling fails on this delivery goes to DEAD with the reason (0: never)")
+	ckpt := fs.String("checkpoint", "", "start from this policy checkpoint as version 0 instead of waiting for the learner's weights (built-in policy only)")
+	ef := addEngineFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -32,15 +34,20 @@ func runActorRole(ctx context.Context, args []string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	pol := actor.NewBuiltin()
-	if *ckpt != "" {
-		c, err := policy.LoadFile(*ckpt)
-		if err != nil {
-			return fmt.Errorf("actor: %w", err)
+	var pol actor.Policy
+	if ef.api != "" {
+		if *ckpt != "" {
+			return fmt.Errorf("%w: --checkpoint is for the built-in policy; an engine loads the learner's versions", errUsage)
 		}
-		if pol, err = actor.NewBuiltinFrom(0, c); err != nil {
+		ecfg, err := ef.config()
+		if err != nil {
 			return err
 		}
+		if pol, err = actor.NewEngine(ctx, ecfg, log); err != nil {
+			return err
+		}
+	} else if pol, err = builtinPolicy(*ckpt); err != nil {
+		return err
 	}
 	nc, b, err := bf.open(ctx, "actor-"+cfg.ID, log)
 	if err != nil {
@@ -53,4 +60,17 @@ func runActorRole(ctx context.Context, args []string) error {
 		return err
 	}
 	return bf.serve(ctx, nc, log, reg, a.Run)
+}
+
+// builtinPolicy is the built-in backend, from a checkpoint as version 0
+// when one is given.
+func builtinPolicy(ckpt string) (actor.Policy, error) {
+	if ckpt == "" {
+		return actor.NewBuiltin(), nil
+	}
+	c, err := policy.LoadFile(ckpt)
+	if err != nil {
+		return nil, fmt.Errorf("actor: %w", err)
+	}
+	return actor.NewBuiltinFrom(0, c)
 }

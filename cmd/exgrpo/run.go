@@ -12,6 +12,7 @@ import (
 	"github.com/exgrpo/exgrpo/learner"
 	"github.com/exgrpo/exgrpo/local"
 	"github.com/exgrpo/exgrpo/rundir"
+	"github.com/exgrpo/exgrpo/task"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -27,6 +28,16 @@ func trainFlags(fs *flag.FlagSet, c *local.Config) {
 	fs.StringVar(&c.Algo, "algo", c.Algo, "algorithm: exgrpo, or onpolicy (the Dr.GRPO baseline: rho 0, no collection)")
 	fs.Int64Var(&c.Learner.Steps, "steps", c.Learner.Steps, "training steps")
 	fs.Int64Var(&c.Learner.Seed, "seed", c.Learner.Seed, "seed of question draws and sampling")
+	fs.StringVar(&c.TrainData, "train-data", "", "train on this dataset file instead of the built-in set (verl-style .parquet, or JSONL)")
+	fs.StringVar(&c.HeldOutData, "heldout-data", "", "evaluate on this dataset file instead of the built-in held-out set")
+	fs.Func("system-prompt", "system prompt of every problem of --train-data/--heldout-data: 'paper' (the paper's <think> prompt) or the text", func(v string) error {
+		c.Data.System = v
+		if v == "paper" {
+			c.Data.System = task.PaperSystemPrompt
+		}
+		return nil
+	})
+	fs.BoolVar(&c.Data.ThinkGate, "think-gate", false, "grade only the text after the last </think> (math-think / arith-think)")
 	fs.IntVar(&l.K, "k", l.K, "rollouts per question (group size K)")
 	fs.IntVar(&l.B, "batch", l.B, "questions per step (B)")
 	fs.Float64Var(&l.Rho, "rho", l.Rho, "fraction of a step's questions replayed from the pool")
@@ -78,6 +89,7 @@ func runLocal(ctx context.Context, args []string) error {
 	fs.StringVar(&c.RunID, "run", c.RunID, "run id in stream names")
 	fs.IntVar(&c.Actors, "actors", c.Actors, "actor roles")
 	fs.IntVar(&c.Verifiers, "verifiers", c.Verifiers, "verifier worker roles")
+	fs.StringVar(&c.Engine, "engine", "", "run the actors on engine backends: vllm or sglang starts one built-in engine server per actor in this process, serving the base model in that API (empty: built-in actors)")
 	fs.StringVar(&c.MetricsAddr, "metrics", "", "serve Prometheus /metrics on this address (e.g. :9090)")
 	debug := fs.Bool("debug", false, "debug logging (to run.log in the run directory)")
 	trainFlags(fs, &c)
@@ -102,8 +114,12 @@ func runLocal(ctx context.Context, args []string) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	fmt.Fprintf(os.Stderr, "exgrpo run: %s, %d steps of %d questions x %d rollouts (rho %.2f), %d actor(s)\n",
-		c.Algo, c.Learner.Steps, c.Learner.Learner.B, c.Learner.Learner.K, c.Learner.Learner.Rho, c.Actors)
+	actors := "built-in"
+	if c.Engine != "" {
+		actors = c.Engine + " engine"
+	}
+	fmt.Fprintf(os.Stderr, "exgrpo run: %s, %d steps of %d questions x %d rollouts (rho %.2f), %d %s actor(s)\n",
+		c.Algo, c.Learner.Steps, c.Learner.Learner.B, c.Learner.Learner.K, c.Learner.Learner.Rho, c.Actors, actors)
 	_, err = local.Run(ctx, c, local.Hooks{Out: os.Stderr}, log)
 	return err
 }

@@ -380,7 +380,8 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 		pt.taskID = id
 		tk := wire.Task{RunID: s.d.Bus.Names.Run, TaskID: id, Step: t, QuestionID: pt.problem.ID,
 			Prompt: pt.problem.Prompt, Answer: pt.problem.Answer, Kind: pt.problem.Kind, Samples: pt.samples,
-			MinVersion: p.version, MaxNew: s.cfg.MaxNew, Temp: s.cfg.Temperature, Seed: taskSeed(s.cfg.Seed, t, pt.problem.ID)}
+			MinVersion: p.version, MaxNew: s.cfg.MaxNew, Temp: s.cfg.Temperature, Seed: taskSeed(s.cfg.Seed, t, pt.problem.ID),
+			PromptTokens: promptTokens(s.d.Tokenizer, pt.problem)}
 		data, err := wire.Encode(&tk)
 		if err != nil {
 			return fmt.Errorf("learner service: %w", err)
@@ -759,6 +760,9 @@ func PublishWeights(ctx context.Context, b *bus.Bus, version int64, m *policy.Mo
 	if err := policy.WriteCheckpoint(&buf, policy.Checkpoint{Model: m, Tokenizer: tok,
 		Meta: map[string]string{MetaVersion: strconv.FormatInt(version, 10)}}); err != nil {
 		return fmt.Errorf("learner service: encode weights v%d: %w", version, err)
+	}
+	if err := publishProbe(ctx, b, version, m, tok); err != nil {
+		return err
 	}
 	return b.PublishWeights(ctx, version, buf.Bytes())
 }
