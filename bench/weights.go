@@ -1,16 +1,13 @@
-package main
+package bench
 
 import (
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"sort"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/exgrpo/exgrpo/actor"
@@ -22,40 +19,38 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-func init() {
-	registerBench("weights", "time for N actors to hold a new ~100 MB policy version vs one Object Store get", runBenchWeights)
+// WeightsConfig is `exgrpo bench weights`.
+type WeightsConfig struct {
+	Width, Layers int   // model width C and layers L (512 x 8: ~25M parameters, ~100 MB)
+	Actors        []int // actor counts N to measure
+	Reps          int   // repetitions per N (best reported)
+	Load          bool  // actors also parse the checkpoint into a model, not only hold the bytes
+	Quick         bool  // small model (width 256, 4 layers) and one repetition
 }
 
-// runBenchWeights: a learner-side client publishes a policy checkpoint as a
+// DefaultWeights is the configuration BENCHMARKS.md reports.
+func DefaultWeights() WeightsConfig {
+	return WeightsConfig{Width: 512, Layers: 8, Actors: []int{1, 4, 8}, Reps: 2, Load: true}
+}
+
+// Weights: a learner-side client publishes a policy checkpoint as a
 // new version (Object Store put + KV announce); N actor-side clients, each
 // on its own connection, watch the version key, fetch the object (streamed
 // Get, SHA-256 checked) and load it into a model. The anchor is one plain
 // streamed Object Store Get of the same object, measured in the same run.
-func runBenchWeights(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench weights", flag.ContinueOnError)
-	width := fs.Int("width", 512, "model width C (with --layers 8: ~25M parameters, ~100 MB)")
-	layers := fs.Int("layers", 8, "model layers L")
-	actorsFlag := fs.String("actors", "1,4,8", "actor counts N to measure")
-	reps := fs.Int("reps", 2, "repetitions per N (best reported)")
-	load := fs.Bool("load", true, "actors also parse the checkpoint into a model (actor.Builtin.Load), not only hold the bytes")
-	quick := fs.Bool("quick", false, "small model (width 256, 4 layers) and one repetition")
-	if err := fs.Parse(args); err != nil {
-		return err
+func Weights(ctx context.Context, w io.Writer, cfg WeightsConfig) error {
+	if cfg.Quick {
+		cfg.Width, cfg.Layers, cfg.Reps = 256, 4, 1
 	}
-	if *quick {
-		*width, *layers, *reps = 256, 4, 1
-	}
-	var ns []int
-	for _, f := range strings.Split(*actorsFlag, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return fmt.Errorf("%w: --actors %q", errUsage, *actorsFlag)
+	ns := cfg.Actors
+	for _, n := range ns {
+		if n < 1 {
+			return fmt.Errorf("%w: actor count %d < 1", ErrConfig, n)
 		}
-		ns = append(ns, n)
 	}
-	cfg := task.ModelConfig()
-	cfg.Width, cfg.Layers, cfg.Heads = *width, *layers, 8
-	m, err := policy.New(cfg, rand.New(rand.NewPCG(1, 2)))
+	mcfg := task.ModelConfig()
+	mcfg.Width, mcfg.Layers, mcfg.Heads = cfg.Width, cfg.Layers, 8
+	m, err := policy.New(mcfg, rand.New(rand.NewPCG(1, 2)))
 	if err != nil {
 		return err
 	}
@@ -97,8 +92,8 @@ func runBenchWeights(ctx context.Context, args []string) error {
 		return err
 	}
 	defer lnc.Close()
-	fmt.Printf("weights: checkpoint of %d parameters, %.1f MB, file storage, load into model: %v\n",
-		params, float64(len(blob))/1e6, *load)
+	fmt.Fprintf(w, "weights: checkpoint of %d parameters, %.1f MB, file storage, load into model: %v\n",
+		params, float64(len(blob))/1e6, cfg.Load)
 
 	version := int64(0)
 	// Anchor: one streamed Object Store Get of the object.
@@ -107,7 +102,7 @@ func runBenchWeights(ctx context.Context, args []string) error {
 		return err
 	}
 	var anchor time.Duration
-	for range max(*reps, 3) {
+	for range max(cfg.Reps, 3) {
 		t0 := time.Now()
 		if err := plainGet(ctx, learner, bus.WeightsObject(version)); err != nil {
 			return err
@@ -116,7 +111,7 @@ func runBenchWeights(ctx context.Context, args []string) error {
 			anchor = d
 		}
 	}
-	fmt.Printf("anchor: one Object Store get: %.3fs (%.0f MB/s)\n", anchor.Seconds(), float64(len(blob))/1e6/anchor.Seconds())
+	fmt.Fprintf(w, "anchor: one Object Store get: %.3fs (%.0f MB/s)\n", anchor.Seconds(), float64(len(blob))/1e6/anchor.Seconds())
 
 	for _, n := range ns {
 		type actorConn struct {
@@ -137,7 +132,7 @@ func runBenchWeights(ctx context.Context, args []string) error {
 			acts[i] = actorConn{nc, b, w}
 		}
 		var bestHold, bestTotal, put time.Duration
-		for range *reps {
+		for range cfg.Reps {
 			version++
 			g, gctx := errgroup.WithContext(ctx)
 			done := make([]time.Time, n)
@@ -151,7 +146,7 @@ func runBenchWeights(ctx context.Context, args []string) error {
 					if err != nil {
 						return err
 					}
-					if *load {
+					if cfg.Load {
 						if err := actor.NewBuiltin().Load(v, data); err != nil {
 							return err
 						}
@@ -174,7 +169,7 @@ func runBenchWeights(ctx context.Context, args []string) error {
 				bestHold, bestTotal, put = hold, total, announced.Sub(t0)
 			}
 		}
-		fmt.Printf("N=%d actors: all hold v%d %.3fs after the announce (%.2fx one get); publish %.3fs; publish to all holding %.3fs\n",
+		fmt.Fprintf(w, "N=%d actors: all hold v%d %.3fs after the announce (%.2fx one get); publish %.3fs; publish to all holding %.3fs\n",
 			n, version, bestHold.Seconds(), bestHold.Seconds()/anchor.Seconds(), put.Seconds(), bestTotal.Seconds())
 		for _, a := range acts {
 			a.w.Stop()
