@@ -174,10 +174,15 @@ func leaseKey(actor string) string {
 
 // Lookup reads version v's announcement; ErrNotAnnounced when there is none.
 func Lookup(ctx context.Context, b *bus.Bus, v int64) (Announcement, error) {
+	return LookupKV(ctx, b.State, b.Config.OpTimeout, v)
+}
+
+// LookupKV is Lookup on the run's KV bucket, each read bounded by timeout.
+func LookupKV(ctx context.Context, kv jetstream.KeyValue, timeout time.Duration, v int64) (Announcement, error) {
 	var a Announcement
-	octx, cancel := context.WithTimeout(ctx, b.Config.OpTimeout)
+	octx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	e, err := b.State.Get(octx, AnnouncementKey(v))
+	e, err := kv.Get(octx, AnnouncementKey(v))
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return a, fmt.Errorf("%w: v%d", ErrNotAnnounced, v)
 	}
@@ -199,9 +204,14 @@ func Lookup(ctx context.Context, b *bus.Bus, v int64) (Announcement, error) {
 // List returns every announced version and every lease, for inspection
 // and pruning; versions in increasing order.
 func List(ctx context.Context, b *bus.Bus) ([]Announcement, []Lease, error) {
-	octx, cancel := context.WithTimeout(ctx, b.Config.OpTimeout)
+	return ListKV(ctx, b.State, b.Config.OpTimeout)
+}
+
+// ListKV is List on the run's KV bucket, bounded by timeout.
+func ListKV(ctx context.Context, kv jetstream.KeyValue, timeout time.Duration) ([]Announcement, []Lease, error) {
+	octx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	lister, err := b.State.ListKeys(octx)
+	lister, err := kv.ListKeys(octx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("transfer: list keys: %w", err)
 	}
@@ -210,7 +220,7 @@ func List(ctx context.Context, b *bus.Bus) ([]Announcement, []Lease, error) {
 	for k := range lister.Keys() {
 		switch {
 		case strings.HasPrefix(k, leasePrefix):
-			e, err := b.State.Get(octx, k)
+			e, err := kv.Get(octx, k)
 			if err != nil {
 				continue
 			}
@@ -230,7 +240,7 @@ func List(ctx context.Context, b *bus.Bus) ([]Announcement, []Lease, error) {
 	slices.Sort(vs)
 	anns := make([]Announcement, 0, len(vs))
 	for _, v := range vs {
-		a, err := Lookup(ctx, b, v)
+		a, err := LookupKV(ctx, kv, timeout, v)
 		if errors.Is(err, ErrNotAnnounced) {
 			continue
 		}
