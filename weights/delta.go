@@ -380,7 +380,10 @@ func newCompressor(k Compressor) (*compressor, error) {
 	default:
 		return nil, fmt.Errorf("%w: unknown compressor %q", ErrDelta, k)
 	}
-	z, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+	// A window no larger than a chunk: each chunk is its own frame, and the
+	// default 8 MiB window makes every encoder allocate and clear tens of MB.
+	z, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false),
+		zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, fmt.Errorf("weights: zstd encoder: %w", err)
 	}

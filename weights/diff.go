@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 
 	"github.com/klauspost/compress/fse"
 )
@@ -55,26 +56,28 @@ func diffEncode(base, target []byte, elem int, gaps, lo, rest []byte) (_, _, _ [
 	switch elem {
 	case 2:
 		i := 0
+		var xs [4]uint64
 		for ; i+16 <= m; i += 16 {
 			// 16 elements per round: one OR of four XORs says whether any
 			// changed (most rounds at lr 1e-6: none or one).
 			bb, tb := base[2*i:2*i+32:2*i+32], target[2*i:2*i+32:2*i+32]
 			a0, a1, a2, a3 := binary.LittleEndian.Uint64(bb), binary.LittleEndian.Uint64(bb[8:]), binary.LittleEndian.Uint64(bb[16:]), binary.LittleEndian.Uint64(bb[24:])
 			b0, b1, b2, b3 := binary.LittleEndian.Uint64(tb), binary.LittleEndian.Uint64(tb[8:]), binary.LittleEndian.Uint64(tb[16:]), binary.LittleEndian.Uint64(tb[24:])
-			if (a0^b0)|(a1^b1)|(a2^b2)|(a3^b3) == 0 {
+			xs[0], xs[1], xs[2], xs[3] = a0^b0, a1^b1, a2^b2, a3^b3
+			if xs[0]|xs[1]|xs[2]|xs[3] == 0 {
 				continue
 			}
-			for q, ab := range [4][2]uint64{{a0, b0}, {a1, b1}, {a2, b2}, {a3, b3}} {
-				a, b := ab[0], ab[1]
-				if a == b {
-					continue
-				}
-				for j := range 4 {
-					if d := int16(key16(uint16(b>>(16*j))) - key16(uint16(a>>(16*j)))); d != 0 {
-						z := uint16(d<<1) ^ uint16(d>>15)
-						gap(i + 4*q + j)
-						lo, rest = append(lo, byte(z)), append(rest, byte(z>>8))
-					}
+			for q := range 4 {
+				x := xs[q]
+				// Visit only the lanes (elements) whose bits differ.
+				for x != 0 {
+					j := bits.TrailingZeros64(x) >> 4
+					x &^= 0xffff << (16 * j)
+					e := i + 4*q + j
+					d := int16(key16(binary.LittleEndian.Uint16(target[2*e:])) - key16(binary.LittleEndian.Uint16(base[2*e:])))
+					z := uint16(d<<1) ^ uint16(d>>15)
+					gap(e)
+					lo, rest = append(lo, byte(z)), append(rest, byte(z>>8))
 				}
 			}
 		}

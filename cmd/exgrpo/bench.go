@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/exgrpo/exgrpo/bench"
+	"github.com/exgrpo/exgrpo/weights"
 )
 
 // benchTarget is one `exgrpo bench <name>` target: its summary and a
@@ -29,7 +30,7 @@ var benchTargets = map[string]benchTarget{
 	"policy":    {"policy training and sampling tokens/s, matmul GFLOP/s vs SGEMM peak, vs PyTorch CPU", benchPolicy},
 	"replay":    {"experience pool: sample 64 questions (goal 100 us), fold a 128x8x1024 report (goal 5 ms), snapshot MB/s", benchReplay},
 	"verifier":  {"answers/s per core on typical boxed answers (goal 20k) and worst-case time per item (bound 50 ms)", benchVerifier},
-	"weights":   {"time for N actors to hold a new ~100 MB policy version vs one Object Store get", benchWeights},
+	"weights":   {"delta versions of a 1.5B bf16 model after an AdamW step (bytes, GB/s per core), and N actors holding a version vs one full get", benchWeights},
 }
 
 const benchAllSummary = "every other benchmark target in turn (--quick: their short forms, about 10 minutes), then one summary table"
@@ -184,18 +185,28 @@ func benchVerifier(ctx context.Context, w io.Writer, args []string) error {
 func benchWeights(ctx context.Context, w io.Writer, args []string) error {
 	c := bench.DefaultWeights()
 	fs := flag.NewFlagSet("bench weights", flag.ContinueOnError)
-	fs.IntVar(&c.Width, "width", c.Width, "model width C (with --layers 8: ~25M parameters, ~100 MB)")
-	fs.IntVar(&c.Layers, "layers", c.Layers, "model layers L")
-	actors := fs.String("actors", "1,4,8", "actor counts N to measure")
-	fs.IntVar(&c.Reps, "reps", c.Reps, "repetitions per N (best reported)")
-	fs.BoolVar(&c.Load, "load", c.Load, "actors also parse the checkpoint into a model (actor.Builtin.Load), not only hold the bytes")
-	fs.BoolVar(&c.Quick, "quick", c.Quick, "small model (width 256, 4 layers) and one repetition")
+	fs.IntVar(&c.Layers, "layers", c.Layers, "decoder layers of the Qwen2.5-1.5B-shaped model of the codec measurement (28: all, 1.54B elements)")
+	fs.IntVar(&c.Vocab, "vocab", c.Vocab, "vocabulary (embedding rows)")
+	fs.IntVar(&c.HoldLayers, "hold-layers", c.HoldLayers, "decoder layers of the model the actors hold (transport measurement)")
+	fs.Int64Var(&c.ShardBytes, "shard-bytes", c.ShardBytes, "largest safetensors shard")
+	fs.Float64Var(&c.LR, "lr", c.LR, "AdamW learning rate of the simulated step")
+	actors := fs.String("actors", "1,4,8", "actor counts N to measure (empty: no transport measurement)")
+	comps := fs.String("compressors", "diff-fse,zstd1,s2", "delta encodings to measure (the first is the transport's): diff-fse, zstd1, zstd3, s2, raw")
+	fs.Uint64Var(&c.Seed, "seed", c.Seed, "random seed of the weights and gradients")
+	fs.BoolVar(&c.Quick, "quick", c.Quick, "small model (2 layers, vocab 16384; actors hold 1 layer), N = 1, 4")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var err error
-	if c.Actors, err = intList(*actors); err != nil {
-		return fmt.Errorf("%w: --actors: %v", errUsage, err)
+	c.Actors = nil
+	if *actors != "" {
+		var err error
+		if c.Actors, err = intList(*actors); err != nil {
+			return fmt.Errorf("%w: --actors: %v", errUsage, err)
+		}
+	}
+	c.Compressors = nil
+	for _, n := range expList(*comps) {
+		c.Compressors = append(c.Compressors, weights.Compressor(n))
 	}
 	return bench.Weights(ctx, w, c)
 }
