@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -43,6 +42,8 @@ type WeightsConfig struct {
 	Compressors []weights.Compressor
 	Quick       bool // a small model (2 layers, vocab 16384; actors hold 1 layer) and N = 1, 4
 	Seed        uint64
+	// NoCodec skips the codec measurement (the transport one alone).
+	NoCodec bool
 }
 
 // DefaultWeights is the configuration BENCHMARKS.md reports.
@@ -165,24 +166,30 @@ func buildModel(specs []tensorSpec, shardBytes int64, lr float32, seed uint64) (
 	var out []shard
 	var elems int64
 	for gi, g := range groups {
-		var tsB, tsA []weights.NamedTensor
+		// Header first, then every tensor generated in place: the shard
+		// exists once per version, never as tensors plus a copy.
+		ts := make([]weights.NamedTensor, len(g))
+		var data int64
 		for ti, s := range g {
-			n := s.elems()
-			elems += n
-			b, a := make([]byte, 2*n), make([]byte, 2*n)
-			adamStep(s, lr, seed+uint64(gi)<<20+uint64(ti), b, a)
-			tsB = append(tsB, weights.NamedTensor{Name: s.name, Dtype: "BF16", Shape: s.shape, Data: b})
-			tsA = append(tsA, weights.NamedTensor{Name: s.name, Dtype: "BF16", Shape: s.shape, Data: a})
+			ts[ti] = weights.NamedTensor{Name: s.name, Dtype: "BF16", Shape: s.shape}
+			data += 2 * s.elems()
 		}
-		name := fmt.Sprintf("model-%05d-of-%05d.safetensors", gi+1, len(groups))
-		var bb, ab bytes.Buffer
-		if err := weights.WriteSafetensors(&bb, tsB, map[string]string{"format": "pt"}); err != nil {
+		hdr, err := weights.SafetensorsHeader(ts, map[string]string{"format": "pt"})
+		if err != nil {
 			return nil, 0, err
 		}
-		if err := weights.WriteSafetensors(&ab, tsA, map[string]string{"format": "pt"}); err != nil {
-			return nil, 0, err
+		sh := shard{name: fmt.Sprintf("model-%05d-of-%05d.safetensors", gi+1, len(groups)),
+			before: make([]byte, int64(len(hdr))+data), after: make([]byte, int64(len(hdr))+data)}
+		copy(sh.before, hdr)
+		copy(sh.after, hdr)
+		off := int64(len(hdr))
+		for ti, s := range g {
+			n := 2 * s.elems()
+			elems += s.elems()
+			adamStep(s, lr, seed+uint64(gi)<<20+uint64(ti), sh.before[off:off+n], sh.after[off:off+n])
+			off += n
 		}
-		out = append(out, shard{name: name, before: bb.Bytes(), after: ab.Bytes()})
+		out = append(out, sh)
 	}
 	return out, elems, nil
 }
@@ -204,6 +211,9 @@ func Weights(ctx context.Context, w io.Writer, cfg WeightsConfig) error {
 		if n < 1 {
 			return fmt.Errorf("%w: actor count %d < 1", ErrConfig, n)
 		}
+	}
+	if cfg.NoCodec {
+		return weightsHold(ctx, w, cfg)
 	}
 	t0 := time.Now()
 	shards, elems, err := buildModel(qwen15Shapes(cfg.Layers, cfg.Vocab), cfg.ShardBytes, float32(cfg.LR), cfg.Seed)

@@ -287,6 +287,23 @@ func Commit(root, staged string, v int64, format string, meta map[string]string)
 	if err != nil {
 		return "", m, err
 	}
+	return CommitManifest(root, staged, m)
+}
+
+// CommitManifest is Commit with a manifest the caller already checked the
+// files against (a reader that verified each digest as it wrote the file):
+// only the sizes are checked again, nothing is hashed twice.
+func CommitManifest(root, staged string, m Manifest) (string, Manifest, error) {
+	v := m.Version
+	if err := m.Validate(); err != nil {
+		return "", m, err
+	}
+	for _, f := range m.Files {
+		st, err := os.Stat(filepath.Join(staged, filepath.FromSlash(f.Name)))
+		if err != nil || st.Size() != f.Size {
+			return "", m, fmt.Errorf("%w: v%d: staged %s: %v", ErrIncomplete, v, f.Name, err)
+		}
+	}
 	if err := WriteManifest(staged, m); err != nil {
 		return "", m, err
 	}

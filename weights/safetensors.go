@@ -147,24 +147,46 @@ type NamedTensor struct {
 }
 
 // EncodeSafetensorsHeader returns the 8-byte length and JSON header of a
-// file holding ts in order (the data follows, tensors back to back).
+// file holding ts in order (the data follows, tensors back to back). Only
+// the lengths of the Data fields are read, and each must match its shape.
 func EncodeSafetensorsHeader(ts []NamedTensor, meta map[string]string) ([]byte, error) {
+	for _, t := range ts {
+		n, err := tensorBytes(t.Name, t.Dtype, t.Shape)
+		if err != nil {
+			return nil, err
+		}
+		if n != int64(len(t.Data)) {
+			return nil, fmt.Errorf("weights: tensor %q: %s%v needs %d bytes, has %d", t.Name, t.Dtype, t.Shape, n, len(t.Data))
+		}
+	}
+	return SafetensorsHeader(ts, meta)
+}
+
+func tensorBytes(name, dtype string, shape []int64) (int64, error) {
+	es, ok := ElemSize(dtype)
+	if !ok {
+		return 0, fmt.Errorf("weights: tensor %q: unknown dtype %q", name, dtype)
+	}
+	n := int64(es)
+	for _, d := range shape {
+		n *= d
+	}
+	return n, nil
+}
+
+// SafetensorsHeader is EncodeSafetensorsHeader from names, dtypes and
+// shapes alone (Data is ignored): for writing a file's data in place after
+// its header.
+func SafetensorsHeader(ts []NamedTensor, meta map[string]string) ([]byte, error) {
 	hdr := map[string]any{}
 	if len(meta) > 0 {
 		hdr["__metadata__"] = meta
 	}
 	var off int64
 	for _, t := range ts {
-		es, ok := ElemSize(t.Dtype)
-		if !ok {
-			return nil, fmt.Errorf("weights: tensor %q: unknown dtype %q", t.Name, t.Dtype)
-		}
-		n := int64(es)
-		for _, d := range t.Shape {
-			n *= d
-		}
-		if n != int64(len(t.Data)) {
-			return nil, fmt.Errorf("weights: tensor %q: %s%v needs %d bytes, has %d", t.Name, t.Dtype, t.Shape, n, len(t.Data))
+		n, err := tensorBytes(t.Name, t.Dtype, t.Shape)
+		if err != nil {
+			return nil, err
 		}
 		hdr[t.Name] = map[string]any{"dtype": t.Dtype, "shape": t.Shape, "data_offsets": []int64{off, off + n}}
 		off += n

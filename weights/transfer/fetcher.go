@@ -329,7 +329,7 @@ func (f *Fetcher) rebuild(ctx context.Context, a Announcement, chain []Announcem
 			return nil, fmt.Errorf("transfer: write %s: %w", file.Name, err)
 		}
 	}
-	dir, m, err := weights.Commit(f.cfg.Dir, staged, a.Version, a.Manifest.Format, a.Manifest.Meta)
+	dir, m, err := weights.CommitManifest(f.cfg.Dir, staged, a.Manifest) // every file's digest was checked above
 	if err != nil {
 		return nil, err
 	}
