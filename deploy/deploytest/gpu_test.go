@@ -339,11 +339,11 @@ func TestGPUSlurmStandIns(t *testing.T) {
 			"--logprobs-mode processed_logprobs", "--max-logprobs 8", "--dtype bfloat16", "--max-model-len 9216",
 			"VLLM_SERVER_DEV_MODE=1", fmt.Sprintf("CUDA_VISIBLE_DEVICES=%d,%d", 4+2*i, 5+2*i))
 	}
-	actors := startsOf(recs, `^exgrpo-actor-`)
-	if len(actors) != 2 {
+	if actors := startsOf(recs, `^exgrpo-actor-`); len(actors) != 2 {
 		t.Fatalf("%d actors, want 2", len(actors))
 	}
-	for i, a := range actors {
+	for i := range 2 { // actor i beside engine i
+		a := startsOf(recs, fmt.Sprintf(`^exgrpo-actor-.*-a%d$`, i))[0]
 		mustContain(t, "actor", a.rest, "--engine vllm", fmt.Sprintf("--engine-url http://127.0.0.1:%d", ebase+i),
 			fmt.Sprintf("--nats nats://localhost:%d", ports[0]))
 	}
@@ -418,8 +418,12 @@ func TestGPUSSHStandIns(t *testing.T) {
 			t.Errorf("engine %d: %v, want %s", i, e, want)
 		}
 	}
-	for i, a := range startsOf(recs, `^exgrpo-actor-`) {
-		mustContain(t, "actor", a.rest, "--engine sglang", fmt.Sprintf("--engine-url http://127.0.0.1:%d", ebase+i))
+	for i := range 2 {
+		a := startsOf(recs, fmt.Sprintf(`^exgrpo-actor-.*-a%d$`, i))
+		if len(a) != 1 {
+			t.Fatalf("actor %d started %d times", i, len(a))
+		}
+		mustContain(t, "actor", a[0].rest, "--engine sglang", fmt.Sprintf("--engine-url http://127.0.0.1:%d", ebase+i))
 	}
 	mustContain(t, "torchrun", startsOf(recs, `^trainer$`)[0].rest, "--nproc-per-node 2", "CUDA_VISIBLE_DEVICES=0,1")
 	if left := readPids(t, filepath.Join(work, "pids")); len(left) > 0 {
