@@ -1,7 +1,8 @@
 // Package actor is the actor role: it pulls rollout tasks from the TASKS
 // work queue (shared durable consumer "actors"), makes sure its policy is at
-// least the task's MinVersion (fetching announced weights from the Object
-// Store and hot-swapping them between tasks), samples the task's completions
+// least the task's MinVersion (materialising announced versions through
+// weights/transfer, a shared directory or the Object Store, and
+// hot-swapping them between tasks), samples the task's completions
 // and publishes each as a wire.Trajectory to ROLLOUTS with id
 // "<taskID>/<i>". The task is acked only after every trajectory's publish is
 // acked, so a crash mid-task leaves it to be redelivered; samples are drawn
@@ -17,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/exgrpo/exgrpo/internal/faultpoint"
+	"io/fs"
 	"os"
 	"strconv"
 	"sync"
@@ -25,6 +27,8 @@ import (
 
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/metrics"
+	"github.com/exgrpo/exgrpo/weights"
+	"github.com/exgrpo/exgrpo/weights/transfer"
 	"github.com/exgrpo/exgrpo/wire"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -58,6 +62,15 @@ type Policy interface {
 	// Sample draws completion i of task t; it must depend only on the
 	// weights, t and i (seed t.Seed+i), so a redelivered task reproduces it.
 	Sample(ctx context.Context, t wire.Task, i int) (Completion, error)
+}
+
+// DirPolicy is an optional extension of Policy for backends that load a
+// version from a directory of files (an inference engine reloading an HF
+// model directory from a path). The actor uses it when the backend has it;
+// otherwise it reads a built-in version's one checkpoint file and calls
+// Load. The directory is readable only during the call.
+type DirPolicy interface {
+	LoadDir(ctx context.Context, version int64, dir string, m weights.Manifest) error
 }
 
 // BatchPolicy is an optional extension of Policy: all of a task's
@@ -128,6 +141,13 @@ type Config struct {
 	// wrapping ErrNotServing never count. Default 3 (below the bus's
 	// TaskMaxDeliver, so that the reason is ours).
 	DeadAfter int
+	// WeightsDir is where versions that come through the Object Store are
+	// rebuilt (weights/transfer); default a per-actor directory under the
+	// system's temporary directory.
+	WeightsDir string
+	// WeightsCheckSizes checks shared-filesystem versions by file sizes
+	// only, not digests (hashing a 15 GB version takes seconds).
+	WeightsCheckSizes bool
 }
 
 // DefaultConfig returns the defaults above.
@@ -155,6 +175,7 @@ func (c Config) Validate() error {
 // Actor is one actor role instance. Run it once.
 type Actor struct {
 	b              *bus.Bus
+	fetch          *transfer.Fetcher
 	cfg            Config
 	pol            Policy
 	log            *zap.Logger
@@ -182,7 +203,16 @@ func New(b *bus.Bus, pol Policy, cfg Config, log *zap.Logger, reg *metrics.Regis
 	if reg == nil {
 		reg = metrics.New(Role, b.Names.Run, false)
 	}
-	return &Actor{b: b, cfg: cfg, pol: pol, log: log.With(zap.String("actor", cfg.ID)), m: reg.NewConsumer(),
+	fcfg := transfer.DefaultFetcherConfig(cfg.ID)
+	fcfg.Dir = cfg.WeightsDir
+	if cfg.WeightsCheckSizes {
+		fcfg.Check = weights.CheckSizes
+	}
+	fetch, err := transfer.NewFetcher(b, fcfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("actor: %w", err)
+	}
+	return &Actor{b: b, fetch: fetch, cfg: cfg, pol: pol, log: log.With(zap.String("actor", cfg.ID)), m: reg.NewConsumer(),
 		swaps:   reg.Counter("weight_swaps_total", "Policy versions loaded."),
 		samples: reg.Counter("samples_total", "Completions sampled."),
 		version: reg.Gauge("policy_version", "Loaded policy version.")}, nil
@@ -291,44 +321,106 @@ func (a *Actor) pollLag(ctx context.Context) {
 // load fetches and installs version v (or, when it was pruned meanwhile,
 // the latest announced). Failures are logged; the old weights stay.
 func (a *Actor) load(ctx context.Context, v int64) bool {
-	data, err := a.b.FetchWeights(ctx, v)
-	if errors.Is(err, bus.ErrNoWeights) {
-		if latest, lerr := a.b.LatestVersion(ctx); lerr == nil && latest > v {
-			v = latest
-			data, err = a.b.FetchWeights(ctx, v)
+	// One load at a time (an engine backend serves several tasks at once);
+	// a task that waited here may find its version already in.
+	a.swap.Lock()
+	defer a.swap.Unlock()
+	if a.pol.Version() >= v {
+		return true
+	}
+	var (
+		n   int64
+		via string
+		err error
+	)
+	for attempt := 1; ; attempt++ {
+		n, via, err = a.loadVersion(ctx, v)
+		if err == nil || attempt == 3 || !errors.Is(err, transfer.ErrVersionGone) {
+			break
 		}
+		// Pruned under us (a slow read): the newest version is the one to hold.
+		a.log.Warn("weights version gone while loading; retrying with the latest", zap.Int64("version", v), zap.Error(err))
+		latest, lerr := a.b.LatestVersion(ctx)
+		if lerr != nil || latest < v {
+			break
+		}
+		v = latest
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			a.log.Warn("fetch weights", zap.Int64("version", v), zap.Error(err))
+			a.log.Warn("load weights", zap.Int64("version", v), zap.Error(err))
 			a.m.Errors.Inc()
 		}
 		return false
 	}
-	a.swap.Lock()
-	defer a.swap.Unlock()
-	if a.pol.Version() >= v {
-		return true // another task loaded it meanwhile
-	}
-	if pl, ok := a.pol.(ProbeLoader); ok {
-		probe, perr := a.b.FetchProbe(ctx, v)
-		if perr != nil {
-			a.log.Warn("no weight probe for this version", zap.Int64("version", v), zap.Error(perr))
-			probe = nil
-		}
-		err = pl.LoadProbe(ctx, v, data, probe)
-	} else {
-		err = a.pol.Load(v, data)
+	a.swaps.Inc()
+	a.version.Set(float64(a.pol.Version()))
+	a.log.Info("policy loaded", zap.Int64("version", a.pol.Version()), zap.Int64("bytes", n), zap.String("via", via))
+	return true
+}
+
+// loadVersion installs version v: an announced version (weights/transfer)
+// from its directory, else the built-in single object of bus.PublishWeights.
+// It returns the bytes fetched or read and how the version came.
+func (a *Actor) loadVersion(ctx context.Context, v int64) (int64, string, error) {
+	loc, err := a.fetch.Materialise(ctx, v)
+	if errors.Is(err, transfer.ErrNotAnnounced) {
+		return a.loadObject(ctx, v)
 	}
 	if err != nil {
-		a.log.Error("load weights", zap.Int64("version", v), zap.Error(err))
-		a.m.Errors.Inc()
-		return false
+		return 0, "", err
 	}
-	a.swaps.Inc()
-	a.version.Set(float64(v))
-	a.log.Info("policy loaded", zap.Int64("version", v), zap.Int("bytes", len(data)))
-	return true
+	defer loc.Release()
+	if dp, ok := a.pol.(DirPolicy); ok {
+		return loc.Fetched, loc.Via, dp.LoadDir(ctx, v, loc.Dir, loc.Manifest)
+	}
+	if loc.Manifest.Format != weights.FormatBuiltin {
+		return 0, "", fmt.Errorf("actor: v%d is a %q version; this policy backend loads only %q", v, loc.Manifest.Format, weights.FormatBuiltin)
+	}
+	data, err := os.ReadFile(loc.Path(weights.CheckpointFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, "", fmt.Errorf("%w: v%d: %w", transfer.ErrVersionGone, v, err)
+	}
+	if err != nil {
+		return 0, "", fmt.Errorf("actor: v%d: %w", v, err)
+	}
+	if err := a.install(ctx, v, data); err != nil {
+		return 0, "", err
+	}
+	return max(loc.Fetched, int64(len(data))), loc.Via, nil
+}
+
+// loadObject installs a built-in single-object version (or, when it was
+// pruned meanwhile, the latest announced).
+func (a *Actor) loadObject(ctx context.Context, v int64) (int64, string, error) {
+	data, err := a.b.FetchWeights(ctx, v)
+	if errors.Is(err, bus.ErrNoWeights) {
+		if latest, lerr := a.b.LatestVersion(ctx); lerr == nil && latest > v {
+			return a.loadVersion(ctx, latest)
+		}
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	if err := a.install(ctx, v, data); err != nil {
+		return 0, "", err
+	}
+	return int64(len(data)), "object", nil
+}
+
+// install loads a built-in checkpoint into the policy backend; a backend
+// that checks its weights (ProbeLoader: an engine) gets the version's probe.
+func (a *Actor) install(ctx context.Context, v int64, data []byte) error {
+	pl, ok := a.pol.(ProbeLoader)
+	if !ok {
+		return a.pol.Load(v, data)
+	}
+	probe, err := a.b.FetchProbe(ctx, v)
+	if err != nil {
+		a.log.Warn("no weight probe for this version", zap.Int64("version", v), zap.Error(err))
+		probe = nil
+	}
+	return pl.LoadProbe(ctx, v, data, probe)
 }
 
 // handle serves one task: ack after every trajectory is stored, NAK with a

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Starts and stops an exgrpo cluster over plain ssh, driven by a hosts file
 # (format: deploy/hosts.example, parsed by deploy/plan.sh): the NATS cluster,
-# one actor per GPU (CUDA_VISIBLE_DEVICES), verifier workers, the replay
-# service and the learner. Every process runs detached in its own session on
-# its host, logs to WORKDIR/logs/<name>.log and records its pid in
-# WORKDIR/pids/<name>.pid; `stop` signals exactly those process groups.
+# the replay service, verifier workers, an inference engine per GPU or
+# tensor-parallel group with an actor beside each (or one built-in actor per
+# GPU), the PyTorch trainer workers under torchrun, and the learner last.
+# Each kind of process starts once the ones before it are ready (NATS
+# healthy, engines answering /health, the trainer's socket listening).
+# Every process runs detached in its own session on its host, logs to
+# WORKDIR/logs/<name>.log and records its pid in WORKDIR/pids/<name>.pid;
+# `stop` signals exactly those process groups: the learner and the trainer
+# first, then the actors, then engines, verifiers and replay, the NATS nodes
+# last.
 #
 #   deploy/launch-ssh.sh [flags] start|stop|status|plan
 #
@@ -18,6 +24,8 @@
 #                       "ssh -p 2222 -i ~/.ssh/exgrpo -o StrictHostKeyChecking=accept-new"
 #   --nats-port N / --cluster-port N / --monitor-port N / --metrics-base N / --inspect-port N
 #   --train "FLAGS"     training flags for learner and replay (e.g. "--steps 200 --k 8")
+#   --model DIR         the HF model directory engines and the trainer load (EXGRPO_MODEL)
+#   --ready-timeout S   how long a process may take to become ready (default 900)
 #   --dry-run           print the plan and the commands, touch nothing
 # Environment: EXGRPO_<ROLE>_ARGS adds flags per role (SERVER, LEARNER,
 # REPLAY, ACTOR, VERIFIER, INSPECT); see deploy/plan.sh.
@@ -33,6 +41,7 @@ bin=exgrpo
 ssh_cmd=${EXGRPO_SSH:-ssh -o BatchMode=yes}
 dry=0
 cmd=
+ready_timeout=900
 die() { echo "launch-ssh: $*" >&2; exit 2; }
 while (($#)); do
   case $1 in
@@ -48,6 +57,8 @@ while (($#)); do
     --metrics-base) export EXGRPO_METRICS_BASE=$2; shift ;;
     --inspect-port) export EXGRPO_INSPECT_PORT=$2; shift ;;
     --train) export EXGRPO_TRAIN_ARGS=$2; shift ;;
+    --model) export EXGRPO_MODEL=$2; shift ;;
+    --ready-timeout) ready_timeout=$2; shift ;;
     --dry-run) dry=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     start | stop | status | plan) cmd=$1 ;;
@@ -61,7 +72,6 @@ done
 : "${EXGRPO_WORKDIR:=/tmp/exgrpo-$EXGRPO_RUN}"
 export EXGRPO_RUN EXGRPO_WORKDIR
 work=$EXGRPO_WORKDIR
-mport=${EXGRPO_MONITOR_PORT:-8222}
 
 plan=$(exgrpo_plan <"$hosts_file")
 mapfile -t plan_hosts < <(cut -d'|' -f1 <<<"$plan" | awk '!seen[$0]++')
@@ -76,38 +86,48 @@ remote() {
   $ssh_cmd "$1" sh -s <<<"$2"
 }
 
-# start_script HOST PHASE: the sh script that starts HOST's processes of
-# PHASE (nats or roles), skipping any whose pid file names a live process.
+# start_script HOST RECORDS: the sh script that starts HOST's processes
+# among RECORDS (plan lines), skipping any whose pid file names a live
+# process.
 start_script() {
-  local host=$1 phase=$2 h name env args
+  local host=$1 h name env prog args ready
   printf 'set -e\nW=%s\nmkdir -p "$W/logs" "$W/pids"\ncd "$W"\n' "$work"
   printf 'S=; command -v setsid >/dev/null 2>&1 && S=setsid\n'
-  while IFS='|' read -r h name env args; do
+  while IFS='|' read -r h name env prog args ready; do
     [[ $h == "$host" ]] || continue
-    if [[ $phase == nats ]]; then [[ $name == nats ]] || continue; else [[ $name != nats ]] || continue; fi
     [[ $env == - ]] && env=
+    [[ $prog == exgrpo ]] && prog=$bin
     cat <<SH
 if [ -f pids/$name.pid ] && kill -0 "\$(cat pids/$name.pid)" 2>/dev/null; then
   echo "$host: $name already running (pid \$(cat pids/$name.pid))"
 else
-  \$S env $env $bin $args >>logs/$name.log 2>&1 </dev/null &
+  \$S env $env $prog $args >>logs/$name.log 2>&1 </dev/null &
   echo \$! >pids/$name.pid
   echo "$host: started $name (pid \$!)"
 fi
 SH
-  done <<<"$plan"
+  done <<<"$2"
 }
 
 # stop_script PHASE: signals the process group of every pid file of PHASE
-# (nats or roles) with TERM, waits up to 20 s, then KILLs what is left.
+# (first: the learner and the trainer; actors; rest: engines, verifiers,
+# replay, inspect; nats) with TERM, waits up to 20 s, then KILLs what is
+# left.
 stop_script() {
   cat <<SH
 W=$work
 P=$1
 [ -d "\$W/pids" ] || exit 0
 cd "\$W/pids"
-# mine NAME: whether NAME belongs to this phase (the NATS node, or the roles).
-mine() { if [ "\$P" = nats ]; then [ "\$1" = nats ]; else [ "\$1" != nats ]; fi; }
+# mine NAME: whether NAME belongs to this phase.
+mine() {
+  case "\$P:\$1" in
+    first:learner | first:trainer | actors:actor-* | nats:nats) return 0 ;;
+    rest:learner | rest:trainer | rest:actor-* | rest:nats) return 1 ;;
+    rest:*) return 0 ;;
+  esac
+  return 1
+}
 for f in *.pid; do
   [ -f "\$f" ] && mine "\${f%.pid}" || continue
   p=\$(cat "\$f")
@@ -145,44 +165,79 @@ done
 SH
 }
 
-# wait_nats_script: polls this host's NATS monitoring endpoint until healthy.
-wait_nats_script() {
+# ready_script NAME CHECK: polls this host until process NAME passes CHECK
+# (http:URL answers 2xx, sock:PATH exists), failing early when NAME exited
+# and after the ready timeout.
+ready_script() {
+  local probe
+  case $2 in
+    http:*) probe="$bin health --url ${2#http:} >/dev/null 2>&1" ;;
+    sock:*) probe="[ -S ${2#sock:} ]" ;;
+    *) die "unknown readiness check '$2'" ;;
+  esac
   cat <<SH
+W=$work
 i=0
-until $bin health --url http://127.0.0.1:$mport/healthz >/dev/null 2>&1; do
+until $probe; do
+  if [ -f "\$W/pids/$1.pid" ] && ! kill -0 "\$(cat "\$W/pids/$1.pid")" 2>/dev/null; then
+    echo "\$(hostname): $1 exited before it was ready; see \$W/logs/$1.log" >&2; exit 1
+  fi
   i=\$((i + 1))
-  [ \$i -gt 120 ] && { echo "\$(hostname): NATS not healthy after 60 s; see $work/logs/nats.log" >&2; exit 1; }
+  [ \$i -gt $((ready_timeout * 2)) ] && { echo "\$(hostname): $1 not ready after ${ready_timeout} s ($2); see \$W/logs/$1.log" >&2; exit 1; }
   sleep 0.5
 done
+echo "\$(hostname): $1 ready"
 SH
 }
 
 print_plan() {
-  local h name env args
-  while IFS='|' read -r h name env args; do
+  local h name env prog args ready
+  while IFS='|' read -r h name env prog args ready; do
+    [[ $prog == exgrpo ]] && prog=$bin
     # shellcheck disable=SC2086
-    printf 'plan: host=%s name=%s env=%s cmd=%s %s\n' "$h" "$name" "$env" "$bin" "$(echo $args)"
+    printf 'plan: host=%s name=%s env=%s ready=%s cmd=%s %s\n' "$h" "$name" "${env// /;}" "$ready" "$prog" "$(echo $args)"
   done <<<"$plan"
+}
+
+# start_all: the plan in order, a run of same-kind processes at a time
+# (one ssh per host), each run started only once every earlier process
+# with a readiness check passed it.
+start_all() {
+  local h name env prog args ready kind prev="" batch="" host
+  local -a pending=()
+  flush() {
+    [[ -n $batch ]] || return 0
+    for host in $(cut -d'|' -f1 <<<"$batch" | awk '!seen[$0]++'); do remote "$host" "$(start_script "$host" "$batch")"; done
+    batch=""
+  }
+  while IFS='|' read -r h name env prog args ready; do
+    kind=${name%%-*}
+    if [[ $kind != "$prev" ]]; then
+      flush
+      local p
+      for p in "${pending[@]}"; do remote "${p%%|*}" "$(ready_script "$(cut -d'|' -f2 <<<"$p")" "${p#*|*|}")"; done
+      pending=()
+      prev=$kind
+    fi
+    batch+="$h|$name|$env|$prog|$args|$ready"$'\n'
+    [[ $ready == - ]] || pending+=("$h|$name|$ready")
+  done <<<"$plan"
+  flush
 }
 
 case $cmd in
   plan) print_plan ;;
   start)
     print_plan
-    nats_hosts=$(awk -F'|' '$2 == "nats" { print $1 }' <<<"$plan")
-    for h in $nats_hosts; do remote "$h" "$(start_script "$h" nats)"; done
-    for h in $nats_hosts; do remote "$h" "$(wait_nats_script)"; done
-    for h in "${plan_hosts[@]}"; do
-      s=$(start_script "$h" roles)
-      if grep -q 'started\|already' <<<"$s"; then remote "$h" "$s"; fi
-    done
+    start_all
     if ((dry)); then echo "dry run: nothing was started"; fi
     ;;
   stop)
-    # Roles everywhere first, then the NATS nodes, so that nothing loses its
-    # server while it still has work in flight.
-    for h in "${plan_hosts[@]}"; do remote "$h" "$(stop_script roles)"; done
-    for h in "${plan_hosts[@]}"; do remote "$h" "$(stop_script nats)"; done
+    # The learner and its trainer first (nothing new is asked for), then
+    # the actors, then what served them, the NATS nodes last.
+    for phase in first actors rest nats; do
+      for h in "${plan_hosts[@]}"; do remote "$h" "$(stop_script "$phase")"; done
+    done
     ;;
   status)
     for h in "${plan_hosts[@]}"; do echo "== $h"; remote "$h" "$(status_script)"; done

@@ -24,6 +24,8 @@ views:
                           trajectories (--checkpoint FILE: their entropy now)
   step N                  the groups of step N: fresh or replayed, rewards,
                           advantages, verifier reasons, the E7 candidates
+  versions                the policy versions: transport, full or delta, bytes
+                          of the files and stored, the actors' leases
   streams                 each stream's messages, bytes and age, each consumer's
                           pending / ack-pending / redelivered, DEAD's recent entries
   serve [--http ADDR]     the same as a web page (step slider, curves, links)
@@ -98,13 +100,13 @@ func ParseArgs(args []string, stderr io.Writer) (Options, error) {
 	}
 	if len(pos) == 0 {
 		fs.Usage()
-		return o, fmt.Errorf("%w: name a view: buckets, question, step, streams or serve", ErrUsage)
+		return o, fmt.Errorf("%w: name a view: buckets, question, step, streams, versions or serve", ErrUsage)
 	}
 	o.View = pos[0]
-	want := map[string]int{"buckets": 0, "question": 1, "step": 1, "streams": 0, "serve": 0}
+	want := map[string]int{"buckets": 0, "question": 1, "step": 1, "streams": 0, "versions": 0, "serve": 0}
 	n, ok := want[o.View]
 	if !ok {
-		return o, fmt.Errorf("%w: unknown view %q: buckets, question, step, streams or serve", ErrUsage, o.View)
+		return o, fmt.Errorf("%w: unknown view %q: buckets, question, step, streams, versions or serve", ErrUsage, o.View)
 	}
 	if len(pos)-1 != n {
 		what := map[string]string{"question": "a question id", "step": "a step number"}[o.View]
@@ -201,6 +203,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, log *zap
 func (o Options) view(ctx context.Context, src *Source, ck *policy.Checkpoint) (any, error) {
 	if o.View == "streams" {
 		return src.Streams(ctx, o.Dead)
+	}
+	if o.View == "versions" {
+		return src.Versions(ctx)
 	}
 	l, err := src.Load(ctx)
 	if err != nil {

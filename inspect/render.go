@@ -29,6 +29,8 @@ func WriteTable(w io.Writer, v any) error {
 		return x.table(w)
 	case StreamsView:
 		return x.table(w)
+	case VersionsView:
+		return x.table(w)
 	}
 	return fmt.Errorf("inspect: no table for %T", v)
 }

@@ -103,6 +103,9 @@ func NewHandler(src *Source, cfg ServeConfig, log *zap.Logger) http.Handler {
 	mux.HandleFunc("GET /api/trajectory", h.api(func(r *http.Request) (any, error) {
 		return h.l.Trajectory(r.URL.Query().Get("id"))
 	}))
+	mux.HandleFunc("GET /api/versions", h.api(func(r *http.Request) (any, error) {
+		return src.Versions(r.Context())
+	}))
 	mux.HandleFunc("GET /api/streams", h.api(func(r *http.Request) (any, error) {
 		return src.Streams(r.Context(), 20)
 	}))

@@ -4,16 +4,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/exgrpo/exgrpo/trainer/trainerbench"
 )
 
-func init() {
-	registerBench("trainer", "one training step: Go trainer vs the PyTorch worker, and the worker protocol's overhead", runBenchTrainer)
-}
-
-func runBenchTrainer(ctx context.Context, args []string) error {
+func benchTrainer(ctx context.Context, w io.Writer, args []string) error {
 	fs := flag.NewFlagSet("bench trainer", flag.ContinueOnError)
 	var c trainerbench.Config
 	fs.StringVar(&c.Size, "size", "medium", "model size: small (2 layers, width 64) or medium (4 layers, width 128)")
@@ -34,6 +31,6 @@ func runBenchTrainer(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Print(r.Report())
+	fmt.Fprint(w, r.Report())
 	return nil
 }

@@ -10,11 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/exgrpo/exgrpo/bus"
 	lsvc "github.com/exgrpo/exgrpo/learner/service"
 	"github.com/exgrpo/exgrpo/local"
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/weights/transfer"
 	"go.uber.org/zap"
 )
 
@@ -34,6 +36,7 @@ func runLearnerRole(ctx context.Context, args []string) error {
 		"--resume=auto: continue when that checkpoint exists for this run, else start fresh (for automatic restarts)")
 	base := fs.String("base", "", "start from this policy checkpoint instead of the cached built-in base model")
 	eval := fs.Bool("eval", true, "evaluate held-out pass@1 every --eval-every steps and at the end")
+	wf := addWeightsFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -109,11 +112,48 @@ func runLearnerRole(ctx context.Context, args []string) error {
 		defer tr.Close()
 		deps.Trainer = tr
 	}
+	if deps.PublishWeights, err = wf.publisher(b, *ckptDir, log); err != nil {
+		return err
+	}
 	svc, err := lsvc.New(c.Learner, deps)
 	if err != nil {
 		return err
 	}
 	return bf.serve(ctx, nc, log, reg, svc.Run)
+}
+
+// weightsFlags choose how the learner publishes policy versions.
+type weightsFlags struct {
+	transport string
+	cfg       transfer.Config
+}
+
+func addWeightsFlags(fs *flag.FlagSet) *weightsFlags {
+	f := &weightsFlags{cfg: transfer.DefaultConfig(transfer.TransportObjects, "")}
+	fs.StringVar(&f.transport, "weights-transport", "blob", "how versions travel: blob (one Object Store object per version, "+
+		"the built-in model), objects (file sets in the Object Store with delta versions) or fs (a shared directory, --weights-dir)")
+	fs.StringVar(&f.cfg.Dir, "weights-dir", "", "fs: the shared directory actors read versions from (DIR/v<N>); objects: the learner's staging directory (default checkpoint-dir/weights)")
+	fs.IntVar(&f.cfg.FullEvery, "weights-full-every", f.cfg.FullEvery, "objects: a full version every N versions, deltas between")
+	fs.IntVar(&f.cfg.Keep, "weights-keep", f.cfg.Keep, "versions kept besides those a delta chain or an actor's lease needs")
+	fs.DurationVar(&f.cfg.LeaseTTL, "weights-lease-ttl", f.cfg.LeaseTTL, "fs: an actor's lease on a version it reads lapses after this long unrenewed")
+	return f
+}
+
+// publisher returns the learner's PublishWeights for the chosen transport
+// (nil: the service's default, one object per version).
+func (f *weightsFlags) publisher(b *bus.Bus, ckptDir string, log *zap.Logger) (func(context.Context, int64, *policy.Model, *policy.Tokenizer) error, error) {
+	if f.transport == "blob" {
+		return nil, nil
+	}
+	f.cfg.Transport = f.transport
+	if f.cfg.Dir == "" && f.transport == transfer.TransportObjects {
+		f.cfg.Dir = filepath.Join(ckptDir, "weights")
+	}
+	p, err := transfer.NewPublisher(b, f.cfg, log)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	return p.PublishModel, nil
 }
 
 func taskTokenizer() *policy.Tokenizer { return task.BuiltinTokenizer() }

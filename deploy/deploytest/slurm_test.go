@@ -11,17 +11,18 @@ import (
 	"time"
 )
 
-// planLine is one "plan: host=H name=N env=E cmd=..." line of a dry run.
-type planLine struct{ host, name, env, cmd string }
+// planLine is one "plan: host=H name=N env=E ready=R cmd=..." line of a
+// dry run (env's variables separated by ';').
+type planLine struct{ host, name, env, ready, cmd string }
 
-var planRe = regexp.MustCompile(`^plan: host=(\S+) name=(\S+) env=(\S+) cmd=(.*)$`)
+var planRe = regexp.MustCompile(`^plan: host=(\S+) name=(\S+) env=(\S+) (?:ready=(\S+) )?cmd=(.*)$`)
 
 func parsePlan(t *testing.T, out string) []planLine {
 	t.Helper()
 	var p []planLine
 	for _, l := range strings.Split(out, "\n") {
 		if m := planRe.FindStringSubmatch(l); m != nil {
-			p = append(p, planLine{m[1], m[2], m[3], m[4]})
+			p = append(p, planLine{m[1], m[2], m[3], m[4], m[5]})
 		}
 	}
 	return p

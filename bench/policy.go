@@ -1,24 +1,19 @@
-package main
+package bench
 
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/exgrpo/exgrpo/policy"
 )
-
-func init() {
-	registerBench("policy", "policy training and sampling tokens/s, matmul GFLOP/s vs SGEMM peak, vs PyTorch CPU", runBenchPolicy)
-}
 
 // policyBenchSizes are the two model sizes of docs/benchmarks/policy.md.
 var policyBenchSizes = map[string]policy.Config{
@@ -49,55 +44,61 @@ type torchResult struct {
 	Torch     string  `json:"torch"`
 }
 
-// runBenchPolicy measures the policy at two sizes and, when a Python with
+// PolicyConfig is `exgrpo bench policy`.
+type PolicyConfig struct {
+	Sizes        string // comma-separated model sizes: small (2 layers, width 64), medium (4 layers, width 128)
+	Reps         int    // repetitions (best is reported)
+	Steps        int    // training steps per repetition (sampling: max(2, Steps/3) calls of the whole batch)
+	TrainBatch   int    // training sequences per step
+	SampleBatch  int    // prompts per Sample call
+	Python       string // Python with torch for the comparison (empty = skip)
+	TorchScript  string // PyTorch reference script
+	TorchThreads string // comma-separated PyTorch thread counts to try (best is reported)
+	Quick        bool   // short run (Reps 1, Steps 4, small only, torch 1 thread)
+}
+
+// DefaultPolicy is the configuration BENCHMARKS.md reports.
+func DefaultPolicy() PolicyConfig {
+	return PolicyConfig{Sizes: "small,medium", Reps: 3, Steps: 10, TrainBatch: 32, SampleBatch: 64,
+		Python: "/usr/bin/python3", TorchScript: "bench/pytorch/bench_policy.py", TorchThreads: "1,2"}
+}
+
+// Policy measures the policy at two sizes and, when a Python with
 // torch is given, the same model and shapes in PyTorch, alternating in one
 // run; the best of --reps is reported for each side.
-func runBenchPolicy(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench policy", flag.ContinueOnError)
-	sizes := fs.String("sizes", "small,medium", "model sizes: small (2 layers, width 64), medium (4 layers, width 128)")
-	reps := fs.Int("reps", 3, "repetitions (best is reported)")
-	steps := fs.Int("steps", 10, "training steps per repetition (sampling: max(2, steps/3) calls of the whole batch)")
-	trainB := fs.Int("train-batch", 32, "training sequences per step")
-	sampleB := fs.Int("sample-batch", 64, "prompts per Sample call")
-	python := fs.String("python", "/usr/bin/python3", "Python with torch for the comparison (empty = skip)")
-	script := fs.String("torch-script", "bench/pytorch/bench_policy.py", "PyTorch reference script")
-	threads := fs.String("torch-threads", "1,2", "PyTorch thread counts to try (best is reported)")
-	quick := fs.Bool("quick", false, "short run (reps 1, steps 4, small only, torch 1 thread)")
-	if err := fs.Parse(args); err != nil {
-		return err
+func Policy(ctx context.Context, w io.Writer, cfg PolicyConfig) error {
+	if cfg.Quick {
+		cfg.Reps, cfg.Steps, cfg.Sizes, cfg.TorchThreads = 1, 4, "small", "1"
 	}
-	if *quick {
-		*reps, *steps, *sizes, *threads = 1, 4, "small", "1"
-	}
-	shape := policyShape{trainB: *trainB, trainPrompt: 16, trainResp: 48, sampleB: *sampleB, samplePrompt: 20, newToks: 48, steps: *steps}
-	torchOK := *python != ""
+	shape := policyShape{trainB: cfg.TrainBatch, trainPrompt: 16, trainResp: 48, sampleB: cfg.SampleBatch, samplePrompt: 20, newToks: 48, steps: cfg.Steps}
+	torchOK := cfg.Python != ""
 	if torchOK {
-		if err := exec.CommandContext(ctx, *python, "-c", "import torch").Run(); err != nil {
-			fmt.Printf("PyTorch comparison skipped: %s cannot import torch (%v); run bench/pytorch/install.sh\n", *python, err)
+		if err := exec.CommandContext(ctx, cfg.Python, "-c", "import torch").Run(); err != nil {
+			fmt.Fprintf(w, "PyTorch comparison skipped: %s cannot import torch (%v); run bench/pytorch/install.sh\n", cfg.Python, err)
 			torchOK = false
 		}
 	}
 	peak := sgemmPeak(512, 600*time.Millisecond)
-	fmt.Printf("policy bench %s: backend %s, GOMAXPROCS %d, %d CPUs; SGEMM peak (512x512x512, this backend): %.1f GFLOP/s\n",
+	fmt.Fprintf(w, "policy bench %s: backend %s, GOMAXPROCS %d, %d CPUs; SGEMM peak (512x512x512, this backend): %.1f GFLOP/s\n",
 		time.Now().UTC().Format("2006-01-02 15:04"), policy.Backend(), runtime.GOMAXPROCS(0), runtime.NumCPU(), peak)
-	fmt.Printf("train: %d seqs x (%d prompt + %d response) tokens, Forward+Backward(dlogp, dentropy)+AdamW; sample: %d prompts x %d tokens, %d new tokens, T=1, KV cache\n",
+	fmt.Fprintf(w, "train: %d seqs x (%d prompt + %d response) tokens, Forward+Backward(dlogp, dentropy)+AdamW; sample: %d prompts x %d tokens, %d new tokens, T=1, KV cache\n",
 		shape.trainB, shape.trainPrompt, shape.trainResp, shape.sampleB, shape.samplePrompt, shape.newToks)
-	for _, size := range strings.Split(*sizes, ",") {
-		cfg, ok := policyBenchSizes[size]
+	for _, size := range strings.Split(cfg.Sizes, ",") {
+		mcfg, ok := policyBenchSizes[size]
 		if !ok {
-			return fmt.Errorf("%w: unknown size %q (small, medium)", errUsage, size)
+			return fmt.Errorf("%w: unknown size %q (small, medium)", ErrConfig, size)
 		}
 		var best policyResult
 		var bestTorch torchResult
-		for r := range *reps {
+		for r := range cfg.Reps {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			res, nparams, err := measurePolicy(cfg, shape)
+			res, nparams, err := measurePolicy(mcfg, shape)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("  %s rep %d: ours train %.0f tok/s (%.3f CPU-s/step, matmul %.1f GFLOP/s), sample %.0f tok/s (%.3f CPU-s/call, matmul %.1f GFLOP/s), %d params\n",
+			fmt.Fprintf(w, "  %s rep %d: ours train %.0f tok/s (%.3f CPU-s/step, matmul %.1f GFLOP/s), sample %.0f tok/s (%.3f CPU-s/call, matmul %.1f GFLOP/s), %d params\n",
 				size, r+1, res.trainTPS, res.trainCPU, res.trainGF, res.sampleTPS, res.sampleCPU, res.sampleGF, nparams)
 			best.trainTPS, best.sampleTPS = max(best.trainTPS, res.trainTPS), max(best.sampleTPS, res.sampleTPS)
 			best.trainGF, best.sampleGF = max(best.trainGF, res.trainGF), max(best.sampleGF, res.sampleGF)
@@ -110,12 +111,12 @@ func runBenchPolicy(ctx context.Context, args []string) error {
 			if !torchOK {
 				continue
 			}
-			trs, err := runTorchBench(ctx, *python, *script, size, *threads, shape)
+			trs, err := runTorchBench(ctx, cfg.Python, cfg.TorchScript, size, cfg.TorchThreads, shape)
 			if err != nil {
 				return err
 			}
 			for _, t := range trs {
-				fmt.Printf("  %s rep %d: torch %s, %d thread(s): train %.0f tok/s (%.3f CPU-s/step), sample %.0f tok/s (%.3f CPU-s/call), %d params\n",
+				fmt.Fprintf(w, "  %s rep %d: torch %s, %d thread(s): train %.0f tok/s (%.3f CPU-s/step), sample %.0f tok/s (%.3f CPU-s/call), %d params\n",
 					size, r+1, t.Torch, t.Threads, t.TrainTPS, t.TrainCPU, t.SampleTPS, t.SampleCPU, t.Params)
 				if t.TrainTPS > bestTorch.TrainTPS {
 					bestTorch.TrainTPS, bestTorch.TrainCPU, bestTorch.Threads = t.TrainTPS, t.TrainCPU, t.Threads
@@ -125,24 +126,15 @@ func runBenchPolicy(ctx context.Context, args []string) error {
 				}
 			}
 		}
-		fmt.Printf("%s: ours train %.0f tok/s, sample %.0f tok/s; matmul %.1f / %.1f GFLOP/s (train / sample) = %.0f%% / %.0f%% of SGEMM peak\n",
+		fmt.Fprintf(w, "%s: ours train %.0f tok/s, sample %.0f tok/s; matmul %.1f / %.1f GFLOP/s (train / sample) = %.0f%% / %.0f%% of SGEMM peak\n",
 			size, best.trainTPS, best.sampleTPS, best.trainGF, best.sampleGF, 100*best.trainGF/peak, 100*best.sampleGF/peak)
 		if torchOK {
-			fmt.Printf("%s: torch best train %.0f tok/s, sample %.0f tok/s => ours/PyTorch train %.2fx, sample %.2fx (wall); per CPU-second train %.2fx, sample %.2fx\n",
+			fmt.Fprintf(w, "%s: torch best train %.0f tok/s, sample %.0f tok/s => ours/PyTorch train %.2fx, sample %.2fx (wall); per CPU-second train %.2fx, sample %.2fx\n",
 				size, bestTorch.TrainTPS, bestTorch.SampleTPS, best.trainTPS/bestTorch.TrainTPS, best.sampleTPS/bestTorch.SampleTPS,
 				bestTorch.TrainCPU/best.trainCPU, bestTorch.SampleCPU/best.sampleCPU)
 		}
 	}
 	return nil
-}
-
-// cpuSeconds is this process's user+system CPU time.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 // sgemmPeak is the rate of the policy's matrix product on an n³ problem.
@@ -204,13 +196,13 @@ func measurePolicy(cfg policy.Config, s policyShape) (policyResult, int, error) 
 		return res, 0, err
 	}
 	policy.ProfileMatmuls(true)
-	c0, t0 := cpuSeconds(), time.Now()
+	c0, t0 := processCPU().Seconds(), time.Now()
 	for range s.steps {
 		if err := step(); err != nil {
 			return res, 0, err
 		}
 	}
-	wall, cpu := time.Since(t0).Seconds(), cpuSeconds()-c0
+	wall, cpu := time.Since(t0).Seconds(), processCPU().Seconds()-c0
 	st := policy.ProfileMatmuls(false)
 	res.trainTPS = float64(s.steps*s.trainB*(s.trainPrompt+s.trainResp)) / wall
 	res.trainCPU = cpu / float64(s.steps)
@@ -226,13 +218,13 @@ func measurePolicy(cfg policy.Config, s policyShape) (policyResult, int, error) 
 	}
 	calls := max(2, s.steps/3)
 	policy.ProfileMatmuls(true)
-	c0, t0 = cpuSeconds(), time.Now()
+	c0, t0 = processCPU().Seconds(), time.Now()
 	for range calls {
 		if _, err := m.Sample(prompts, opts, rng); err != nil {
 			return res, 0, err
 		}
 	}
-	wall, cpu = time.Since(t0).Seconds(), cpuSeconds()-c0
+	wall, cpu = time.Since(t0).Seconds(), processCPU().Seconds()-c0
 	st = policy.ProfileMatmuls(false)
 	res.sampleTPS = float64(calls*s.sampleB*s.newToks) / wall
 	res.sampleCPU = cpu / float64(calls)

@@ -1,9 +1,9 @@
-package main
+package bench
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
@@ -24,33 +23,34 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-func init() {
-	registerBench("dataplane", "trajectories/s through actor -> verifier -> SCORED -> learner+replay vs bare JetStream", runBenchDataplane)
+// DataplaneConfig is `exgrpo bench dataplane`.
+type DataplaneConfig struct {
+	N                   int    // trajectories per measurement
+	Tokens              int    // response tokens per trajectory
+	Reps                int    // repetitions of each measurement (best is reported)
+	Quick               bool   // short run (N 500, Reps 1)
+	VerifierConcurrency int    // verifier worker concurrency
+	Memory              bool   // memory storage for every stream (default file storage)
+	CPUProfile          string // write a CPU profile of the whole run (server included) here; empty = none
+	Phase               string // both, bare or pipeline (one phase alone, e.g. to profile it)
+	Skeleton            bool   // also measure the pipeline's message flow alone (no codecs, no grading)
 }
 
-// runBenchDataplane measures the data path of ARCHITECTURE.md against its
+// DefaultDataplane is the configuration BENCHMARKS.md reports.
+func DefaultDataplane() DataplaneConfig {
+	return DataplaneConfig{N: 4000, Tokens: 1024, Reps: 5, VerifierConcurrency: runtime.NumCPU(), Phase: "both"}
+}
+
+// Dataplane measures the data path of ARCHITECTURE.md against its
 // anchor, bare JetStream publish+consume of the same bytes, on one embedded
 // server in the same run.
-func runBenchDataplane(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench dataplane", flag.ContinueOnError)
-	n := fs.Int("n", 4000, "trajectories per measurement")
-	tokens := fs.Int("tokens", 1024, "response tokens per trajectory")
-	reps := fs.Int("reps", 5, "repetitions of each measurement (best is reported)")
-	quick := fs.Bool("quick", false, "short run (n=500, reps=1)")
-	conc := fs.Int("verifier-concurrency", runtime.NumCPU(), "verifier worker concurrency")
-	memory := fs.Bool("memory", false, "memory storage for every stream (default file storage)")
-	profile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (server included) to this file")
-	phase := fs.String("phase", "both", "what to run: both, bare or pipeline (one phase alone, e.g. to profile it)")
-	skeleton := fs.Bool("skeleton", false, "also measure the pipeline's message flow alone (no codecs, no grading) for its CPU floor")
-	if err := fs.Parse(args); err != nil {
-		return err
+func Dataplane(ctx context.Context, w io.Writer, cfg DataplaneConfig) error {
+	if cfg.Phase != "both" && cfg.Phase != "bare" && cfg.Phase != "pipeline" {
+		return fmt.Errorf("bench dataplane: --phase %q: want both, bare or pipeline", cfg.Phase)
 	}
-	if *phase != "both" && *phase != "bare" && *phase != "pipeline" {
-		return fmt.Errorf("bench dataplane: --phase %q: want both, bare or pipeline", *phase)
-	}
-	runBare, runPipe := *phase != "pipeline", *phase != "bare"
-	if *profile != "" {
-		f, err := os.Create(*profile)
+	runBare, runPipe := cfg.Phase != "pipeline", cfg.Phase != "bare"
+	if cfg.CPUProfile != "" {
+		f, err := os.Create(cfg.CPUProfile)
 		if err != nil {
 			return err
 		}
@@ -60,8 +60,8 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if *quick {
-		*n, *reps = 500, 1
+	if cfg.Quick {
+		cfg.N, cfg.Reps = 500, 1
 	}
 	dir, err := os.MkdirTemp("", "exgrpo-bench-dataplane-")
 	if err != nil {
@@ -76,52 +76,52 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 	}
 	defer srv.Shutdown()
 
-	payloads, trajs := makeTrajectories(*n, *tokens)
+	payloads, trajs := makeTrajectories(cfg.N, cfg.Tokens)
 	storage := "file"
-	if *memory {
+	if cfg.Memory {
 		storage = "memory"
 	}
-	benchMemory = *memory
-	fmt.Printf("dataplane: %d trajectories of %d tokens (%d bytes each encoded), %d CPUs, GOMAXPROCS %d, %s storage\n",
-		*n, *tokens, len(payloads[0]), runtime.NumCPU(), runtime.GOMAXPROCS(0), storage)
+	benchMemory = cfg.Memory
+	fmt.Fprintf(w, "dataplane: %d trajectories of %d tokens (%d bytes each encoded), %d CPUs, GOMAXPROCS %d, %s storage\n",
+		cfg.N, cfg.Tokens, len(payloads[0]), runtime.NumCPU(), runtime.GOMAXPROCS(0), storage)
 	var bestBare, bestPipe time.Duration
 	var ratios []float64
 	// Process CPU (server included), summed over reps: over the whole
 	// repetition (set-up of connections, streams and consumers included) and
 	// over the timed window only (the one the wall-clock rates use).
 	var cpuBare, cpuPipe, winBare, winPipe time.Duration
-	for r := range *reps {
+	for r := range cfg.Reps {
 		var bare, pipe timed
-		c0 := dataplaneCPU()
+		c0 := processCPU()
 		if runBare {
 			if bare, err = benchBare(ctx, srv, fmt.Sprintf("bare%d", r), payloads); err != nil {
 				return fmt.Errorf("bare: %w", err)
 			}
 		}
-		c1 := dataplaneCPU()
+		c1 := processCPU()
 		if runPipe {
-			if pipe, err = benchPipeline(ctx, srv, fmt.Sprintf("pipe%d", r), trajs, *conc); err != nil {
+			if pipe, err = benchPipeline(ctx, srv, fmt.Sprintf("pipe%d", r), trajs, cfg.VerifierConcurrency); err != nil {
 				return fmt.Errorf("pipeline: %w", err)
 			}
 		}
-		c2 := dataplaneCPU()
+		c2 := processCPU()
 		cpuBare += c1 - c0
 		cpuPipe += c2 - c1
 		winBare += bare.cpu
 		winPipe += pipe.cpu
-		us := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(*n) }
+		us := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(cfg.N) }
 		if !runBare || !runPipe {
 			t, c := bare, c1-c0
 			if runPipe {
 				t, c = pipe, c2-c1
 			}
-			fmt.Printf("  rep %d: %s %.0f traj/s (%.2fs wall); CPU per trajectory %.0f us in the timed window, %.0f us with set-up\n", r+1, *phase,
-				float64(*n)/t.wall.Seconds(), t.wall.Seconds(), us(t.cpu), us(c))
+			fmt.Fprintf(w, "  rep %d: %s %.0f traj/s (%.2fs wall); CPU per trajectory %.0f us in the timed window, %.0f us with set-up\n", r+1, cfg.Phase,
+				float64(cfg.N)/t.wall.Seconds(), t.wall.Seconds(), us(t.cpu), us(c))
 			continue
 		}
-		fmt.Printf("  rep %d: bare %.0f traj/s (%.2fs wall, %.2fs CPU, %.2fs with set-up), pipeline %.0f traj/s (%.2fs wall, %.2fs CPU, %.2fs with set-up)\n", r+1,
-			float64(*n)/bare.wall.Seconds(), bare.wall.Seconds(), bare.cpu.Seconds(), (c1 - c0).Seconds(),
-			float64(*n)/pipe.wall.Seconds(), pipe.wall.Seconds(), pipe.cpu.Seconds(), (c2 - c1).Seconds())
+		fmt.Fprintf(w, "  rep %d: bare %.0f traj/s (%.2fs wall, %.2fs CPU, %.2fs with set-up), pipeline %.0f traj/s (%.2fs wall, %.2fs CPU, %.2fs with set-up)\n", r+1,
+			float64(cfg.N)/bare.wall.Seconds(), bare.wall.Seconds(), bare.cpu.Seconds(), (c1 - c0).Seconds(),
+			float64(cfg.N)/pipe.wall.Seconds(), pipe.wall.Seconds(), pipe.cpu.Seconds(), (c2 - c1).Seconds())
 		ratios = append(ratios, bare.wall.Seconds()/pipe.wall.Seconds())
 		if bestBare == 0 || bare.wall < bestBare {
 			bestBare = bare.wall
@@ -130,32 +130,32 @@ func runBenchDataplane(ctx context.Context, args []string) error {
 			bestPipe = pipe.wall
 		}
 	}
-	if *skeleton {
+	if cfg.Skeleton {
 		var win time.Duration
-		for r := range *reps {
+		for r := range cfg.Reps {
 			t, err := benchSkeleton(ctx, srv, fmt.Sprintf("skel%d", r), payloads, trajs)
 			if err != nil {
 				return fmt.Errorf("skeleton: %w", err)
 			}
 			win += t.cpu
-			fmt.Printf("  rep %d: skeleton %.0f traj/s (%.2fs wall, %.2fs CPU)\n", r+1, float64(*n)/t.wall.Seconds(), t.wall.Seconds(), t.cpu.Seconds())
+			fmt.Fprintf(w, "  rep %d: skeleton %.0f traj/s (%.2fs wall, %.2fs CPU)\n", r+1, float64(cfg.N)/t.wall.Seconds(), t.wall.Seconds(), t.cpu.Seconds())
 		}
-		fmt.Printf("CPU per trajectory of the pipeline's message flow alone (skeleton), timed window: %.0f us\n",
-			win.Seconds()*1e6/float64(*n**reps))
+		fmt.Fprintf(w, "CPU per trajectory of the pipeline's message flow alone (skeleton), timed window: %.0f us\n",
+			win.Seconds()*1e6/float64(cfg.N*cfg.Reps))
 	}
 	if !runBare || !runPipe {
 		return nil
 	}
-	bt, pt := float64(*n)/bestBare.Seconds(), float64(*n)/bestPipe.Seconds()
-	fmt.Printf("bare JetStream publish+consume: %.0f traj/s (%.1f MB/s)\n", bt, bt*float64(len(payloads[0]))/1e6)
-	fmt.Printf("pipeline actor->verifier->SCORED->learner+replay: %.0f traj/s\n", pt)
-	per := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(*n**reps) }
-	fmt.Printf("CPU per trajectory (all roles and the server in this process), timed window: bare %.0f us, pipeline %.0f us; CPU-bound ratio %.2f\n",
+	bt, pt := float64(cfg.N)/bestBare.Seconds(), float64(cfg.N)/bestPipe.Seconds()
+	fmt.Fprintf(w, "bare JetStream publish+consume: %.0f traj/s (%.1f MB/s)\n", bt, bt*float64(len(payloads[0]))/1e6)
+	fmt.Fprintf(w, "pipeline actor->verifier->SCORED->learner+replay: %.0f traj/s\n", pt)
+	per := func(d time.Duration) float64 { return d.Seconds() * 1e6 / float64(cfg.N*cfg.Reps) }
+	fmt.Fprintf(w, "CPU per trajectory (all roles and the server in this process), timed window: bare %.0f us, pipeline %.0f us; CPU-bound ratio %.2f\n",
 		per(winBare), per(winPipe), winBare.Seconds()/winPipe.Seconds())
-	fmt.Printf("CPU per trajectory with set-up (connections, streams, consumers): bare %.0f us, pipeline %.0f us; ratio %.2f\n",
+	fmt.Fprintf(w, "CPU per trajectory with set-up (connections, streams, consumers): bare %.0f us, pipeline %.0f us; ratio %.2f\n",
 		per(cpuBare), per(cpuPipe), cpuBare.Seconds()/cpuPipe.Seconds())
 	sort.Float64s(ratios)
-	fmt.Printf("ratio pipeline/bare: %.2f of the bests, %.2f median of the %d adjacent pairs (goal >= 0.60)\n",
+	fmt.Fprintf(w, "ratio pipeline/bare: %.2f of the bests, %.2f median of the %d adjacent pairs (goal >= 0.60)\n",
 		pt/bt, ratios[len(ratios)/2], len(ratios))
 	return nil
 }
@@ -243,7 +243,7 @@ func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]by
 	if err != nil {
 		return timed{}, err
 	}
-	start, cpu0 := time.Now(), dataplaneCPU()
+	start, cpu0 := time.Now(), processCPU()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		futs := make([]jetstream.PubAckFuture, 0, len(payloads))
@@ -272,7 +272,7 @@ func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]by
 	if err := g.Wait(); err != nil {
 		return timed{}, err
 	}
-	return timed{time.Since(start), dataplaneCPU() - cpu0}, nil
+	return timed{time.Since(start), processCPU() - cpu0}, nil
 }
 
 // consumeN pulls (a continuous pull with up to 512 messages buffered) and
@@ -337,7 +337,7 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 		return timed{}, err
 	}
 	defer apub.Close()
-	start, cpu0 := time.Now(), dataplaneCPU()
+	start, cpu0 := time.Now(), processCPU()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return publishRollouts(gctx, apub, ab, trajs, func(i int) ([]byte, error) { return payloads[i], nil })
@@ -378,7 +378,7 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	if err := g.Wait(); err != nil {
 		return timed{}, err
 	}
-	return timed{time.Since(start), dataplaneCPU() - cpu0}, nil
+	return timed{time.Since(start), processCPU() - cpu0}, nil
 }
 
 // benchPipeline: an actor-side publisher encodes and publishes every
@@ -423,12 +423,12 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 		return timed{}, err
 	}
 	defer pub.Close()
-	start, cpu0 := time.Now(), dataplaneCPU()
+	start, cpu0 := time.Now(), processCPU()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		err := publishRollouts(gctx, pub, ab, trajs, func(i int) ([]byte, error) { return wire.Encode(&trajs[i]) })
 		if os.Getenv("EXGRPO_BENCH_DEBUG") != "" {
-			fmt.Printf("    actor published all after %.2fs: %+v\n", time.Since(start).Seconds(), pub.Stats())
+			fmt.Fprintf(os.Stdout, "    actor published all after %.2fs: %+v\n", time.Since(start).Seconds(), pub.Stats())
 		}
 		return err
 	})
@@ -440,7 +440,7 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 				time.Sleep(250 * time.Millisecond)
 				lr, _ := vb.ConsumerLag(ctx, bus.Rollouts, bus.VerifiersConsumer)
 				ll, _ := vb.ConsumerLag(ctx, bus.Scored, "learner")
-				fmt.Printf("    %.2fs rollouts %+v learner %+v\n", time.Since(start).Seconds(), lr, ll)
+				fmt.Fprintf(os.Stdout, "    %.2fs rollouts %+v learner %+v\n", time.Since(start).Seconds(), lr, ll)
 				if f, err := os.Create(fmt.Sprintf("/tmp/dp-goroutines-%d.txt", time.Since(start)/time.Second)); err == nil {
 					_ = pprof.Lookup("goroutine").WriteTo(f, 1)
 					f.Close()
@@ -451,7 +451,7 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 	if err := g.Wait(); err != nil {
 		return timed{}, err
 	}
-	el := timed{time.Since(start), dataplaneCPU() - cpu0}
+	el := timed{time.Since(start), processCPU() - cpu0}
 	if got, want := correct.Load(), int64(len(trajs)); got != want { // half right, seen by both readers
 		return timed{}, fmt.Errorf("readers saw %d correct, want %d", got, want)
 	}
@@ -523,13 +523,4 @@ func dropStreams(b *bus.Bus) {
 	for _, k := range bus.Kinds {
 		_ = b.JS.DeleteStream(ctx, b.Names.Stream(k))
 	}
-}
-
-// dataplaneCPU is the user+system CPU time this process used so far.
-func dataplaneCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

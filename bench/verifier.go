@@ -1,46 +1,35 @@
-package main
+package bench
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/exgrpo/exgrpo/verifier"
 )
 
-func init() {
-	registerBench("verifier", "answers/s per core on typical boxed answers (goal 20k) and worst-case time per item (bound 50 ms)", runBenchVerifier)
-}
-
 // verifierGoal is the anchor of issue 3: answers per second per core on
 // typical boxed answers.
 const verifierGoal = 20000
 
-// processCPU is the CPU time used by this process so far. Per-core
-// throughput is answers per CPU-second: on a shared machine wall time also
-// counts waiting for a core.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+// VerifierConfig is `exgrpo bench verifier`.
+type VerifierConfig struct {
+	Seconds float64 // wall seconds per throughput measurement
+	Quick   bool    // short run (0.3 s per measurement, one pass over the stress items)
 }
 
-func runBenchVerifier(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench verifier", flag.ContinueOnError)
-	seconds := fs.Float64("seconds", 2, "wall seconds per throughput measurement")
-	quick := fs.Bool("quick", false, "short run (0.3 s per measurement, one pass over the stress items)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *quick {
-		*seconds = 0.3
+// DefaultVerifier is the configuration BENCHMARKS.md reports.
+func DefaultVerifier() VerifierConfig { return VerifierConfig{Seconds: 2} }
+
+// Verifier measures answers/s per core on typical boxed answers (goal 20k)
+// and the worst-case CPU time per item (bound 50 ms).
+func Verifier(ctx context.Context, w io.Writer, cfg VerifierConfig) error {
+	if cfg.Quick {
+		cfg.Seconds = 0.3
 	}
 	// One goroutine grades; pin it so the CPU time is one core's.
 	runtime.LockOSThread()
@@ -58,7 +47,7 @@ func runBenchVerifier(ctx context.Context, args []string) error {
 		perCPUSecond float64
 	}
 	measure := func(name string, c verifier.Checker, items [][2]string) (row, error) {
-		deadline := time.Now().Add(time.Duration(*seconds * float64(time.Second)))
+		deadline := time.Now().Add(time.Duration(cfg.Seconds * float64(time.Second)))
 		cpu0, t0 := processCPU(), time.Now()
 		n := 0
 		for time.Now().Before(deadline) {
@@ -89,10 +78,10 @@ func runBenchVerifier(ctx context.Context, args []string) error {
 		}
 		rows = append(rows, r)
 	}
-	fmt.Printf("verifier throughput (one goroutine, GOMAXPROCS=%d, %s)\n", runtime.GOMAXPROCS(0), time.Now().UTC().Format("2006-01-02"))
-	fmt.Printf("%-22s %10s %14s %14s %10s\n", "checker", "answers", "answers/s", "answers/cpu-s", "vs 20k")
+	fmt.Fprintf(w, "verifier throughput (one goroutine, GOMAXPROCS=%d, %s)\n", runtime.GOMAXPROCS(0), time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprintf(w, "%-22s %10s %14s %14s %10s\n", "checker", "answers", "answers/s", "answers/cpu-s", "vs 20k")
 	for _, r := range rows {
-		fmt.Printf("%-22s %10d %14.0f %14.0f %9.1fx\n", r.name, r.n, float64(r.n)/r.wall.Seconds(), r.perCPUSecond, r.perCPUSecond/verifierGoal)
+		fmt.Fprintf(w, "%-22s %10d %14.0f %14.0f %9.1fx\n", r.name, r.n, float64(r.n)/r.wall.Seconds(), r.perCPUSecond, r.perCPUSecond/verifierGoal)
 	}
 
 	// Worst case per item over the stress inputs (CPU time of one Check).
@@ -103,12 +92,12 @@ func runBenchVerifier(ctx context.Context, args []string) error {
 	}
 	sort.Strings(names)
 	reps := 3
-	if *quick {
+	if cfg.Quick {
 		reps = 1
 	}
 	var worst time.Duration
 	worstName := ""
-	fmt.Printf("\nstress items, math checker (CPU ms per item, best of %d; bound 50 ms)\n", reps)
+	fmt.Fprintf(w, "\nstress items, math checker (CPU ms per item, best of %d; bound 50 ms)\n", reps)
 	for _, name := range names {
 		in := stress[name]
 		best := time.Duration(1 << 62)
@@ -121,12 +110,12 @@ func runBenchVerifier(ctx context.Context, args []string) error {
 				best = d
 			}
 		}
-		fmt.Printf("  %-26s %8.2f ms  %s\n", name, float64(best.Microseconds())/1000, reason)
+		fmt.Fprintf(w, "  %-26s %8.2f ms  %s\n", name, float64(best.Microseconds())/1000, reason)
 		if best > worst {
 			worst, worstName = best, name
 		}
 	}
-	fmt.Printf("worst: %s %.2f ms (%.2fx of the 50 ms bound)\n", worstName, float64(worst.Microseconds())/1000, worst.Seconds()/0.05)
+	fmt.Fprintf(w, "worst: %s %.2f ms (%.2fx of the 50 ms bound)\n", worstName, float64(worst.Microseconds())/1000, worst.Seconds()/0.05)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}

@@ -1,9 +1,9 @@
-package main
+package bench
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"runtime"
 	"time"
@@ -12,10 +12,6 @@ import (
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
 )
-
-func init() {
-	registerBench("learner", "step-time overhead of experience management: ExGRPO step / on-policy step at equal batch (paper: +19%)", runBenchLearner)
-}
 
 // learnerBench is the set-up of learner/bench_test.go's BenchmarkStepOverhead,
 // built with the package's exported API: the built-in policy shape, B = 32
@@ -127,18 +123,23 @@ func (s *learnerBench) exgrpoStep(l *learner.Learner) (time.Duration, error) {
 	return sel, err
 }
 
-func runBenchLearner(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench learner", flag.ContinueOnError)
-	steps := fs.Int("steps", 20, "step pairs (one on-policy, one ExGRPO, alternating so both see the same load)")
-	quick := fs.Bool("quick", false, "short run (5 step pairs)")
-	if err := fs.Parse(args); err != nil {
-		return err
+// LearnerConfig is `exgrpo bench learner`.
+type LearnerConfig struct {
+	Steps int  // step pairs (one on-policy, one ExGRPO, alternating so both see the same load)
+	Quick bool // short run (5 step pairs)
+}
+
+// DefaultLearner is the configuration BENCHMARKS.md reports.
+func DefaultLearner() LearnerConfig { return LearnerConfig{Steps: 20} }
+
+// Learner measures the step-time overhead of experience management: an
+// ExGRPO step against an on-policy step at equal batch (paper: +19%).
+func Learner(ctx context.Context, w io.Writer, cfg LearnerConfig) error {
+	if cfg.Quick {
+		cfg.Steps = 5
 	}
-	if *quick {
-		*steps = 5
-	}
-	if *steps < 1 {
-		return fmt.Errorf("%w: --steps %d < 1", errUsage, *steps)
+	if cfg.Steps < 1 {
+		return fmt.Errorf("%w: --steps %d < 1", ErrConfig, cfg.Steps)
 	}
 	s, err := newLearnerBench()
 	if err != nil {
@@ -152,7 +153,7 @@ func runBenchLearner(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("learner step overhead: B = %d x K = %d, %d+%d tokens per trajectory, %d mini-batches, %d E7 candidates per replayed question, %d params, GOMAXPROCS %d\n",
+	fmt.Fprintf(w, "learner step overhead: B = %d x K = %d, %d+%d tokens per trajectory, %d mini-batches, %d E7 candidates per replayed question, %d params, GOMAXPROCS %d\n",
 		s.cfg.B, s.cfg.K, lbPrompt, lbResp, s.cfg.MiniBatches, lbCands, s.m.NumParams(), runtime.GOMAXPROCS(0))
 	// One warm-up pair, not measured.
 	if _, err := on.Step(learner.StepInput{Groups: s.fresh}); err != nil {
@@ -162,28 +163,28 @@ func runBenchLearner(ctx context.Context, args []string) error {
 		return err
 	}
 	var tOn, tEx, tSel, cOn, cEx time.Duration
-	for range *steps {
+	for range cfg.Steps {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		t0, c0 := time.Now(), benchCPU()
+		t0, c0 := time.Now(), processCPU()
 		if _, err := on.Step(learner.StepInput{Groups: s.fresh}); err != nil {
 			return err
 		}
-		t1, c1 := time.Now(), benchCPU()
+		t1, c1 := time.Now(), processCPU()
 		sel, err := s.exgrpoStep(ex)
 		if err != nil {
 			return err
 		}
 		tSel += sel
 		tEx += time.Since(t1)
-		cEx += benchCPU() - c1
+		cEx += processCPU() - c1
 		tOn += t1.Sub(t0)
 		cOn += c1 - c0
 	}
-	n := float64(*steps)
-	fmt.Printf("on-policy step %.3f s wall (%.3f CPU-s), ExGRPO step %.3f s wall (%.3f CPU-s), E7 scoring %.0f%% of the ExGRPO step\n",
+	n := float64(cfg.Steps)
+	fmt.Fprintf(w, "on-policy step %.3f s wall (%.3f CPU-s), ExGRPO step %.3f s wall (%.3f CPU-s), E7 scoring %.0f%% of the ExGRPO step\n",
 		tOn.Seconds()/n, cOn.Seconds()/n, tEx.Seconds()/n, cEx.Seconds()/n, 100*tSel.Seconds()/tEx.Seconds())
-	fmt.Printf("ratio ExGRPO/on-policy step: %.2f wall, %.2f CPU (paper: 1.19)\n", tEx.Seconds()/tOn.Seconds(), cEx.Seconds()/cOn.Seconds())
+	fmt.Fprintf(w, "ratio ExGRPO/on-policy step: %.2f wall, %.2f CPU (paper: 1.19)\n", tEx.Seconds()/tOn.Seconds(), cEx.Seconds()/cOn.Seconds())
 	return nil
 }

@@ -1,23 +1,19 @@
-package main
+package bench
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"time"
 
 	"github.com/exgrpo/exgrpo/replay"
 )
 
-func init() {
-	registerBench("replay", "experience pool: sample 64 questions (goal 100 us), fold a 128x8x1024 report (goal 5 ms), snapshot MB/s", runBenchReplay)
-}
-
 // measure runs op until at least d has passed (and at least once) and
 // returns wall and process-CPU time per call.
 func measure(ctx context.Context, d time.Duration, op func() error) (wall, cpu time.Duration, n int, err error) {
-	t0, c0 := time.Now(), benchCPU()
+	t0, c0 := time.Now(), processCPU()
 	for n == 0 || time.Since(t0) < d {
 		if err := ctx.Err(); err != nil {
 			return 0, 0, n, err
@@ -27,7 +23,7 @@ func measure(ctx context.Context, d time.Duration, op func() error) (wall, cpu t
 		}
 		n++
 	}
-	return time.Since(t0) / time.Duration(n), (benchCPU() - c0) / time.Duration(n), n, nil
+	return time.Since(t0) / time.Duration(n), (processCPU() - c0) / time.Duration(n), n, nil
 }
 
 // replayPool folds nq questions spread evenly over buckets 1..7, one 1-token
@@ -55,21 +51,26 @@ func replayPool(nq int, sel replay.Selection) (*replay.Pool, error) {
 	return p, nil
 }
 
-func runBenchReplay(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("bench replay", flag.ContinueOnError)
-	questions := fs.Int("questions", 1_000_000, "pool size for the sample benchmark")
-	seconds := fs.Float64("seconds", 1, "wall seconds per measurement")
-	quick := fs.Bool("quick", false, "short run (pool of 10^5, 0.3 s per measurement)")
-	if err := fs.Parse(args); err != nil {
-		return err
+// ReplayConfig is `exgrpo bench replay`.
+type ReplayConfig struct {
+	Questions int     // pool size for the sample benchmark
+	Seconds   float64 // wall seconds per measurement
+	Quick     bool    // short run (pool of 10^5, 0.3 s per measurement)
+}
+
+// DefaultReplay is the configuration BENCHMARKS.md reports.
+func DefaultReplay() ReplayConfig { return ReplayConfig{Questions: 1_000_000, Seconds: 1} }
+
+// Replay measures the experience pool (E2-E6): sampling 64 questions
+// (goal 100 us), folding a 128x8x1024 report (goal 5 ms), snapshot MB/s.
+func Replay(ctx context.Context, w io.Writer, cfg ReplayConfig) error {
+	if cfg.Quick {
+		cfg.Questions, cfg.Seconds = 100_000, 0.3
 	}
-	if *quick {
-		*questions, *seconds = 100_000, 0.3
-	}
-	d := time.Duration(*seconds * float64(time.Second))
-	fmt.Printf("replay pool benchmarks (E2-E6): pool of %d questions for sampling; fold of 128 groups x K = 8, 7 successes of 1,024 tokens each\n", *questions)
+	d := time.Duration(cfg.Seconds * float64(time.Second))
+	fmt.Fprintf(w, "replay pool benchmarks (E2-E6): pool of %d questions for sampling; fold of 128 groups x K = 8, 7 successes of 1,024 tokens each\n", cfg.Questions)
 	for _, sel := range []replay.Selection{replay.SelectGaussian, replay.SelectUniform} {
-		p, err := replayPool(*questions, sel)
+		p, err := replayPool(cfg.Questions, sel)
 		if err != nil {
 			return fmt.Errorf("bench replay: %w", err)
 		}
@@ -83,7 +84,7 @@ func runBenchReplay(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Printf("sample 64 of %d (%s): %.1f us wall, %.1f us CPU; CPU/goal(100 us) %.2f\n", p.Len(), sel, float64(wall.Nanoseconds())/1e3,
+		fmt.Fprintf(w, "sample 64 of %d (%s): %.1f us wall, %.1f us CPU; CPU/goal(100 us) %.2f\n", p.Len(), sel, float64(wall.Nanoseconds())/1e3,
 			float64(cpu.Nanoseconds())/1e3, float64(cpu.Nanoseconds())/1e5)
 	}
 
@@ -122,15 +123,15 @@ func runBenchReplay(ctx context.Context, args []string) error {
 			}
 			r.Groups[g] = replay.Group{QuestionID: fmt.Sprintf("q%d-%d", step%4+step/64*4, g), Size: 8, Correct: 7, Successes: succ}
 		}
-		t0, c0 := time.Now(), benchCPU()
+		t0, c0 := time.Now(), processCPU()
 		if err := p.Apply(r); err != nil {
 			return fmt.Errorf("bench replay: fold: %w", err)
 		}
 		foldWall += time.Since(t0)
-		foldCPU += benchCPU() - c0
+		foldCPU += processCPU() - c0
 	}
 	fw, fc := foldWall/time.Duration(folds), foldCPU/time.Duration(folds)
-	fmt.Printf("fold 128x8x1024 (all 7/8): %.2f ms wall, %.2f ms CPU; CPU/goal(5 ms) %.2f\n", float64(fw.Microseconds())/1e3, float64(fc.Microseconds())/1e3, fc.Seconds()/0.005)
+	fmt.Fprintf(w, "fold 128x8x1024 (all 7/8): %.2f ms wall, %.2f ms CPU; CPU/goal(5 ms) %.2f\n", float64(fw.Microseconds())/1e3, float64(fc.Microseconds())/1e3, fc.Seconds()/0.005)
 
 	snap := p.Snapshot()
 	wall, _, _, err := measure(ctx, d, func() error { _ = p.Snapshot(); return nil })
@@ -142,7 +143,7 @@ func runBenchReplay(ctx context.Context, args []string) error {
 		return err
 	}
 	st := p.Stats()
-	fmt.Printf("snapshot of %d trajectories (%.1f MB): write %.0f MB/s, restore %.0f MB/s\n", st.Trajectories, float64(len(snap))/1e6,
+	fmt.Fprintf(w, "snapshot of %d trajectories (%.1f MB): write %.0f MB/s, restore %.0f MB/s\n", st.Trajectories, float64(len(snap))/1e6,
 		float64(len(snap))/1e6/wall.Seconds(), float64(len(snap))/1e6/rwall.Seconds())
 	return nil
 }
