@@ -246,12 +246,12 @@ func start(ctx context.Context, o Options, model, tmp string, adam policy.AdamWC
 		return nil, err
 	}
 	if c.info.Arch == "builtin" {
-		m, err := c.Weights(sctx)
-		if err != nil {
+		// Fetch the weights once: it checks the export path and gives the
+		// client the tokenizer that Restore writes into checkpoints.
+		if _, err := c.Weights(sctx); err != nil {
 			c.kill()
 			return nil, err
 		}
-		_ = m
 	}
 	return c, nil
 }
