@@ -39,6 +39,9 @@ type Hooks struct {
 	Replay func(*rsvc.Service)
 	// Step is called after every step, after the run directory has it.
 	Step func(lsvc.StepResult, rundir.Step)
+	// Trainer is called with the started trainer backend (TrainerTorch
+	// only; tests use it to kill the worker).
+	Trainer func(trainer.Trainer)
 }
 
 // Run performs the whole run described by cfg and returns its summary (also
@@ -333,6 +336,9 @@ func runRoles(ctx context.Context, cfg Config, base policy.Checkpoint, train []t
 	}
 	if tr != nil {
 		defer tr.Close()
+		if hooks.Trainer != nil {
+			hooks.Trainer(tr)
+		}
 	}
 	learnerSvc, err := lsvc.New(cfg.Learner, lsvc.Deps{Bus: lb, Model: base.Model, Tokenizer: base.Tokenizer, Problems: train, Trainer: tr,
 		Evaluate: evaluate, Metrics: lsvc.NewMetrics(lreg.Registerer()), Log: log.Named("learner"),

@@ -246,12 +246,12 @@ func start(ctx context.Context, o Options, model, tmp string, adam policy.AdamWC
 		return nil, err
 	}
 	if c.info.Arch == "builtin" {
-		m, err := c.Weights(sctx)
-		if err != nil {
+		// Fetch the weights once: it checks the export path and gives the
+		// client the tokenizer that Restore writes into checkpoints.
+		if _, err := c.Weights(sctx); err != nil {
 			c.kill()
 			return nil, err
 		}
-		_ = m
 	}
 	return c, nil
 }
@@ -384,6 +384,9 @@ func (c *Client) call(ctx context.Context, op string, args map[string]any) (map[
 	}
 	deadline := time.Now().Add(c.opts.CallTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		if !d.After(time.Now()) {
+			return nil, context.DeadlineExceeded // nothing sent: the stream stays in step
+		}
 		deadline = d
 	}
 	if err := c.conn.SetDeadline(deadline); err != nil {
@@ -423,9 +426,15 @@ func (c *Client) call(ctx context.Context, op string, args map[string]any) (map[
 	return reply, nil
 }
 
+// ctxOr names the context's end as the cause of a transport error when it
+// is one (the deadline set from the context may pass before the context's
+// own timer has fired).
 func ctxOr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	if d, ok := ctx.Deadline(); ok && !d.After(time.Now()) {
+		return fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
 	}
 	return err
 }

@@ -149,17 +149,38 @@ func TestStartUpErrors(t *testing.T) {
 	})
 }
 
-// TestCallDeadline: a call whose context expires fails with the context's
-// error instead of waiting for the worker.
+// TestCallDeadline: a call whose context ends while the worker computes
+// fails with the context's error as soon as the deadline passes (not when
+// the worker finishes), and breaks the client (the reply would arrive out of
+// step); an already expired context fails without sending anything.
 func TestCallDeadline(t *testing.T) {
 	needPython(t)
 	ck := trainertest.Model(t, true)
 	c := startBuiltin(t, ck, policy.DefaultAdamW(), 0)
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	expired, cancel0 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel0()
+	if _, _, err := c.Score(expired, trainertest.Batch(1, ck.Model.Config, 1), 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("expired context: %v, want context.DeadlineExceeded", err)
+	}
+	if _, _, err := c.Score(context.Background(), trainertest.Batch(1, ck.Model.Config, 1), 1); err != nil {
+		t.Fatalf("a call after a refused expired one: %v", err)
+	}
+	big := trainertest.Batch(2, ck.Model.Config, 3000) // seconds of work for the worker
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
 	defer cancel()
-	time.Sleep(2 * time.Millisecond)
-	if _, _, err := c.Score(ctx, trainertest.Batch(1, ck.Model.Config, 200), 1); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("expired context: %v, want context.DeadlineExceeded", err)
+	start := time.Now()
+	_, _, err := c.Forward(ctx, big, 1)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deadline mid-call: %v, want context.DeadlineExceeded", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("the call returned %v after its 400 ms deadline", took)
+	}
+	if c.broken == nil {
+		t.Skip("the deadline passed before the request was sent (machine under load): nothing was interrupted")
+	}
+	if _, _, err := c.Score(context.Background(), big[:1], 1); !errors.Is(err, trainer.ErrBackend) {
+		t.Errorf("a call after an interrupted one: %v, want trainer.ErrBackend (the stream is out of step)", err)
 	}
 }

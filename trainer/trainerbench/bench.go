@@ -66,17 +66,19 @@ func (c Config) withDefaults() Config {
 
 // Result holds medians over the rounds, in seconds per step.
 type Result struct {
-	Size          string
-	Params        int
-	Tokens        int     // packed tokens per step
-	GoStep        float64 // the built-in Go trainer
-	TorchStep     float64 // the worker through the socket: Forward, Backward, Step calls
-	InsideStep    float64 // the same step timed inside the worker (no socket)
-	Ping          float64 // one empty round trip
-	Overhead      float64 // (TorchStep − InsideStep) / InsideStep
-	GoThreads     string
-	TorchThreads  int
-	TorchMeasured bool
+	Size           string
+	Params         int
+	Tokens         int     // packed tokens per step
+	GoStep         float64 // the built-in Go trainer
+	TorchStep      float64 // the worker through the socket: Forward, Backward, Step calls
+	InsideStep     float64 // the same step timed inside the worker (no socket)
+	Ping           float64 // one empty round trip
+	Overhead       float64 // (TorchStep − InsideStep) / InsideStep
+	PairedOverhead float64 // median over rounds of that round's socket / inside − 1 (each pair ran back to back)
+	FixedOverhead  float64 // 3 empty round trips (Forward, Backward, Step) / InsideStep: the protocol's cost without load noise
+	GoThreads      string
+	TorchThreads   int
+	TorchMeasured  bool
 }
 
 func median(x []float64) float64 {
@@ -203,6 +205,12 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if client != nil {
 		res.TorchStep, res.InsideStep, res.Ping = median(torchT), median(insideT), median(pingT)
 		res.Overhead = (res.TorchStep - res.InsideStep) / res.InsideStep
+		var paired []float64
+		for i := range torchT {
+			paired = append(paired, torchT[i]/insideT[i]-1)
+		}
+		res.PairedOverhead = median(paired)
+		res.FixedOverhead = 3 * res.Ping / res.InsideStep
 	}
 	return res, nil
 }
@@ -215,7 +223,8 @@ func (r Result) Report() string {
 	if r.TorchMeasured {
 		fmt.Fprintf(&b, "  torch worker through the socket:     %8.1f ms  (%.0f tokens/s, %d thread(s))\n", 1e3*r.TorchStep, float64(r.Tokens)/r.TorchStep, r.TorchThreads)
 		fmt.Fprintf(&b, "  same step inside the worker:         %8.1f ms\n", 1e3*r.InsideStep)
-		fmt.Fprintf(&b, "  protocol overhead:                   %+7.1f %%  (empty round trip %.2f ms)\n", 100*r.Overhead, 1e3*r.Ping)
+		fmt.Fprintf(&b, "  protocol overhead:                   %+7.1f %% of medians, %+.1f %% paired median, %.2f %% from 3 empty round trips of %.2f ms\n",
+			100*r.Overhead, 100*r.PairedOverhead, 100*r.FixedOverhead, 1e3*r.Ping)
 		fmt.Fprintf(&b, "  torch / Go per step:                 %8.2fx\n", r.TorchStep/r.GoStep)
 	}
 	return b.String()
