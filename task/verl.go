@@ -2,6 +2,7 @@ package task
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -113,6 +114,9 @@ func ReadParquet(r io.ReaderAt, size int64) (ds Dataset, err error) {
 			ds, err = Dataset{}, fmt.Errorf("%w: %v", ErrParquet, v)
 		}
 	}()
+	if err := checkParquetFrame(r, size); err != nil {
+		return Dataset{}, err
+	}
 	f, err := parquet.OpenFile(r, size)
 	if err != nil {
 		return Dataset{}, fmt.Errorf("%w: %v", ErrParquet, err)
@@ -151,6 +155,32 @@ func ReadParquet(r io.ReaderAt, size int64) (ds Dataset, err error) {
 		}
 	}
 	return ds, nil
+}
+
+// checkParquetFrame checks the magic at both ends and that the footer
+// length fits the file before the library reads the footer: a 17-byte file
+// claiming a 2 GiB footer made parquet.OpenFile allocate 2 GiB.
+func checkParquetFrame(r io.ReaderAt, size int64) error {
+	const magic = "PAR1"
+	if size < 12 {
+		return fmt.Errorf("%w: %d bytes is too short for a parquet file", ErrParquet, size)
+	}
+	var head [4]byte
+	var tail [8]byte
+	if _, err := r.ReadAt(head[:], 0); err != nil {
+		return fmt.Errorf("%w: %v", ErrParquet, err)
+	}
+	if _, err := r.ReadAt(tail[:], size-8); err != nil {
+		return fmt.Errorf("%w: %v", ErrParquet, err)
+	}
+	if string(head[:]) != magic || string(tail[4:]) != magic {
+		return fmt.Errorf("%w: no PAR1 magic at both ends", ErrParquet)
+	}
+	footer := int64(binary.LittleEndian.Uint32(tail[:4]))
+	if footer > size-12 {
+		return fmt.Errorf("%w: footer of %d bytes in a %d-byte file", ErrParquet, footer, size)
+	}
+	return nil
 }
 
 func hasColumnPrefix(s *parquet.Schema, name string) bool {

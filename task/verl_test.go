@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -69,6 +70,18 @@ func TestVerlParquet(t *testing.T) {
 	}
 	if _, err := ReadParquet(bytes.NewReader([]byte("PAR1 not a parquet file")), 23); !errors.Is(err, ErrParquet) {
 		t.Fatalf("garbage: %v", err)
+	}
+	// 17 bytes whose footer length claims 2 GiB: refused before the
+	// library allocates it (found by FuzzReadParquet).
+	bomb := []byte("PAR1\x15\x06\x15Z\x15Z\x15\xfa\x8aPAR1")
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	if _, err := ReadParquet(bytes.NewReader(bomb), int64(len(bomb))); !errors.Is(err, ErrParquet) {
+		t.Fatalf("footer bomb: %v", err)
+	}
+	runtime.ReadMemStats(&m1)
+	if n := m1.TotalAlloc - m0.TotalAlloc; n > 64<<20 {
+		t.Fatalf("reading a 17-byte file allocated %d bytes", n)
 	}
 }
 
