@@ -35,10 +35,22 @@ import (
 // and SCORED must find every step exactly once in the final lineage, every
 // trajectory it names once with one content, and the replay service's pool
 // equal to an independent fold of that lineage.
+//
+// It runs with the Go trainer and, where Python has torch, with the
+// PyTorch worker (--trainer torch: each resumed learner starts a fresh
+// worker and restores the checkpoint's weights and optimiser state into it).
 func TestLearnerKilledAndResumed(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and starts processes")
 	}
+	t.Run("go", func(t *testing.T) { learnerKilledAndResumed(t, "go") })
+	t.Run("torch", func(t *testing.T) {
+		needTorch(t)
+		learnerKilledAndResumed(t, "torch", "--python", "/usr/bin/python3", "--torch-threads", "1")
+	})
+}
+
+func learnerKilledAndResumed(t *testing.T, trainer string, trainerArgs ...string) {
 	dir := t.TempDir()
 	bin := buildExgrpo(t, dir)
 	cache := filepath.Join(dir, "cache")
@@ -60,7 +72,9 @@ func TestLearnerKilledAndResumed(t *testing.T) {
 	b := openBus(t, ctx, url, "rs")
 
 	learnerArgs := append(append(append([]string{"learner"}, role...), train...),
-		"--checkpoint-dir", filepath.Join(dir, "ckpt"), "--checkpoint-every", "2", "--resume=auto", "--eval=false")
+		"--checkpoint-dir", filepath.Join(dir, "ckpt"), "--checkpoint-every", "2", "--resume=auto", "--eval=false",
+		"--trainer", trainer)
+	learnerArgs = append(learnerArgs, trainerArgs...)
 	// The third fault is armed by version: the resumed learners renumber
 	// above what a dead one announced, so the test reads where it stands.
 	faults := []func() string{

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/exgrpo/exgrpo/replay"
 	"net"
 	"os"
 	"os/exec"
@@ -77,7 +78,8 @@ func freePorts(t *testing.T, n int) []int {
 // a live node.
 type ledger struct {
 	mu      sync.Mutex
-	reports []wire.StepReport
+	reports []wire.StepReport // the ledger: folded through lin (wire.Lineage)
+	lin     replay.Lineage
 	bad     []string
 	lastErr error
 	next    uint64 // next stream sequence to read
@@ -93,7 +95,7 @@ func followLedger(ctx context.Context, t *testing.T, nc *nats.Conn, run string) 
 		t.Fatal(err)
 	}
 	stream := "EXGRPO_" + strings.ToUpper(run) + "_CONTROL"
-	l := &ledger{next: 1}
+	l := &ledger{next: 1, lin: replay.NewLineage()}
 	pctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -142,9 +144,24 @@ func (l *ledger) poll(ctx context.Context, js jetstream.JetStream, stream string
 			}
 			var r wire.StepReport
 			l.mu.Lock()
-			if err := wire.Decode(m.Data(), &r); err != nil {
+			if strings.HasSuffix(m.Subject(), ".control.lineage") {
+				// A lineage record: a restarted learner (docker restarts
+				// it after a lost node) may take reports out of the ledger.
+				var rec wire.Lineage
+				if err := wire.Decode(m.Data(), &rec); err != nil {
+					l.bad = append(l.bad, err.Error())
+				} else if d := l.lin.Record(&rec); d.Rewind {
+					keep := l.reports[:0]
+					for _, r := range l.reports {
+						if r.Step <= d.To {
+							keep = append(keep, r)
+						}
+					}
+					l.reports = keep
+				}
+			} else if err := wire.Decode(m.Data(), &r); err != nil {
 				l.bad = append(l.bad, err.Error())
-			} else {
+			} else if l.lin.Report(&r).Fold {
 				l.reports = append(l.reports, r)
 			}
 			l.next = meta.Sequence.Stream + 1
@@ -225,12 +242,11 @@ func (l *ledger) check(t *testing.T) int {
 			}
 			prefix, seen := "", make([]bool, len(ids))
 			for j, id := range ids {
-				k := strings.LastIndexByte(id, '/')
-				idx, err := strconv.Atoi(id[k+1:])
-				if j == 0 && k >= 0 {
-					prefix = id[:k]
+				task, idx, ok := groupSlot(id)
+				if j == 0 {
+					prefix = task
 				}
-				if k < 0 || err != nil || id[:k] != prefix || idx < 0 || idx >= len(ids) || seen[idx] {
+				if !ok || task != prefix || idx < 0 || idx >= len(ids) || seen[idx] {
 					t.Errorf("step %d question %s: fresh ids %v are not %s/0..%d", r.Step, g.QuestionID, ids, prefix, len(ids)-1)
 					break
 				}
@@ -246,6 +262,23 @@ func (l *ledger) check(t *testing.T) int {
 		}
 	}
 	return checked
+}
+
+// groupSlot parses a fresh trajectory id: "<task>/<index>", or
+// "<task>~<index>.<attempt>/0" for a rollout the learner asked for again
+// (wire.RetryTaskID).
+func groupSlot(id string) (task string, idx int, ok bool) {
+	k := strings.LastIndexByte(id, '/')
+	if k < 0 {
+		return "", 0, false
+	}
+	task, tail := id[:k], id[k+1:]
+	if base, rest, retry := strings.Cut(task, "~"); retry && tail == "0" {
+		n, _, _ := strings.Cut(rest, ".")
+		task, tail = base, n
+	}
+	idx, err := strconv.Atoi(tail)
+	return task, idx, err == nil
 }
 
 func writeFile(t *testing.T, path, s string) {
