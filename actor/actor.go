@@ -355,13 +355,14 @@ func (a *Actor) load(ctx context.Context, v int64) bool {
 	}
 	a.swaps.Inc()
 	a.version.Set(float64(a.pol.Version()))
-	a.log.Info("policy loaded", zap.Int64("version", a.pol.Version()), zap.Int64("bytes", n), zap.String("via", via))
+	a.log.Info("policy loaded", zap.Int64("version", a.pol.Version()), zap.Int64("fetched_bytes", n), zap.String("via", via))
 	return true
 }
 
 // loadVersion installs version v: an announced version (weights/transfer)
 // from its directory, else the built-in single object of bus.PublishWeights.
-// It returns the bytes fetched or read and how the version came.
+// It returns the bytes fetched over the network (0 for a shared-filesystem
+// version or one rebuilt already) and how the version came.
 func (a *Actor) loadVersion(ctx context.Context, v int64) (int64, string, error) {
 	loc, err := a.fetch.Materialise(ctx, v)
 	if errors.Is(err, transfer.ErrNotAnnounced) {
@@ -387,7 +388,7 @@ func (a *Actor) loadVersion(ctx context.Context, v int64) (int64, string, error)
 	if err := a.install(ctx, v, data); err != nil {
 		return 0, "", err
 	}
-	return max(loc.Fetched, int64(len(data))), loc.Via, nil
+	return loc.Fetched, loc.Via, nil
 }
 
 // loadObject installs a built-in single-object version (or, when it was

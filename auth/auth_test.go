@@ -172,6 +172,14 @@ func TestDenied(t *testing.T) {
 		_, err = kv.Put(ctx, bus.VersionKey, []byte("9"))
 		return err
 	}
+	putAnnouncement := func(ctx context.Context, js jetstream.JetStream) error {
+		kv, err := js.KeyValue(ctx, n.StateBucket())
+		if err != nil {
+			return err
+		}
+		_, err = kv.Put(ctx, "weights.v9", []byte("{}"))
+		return err
+	}
 	updateStream := func(ctx context.Context, js jetstream.JetStream) error {
 		_, err := js.UpdateStream(ctx, jetstream.StreamConfig{Name: n.Stream(bus.Control), Subjects: []string{n.Subject(bus.Control)}, Storage: jetstream.MemoryStorage, MaxMsgs: 1})
 		return err
@@ -182,6 +190,7 @@ func TestDenied(t *testing.T) {
 	}
 	weights := "$O." + n.WeightsBucket() + ".>"
 	version := "$KV." + n.StateBucket() + "." + bus.VersionKey
+	announcement := "$KV." + n.StateBucket() + ".weights.v9"
 	cases := []struct {
 		role Role
 		ops  []op
@@ -193,6 +202,7 @@ func TestDenied(t *testing.T) {
 			{"tasks", n.Subject(bus.Tasks), pub(n.Subject(bus.Tasks))},
 			{"scored", n.Subject(bus.Scored), pub(n.Subject(bus.Scored))},
 			{"policy version", version, putVersion},
+			{"weights announcement", announcement, putAnnouncement},
 			{"stream update", "$JS.API.STREAM.UPDATE." + n.Stream(bus.Control), updateStream},
 			{"read scored", "$JS.API.CONSUMER.CREATE." + n.Stream(bus.Scored) + ".>", readScored},
 		}},
@@ -206,6 +216,7 @@ func TestDenied(t *testing.T) {
 			{"tasks", n.Subject(bus.Tasks), pub(n.Subject(bus.Tasks))},
 			{"control", n.Subject(bus.Control), pub(n.Subject(bus.Control))},
 			{"policy version", version, putVersion},
+			{"weights announcement", announcement, putAnnouncement},
 		}},
 		{Inspect, []op{
 			{"dead", n.Subject(bus.Dead) + ".x", pub(n.Subject(bus.Dead) + ".x")},

@@ -78,6 +78,10 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 		t.Fatal("actor's version watch: nothing")
 	}
 	must(anc, "actor stops watch", w.Stop())
+	// ... and leases a shared-filesystem version while it reads it.
+	_, err = akv.Put(ctx, "weights.lease.a1", []byte(`{"actor":"a1","version":1}`))
+	must(anc, "actor leases a version", err)
+	must(anc, "actor ends its lease", akv.Delete(ctx, "weights.lease.a1"))
 	aobs, err := ajs.ObjectStore(ctx, n.WeightsBucket())
 	must(anc, "actor object store", err)
 	got, err := aobs.GetBytes(ctx, "v1")

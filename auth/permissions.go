@@ -170,6 +170,10 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 		add(&pub, apiGet(tasks), apiConsume(tasks), apiAck(tasks))
 		add(&pub, apiGet(kv), apiConsume(kv)) // version watch (ordered, no acks)
 		add(&pub, apiGet(obj), apiConsume(obj))
+		// Its lease on a shared-filesystem version while it reads it
+		// (weights/transfer); the announcements weights.v<N> stay the
+		// learner's (denied below).
+		add(&pub, []string{"$KV." + n.StateBucket() + ".weights.lease.>"})
 		add(&sub, maxDeliveries(tasks))
 	case Verifier:
 		add(&pub, dead, data(n.Subject(bus.Scored)))
@@ -227,7 +231,7 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 	}
 	if role != Learner {
 		perms.DenyPublish = dedupe(append(append(append(data(n.Subject(bus.Tasks)), data(n.Subject(bus.Control))...),
-			n.objSubjects(), "$KV."+n.StateBucket()+"."+bus.VersionKey), apiOwn(obj)...))
+			n.objSubjects(), "$KV."+n.StateBucket()+"."+bus.VersionKey, "$KV."+n.StateBucket()+".weights.*"), apiOwn(obj)...))
 	}
 	perms.Publish, perms.Subscribe = dedupe(pub), dedupe(sub)
 	return perms, nil

@@ -451,4 +451,3 @@ func plainGet(ctx context.Context, b *bus.Bus, name string) error {
 	_, err = io.ReadFull(res, buf)
 	return err
 }
-
