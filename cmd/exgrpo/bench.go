@@ -25,6 +25,7 @@ type benchTarget struct {
 }
 
 var benchTargets = map[string]benchTarget{
+	"endurance": {"roles as processes under repeated kill -9 for --duration: ledger, pool, memory, streams, step rate (not in bench all)", benchEndurance},
 	"dataplane": {"trajectories/s through actor -> verifier -> SCORED -> learner+replay vs bare JetStream", benchDataplane},
 	"learner":   {"step-time overhead of experience management: ExGRPO step / on-policy step at equal batch (paper: +19%)", benchLearner},
 	"policy":    {"policy training and sampling tokens/s, matmul GFLOP/s vs SGEMM peak, vs PyTorch CPU", benchPolicy},
@@ -32,17 +33,6 @@ var benchTargets = map[string]benchTarget{
 	"verifier":  {"answers/s per core on typical boxed answers (goal 20k) and worst-case time per item (bound 50 ms)", benchVerifier},
 	"trainer":   {"one training step: Go trainer vs the PyTorch worker, and the worker protocol's overhead", benchTrainer},
 	"weights":   {"delta versions of a 1.5B bf16 model after an AdamW step (bytes, GB/s per core), and N actors holding a version vs one full get", benchWeights},
-}
-
-// registerBench adds a target whose flags and harness are still one
-// function printing to stdout; called from init functions only. It keeps
-// such a target working (bench all shows its output but cannot summarise
-// it); the way forward is its harness in bench/ and an entry above.
-func registerBench(name, summary string, run func(ctx context.Context, args []string) error) {
-	if _, dup := benchTargets[name]; dup || name == "all" {
-		panic("exgrpo: benchmark registered twice: " + name)
-	}
-	benchTargets[name] = benchTarget{summary: summary, run: func(ctx context.Context, _ io.Writer, args []string) error { return run(ctx, args) }}
 }
 
 const benchAllSummary = "every other benchmark target in turn (--quick: their short forms, about 10 minutes), then one summary table"
@@ -98,7 +88,8 @@ func benchAll(ctx context.Context, w io.Writer, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	skipped := map[string]bool{"all": true}
+	// endurance runs for half an hour by design: only with --only.
+	skipped := map[string]bool{"all": true, "endurance": true}
 	for _, n := range expList(*skip) {
 		skipped[n] = true
 	}
