@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/exgrpo/exgrpo/bench/endurance"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,8 +21,6 @@ import (
 	"github.com/exgrpo/exgrpo/internal/faultpoint"
 	"github.com/exgrpo/exgrpo/replay"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
-	"github.com/exgrpo/exgrpo/wire"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
 
@@ -119,58 +118,28 @@ func learnerKilledAndResumed(t *testing.T, trainer string, trainerArgs ...string
 		}
 	}
 
-	led := readLedger(t, ctx, b)
-	if len(led.epochs) != len(faults)+1 {
-		t.Errorf("lineage records name epochs %v; want %d epochs", led.epochs, len(faults)+1)
-	}
-	if led.rewinds == 0 {
-		t.Error("no resumed learner went back before a report: the test did not exercise a rewind")
-	}
-	for s := int64(0); s < steps; s++ {
-		if n := len(led.byStep[s]); n != 1 {
-			t.Errorf("step %d appears %d times in the final lineage", s, n)
-		}
-	}
-	if len(led.scoredConflicts) > 0 {
-		t.Errorf("trajectory ids stored on SCORED with different contents: %v", led.scoredConflicts)
-	}
-	named := map[string]int{}
-	for _, r := range led.ledger {
-		for _, g := range r.Groups {
-			for _, id := range g.TrajectoryIDs {
-				if g.Replayed && id == g.ReplayedID {
-					continue // stored experience of an earlier step
-				}
-				named[id]++
-				if _, ok := led.scored[id]; !ok {
-					t.Errorf("step %d names trajectory %s, which SCORED does not hold", r.Step, id)
-				}
-			}
-		}
-	}
-	for id, n := range named {
-		if n != 1 {
-			t.Errorf("trajectory %s named by %d reports of the lineage", id, n)
-		}
-	}
-
-	// The pool: the replay service's (once it has folded the last step)
-	// against an independent fold of the lineage with the pure pool.
-	cfg := DefaultConfig()
-	cfg.Learner.Learner.K = itK
-	cfg.Normalize()
-	want, err := replay.New(cfg.Replay.Pool)
+	led, err := endurance.ReadLedger(ctx, b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range led.ledger {
-		rep, missing := rsvc.Assemble(r, func(id string) (*wire.Scored, bool) { sc, ok := led.scored[id]; return sc, ok })
-		if len(missing) > 0 {
-			t.Fatalf("step %d: trajectories missing from SCORED: %v", r.Step, missing)
-		}
-		if err := want.Apply(rep); err != nil {
-			t.Fatalf("fold step %d: %v", r.Step, err)
-		}
+	if len(led.Epochs) != len(faults)+1 {
+		t.Errorf("lineage records name epochs %v; want %d epochs", led.Epochs, len(faults)+1)
+	}
+	if led.Rewinds == 0 {
+		t.Error("no resumed learner went back before a report: the test did not exercise a rewind")
+	}
+	// The audit and the independent fold of the final lineage with the
+	// pure pool, which the replay service's pool must equal.
+	cfg := DefaultConfig()
+	cfg.Learner.Learner.K = itK
+	cfg.Normalize()
+	audit, want, err := led.Check(cfg.Replay.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !audit.OK() || audit.Steps != steps {
+		t.Errorf("audit of the final lineage: %d steps (want %d); gaps %v, repeated %v, lost %v, named twice %v, two contents %v",
+			audit.Steps, steps, audit.StepGaps, audit.StepRepeats, audit.Missing, audit.NamedTwice, audit.Conflicts)
 	}
 	var got *replay.Pool
 	bustest.Eventually(t, 30*time.Second, "the replay service folds the last step", func() bool {
@@ -188,77 +157,6 @@ func learnerKilledAndResumed(t *testing.T, trainer string, trainerArgs ...string
 	if st := want.Stats(); st.Questions == 0 {
 		t.Errorf("the lineage stored nothing: %+v", st)
 	}
-}
-
-// ledgerAudit is CONTROL and SCORED as an auditor reads them.
-type ledgerAudit struct {
-	ledger          []*wire.StepReport // the final lineage, in step order
-	byStep          map[int64][]*wire.StepReport
-	epochs          []int64
-	rewinds         int
-	scored          map[string]*wire.Scored
-	scoredConflicts []string
-}
-
-func readLedger(t *testing.T, ctx context.Context, b *bus.Bus) ledgerAudit {
-	t.Helper()
-	a := ledgerAudit{byStep: map[int64][]*wire.StepReport{}, scored: map[string]*wire.Scored{}}
-	lin := replay.NewLineage()
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	err := bus.ReadSubjects(rctx, b, bus.Control, []string{b.Names.Subject(bus.Control), b.Names.Subject(bus.Control) + ".>"}, func(m jetstream.Msg) {
-		if m.Subject() == b.Names.LineageSubject() {
-			var rec wire.Lineage
-			if err := wire.Decode(m.Data(), &rec); err != nil {
-				t.Errorf("lineage record: %v", err)
-				return
-			}
-			if rec.Kind == wire.LineageEpoch {
-				a.epochs = append(a.epochs, rec.Epoch)
-			}
-			if d := lin.Record(&rec); d.Rewind {
-				a.rewinds++
-				keep := a.ledger[:0]
-				for _, r := range a.ledger {
-					if r.Step <= d.To {
-						keep = append(keep, r)
-					}
-				}
-				a.ledger = keep
-			}
-			return
-		}
-		r := new(wire.StepReport)
-		if err := wire.Decode(m.Data(), r); err != nil {
-			t.Errorf("step report: %v", err)
-			return
-		}
-		if lin.Report(r).Fold {
-			a.ledger = append(a.ledger, r)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range a.ledger {
-		a.byStep[r.Step] = append(a.byStep[r.Step], r)
-	}
-	raw := map[string][]byte{}
-	err = bus.ReadSubjects(rctx, b, bus.Scored, []string{b.Names.Subject(bus.Scored), b.Names.Subject(bus.Scored) + ".>"}, func(m jetstream.Msg) {
-		sc := new(wire.Scored)
-		if err := wire.Decode(m.Data(), sc); err != nil {
-			return
-		}
-		if prev, ok := raw[sc.Traj.ID]; ok && !bytes.Equal(prev, m.Data()) {
-			a.scoredConflicts = append(a.scoredConflicts, sc.Traj.ID)
-		}
-		raw[sc.Traj.ID] = m.Data()
-		a.scored[sc.Traj.ID] = sc
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
 }
 
 func openBus(t *testing.T, ctx context.Context, url, run string) *bus.Bus {
@@ -388,13 +286,16 @@ func TestActorAndVerifierKilledRecover(t *testing.T) {
 			t.Fatalf("%s was not killed at its fault point: %v", filepath.Base(c.Args[1]), err)
 		}
 	}
-	led := readLedger(t, ctx, openBus(t, ctx, url, "kv"))
-	if len(led.ledger) != steps {
-		t.Fatalf("%d steps in the ledger, want %d", len(led.ledger), steps)
+	led, err := endurance.ReadLedger(ctx, openBus(t, ctx, url, "kv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(led.Reports) != steps {
+		t.Fatalf("%d steps in the ledger, want %d", len(led.Reports), steps)
 	}
 	var normal []time.Duration
 	took := map[int64]time.Duration{}
-	for _, r := range led.ledger {
+	for _, r := range led.Reports {
 		took[r.Step] = time.Duration(r.StepMicros) * time.Microsecond
 		if r.Step != 2 && r.Step != 4 && r.Step != 0 {
 			normal = append(normal, took[r.Step])

@@ -27,7 +27,8 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
-	"github.com/exgrpo/exgrpo/local"
+	lcore "github.com/exgrpo/exgrpo/learner"
+	"github.com/exgrpo/exgrpo/replay"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
@@ -442,15 +443,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	lc := local.DefaultConfig()
-	lc.RunDir = "-"
+	// The replay role's pool for these flags (local.Config.Normalize's rule:
+	// K from --k, mu = K/2, the learner's candidates per question).
+	pool := replay.DefaultConfig()
+	pool.K = lcore.DefaultConfig().K
 	if k, ok := flagValue(cfg.Train, "--k"); ok {
-		if lc.Learner.Learner.K, err = strconv.Atoi(k); err != nil {
+		if pool.K, err = strconv.Atoi(k); err != nil {
 			return nil, fmt.Errorf("%w: --k %q", ErrConfig, k)
 		}
 	}
-	lc.Normalize() // the replay role's pool configuration for these flags
-	audit, want, err := led.Check(lc.Replay.Pool)
+	pool.Mu, pool.MaxCandidates = float64(pool.K)/2, lcore.DefaultConfig().Candidates
+	audit, want, err := led.Check(pool)
 	if err != nil {
 		return nil, err
 	}
@@ -460,7 +463,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		last := led.Reports[n-1].Step
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		for wctx.Err() == nil {
-			p, _, err := rsvc.ReadSnapshot(wctx, b, lc.Replay.Pool)
+			p, _, err := rsvc.ReadSnapshot(wctx, b, pool)
 			if err == nil && p != nil {
 				if s, ok := p.LastStep(); ok && s >= last {
 					rep.PoolEqual = string(p.Snapshot()) == string(want.Snapshot())
