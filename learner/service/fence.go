@@ -58,7 +58,9 @@ func (s *Service) validate(sc *wire.Scored) error {
 		return fmt.Errorf("%w: trajectory %s: policy version %d, but the learner has published up to %d",
 			wire.ErrInvalid, tr.ID, tr.PolicyVersion, s.version)
 	}
-	if s.d.Tokenizer != nil {
+	// The built-in tokenizer decodes only the built-in architecture's ids;
+	// an HF model's decoding lives in its worker.
+	if s.d.Tokenizer != nil && s.core.Trainer().Info().Arch == "builtin" {
 		if text := task.ResponseText(s.d.Tokenizer, tr.Tokens); text != tr.Text {
 			return fmt.Errorf("%w: trajectory %s: its text %q is not the decoding of its tokens %q (the verifier graded other text than the learner would train on)",
 				wire.ErrInvalid, tr.ID, clip(tr.Text, 80), clip(text, 80))
