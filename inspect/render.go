@@ -40,7 +40,11 @@ func (v BucketsView) table(w io.Writer) error {
 	if v.Step >= 0 {
 		step = fmt.Sprint(v.Step)
 	}
-	fmt.Fprintf(w, "run %s, pool after step %s (%d reports folded), K = %d, mixed mode %s\n\n", v.Run, step, v.Reports, v.K, onOff(v.Mixed))
+	fmt.Fprintf(w, "run %s, pool after step %s (%d reports folded), K = %d, mixed mode %s\n", v.Run, step, v.Reports, v.K, onOff(v.Mixed))
+	if v.Epochs > 1 {
+		fmt.Fprintf(w, "learner restarted: %d epochs; %d reports of steps trained again are not in the ledger\n", v.Epochs, v.Superseded)
+	}
+	fmt.Fprintln(w)
 	t := table(w)
 	fmt.Fprintln(t, "bucket k\tquestions\t")
 	for _, b := range v.Buckets {

@@ -37,6 +37,11 @@ type BucketsView struct {
 	// Missing counts trajectories the folded reports named that SCORED no
 	// longer holds.
 	Missing int `json:"missing_trajectories"`
+	// Epochs is how many learner processes the run had (wire.Lineage);
+	// Superseded counts the reports a restarted learner took out of the
+	// ledger (it trained those steps again).
+	Epochs     int `json:"learner_epochs"`
+	Superseded int `json:"superseded_reports"`
 }
 
 // Bucket is one bucket's size.
@@ -66,9 +71,19 @@ func (l *Ledger) Buckets(run string, at int64) BucketsView {
 	v.Pool, v.Retired, v.Known, v.Trajectories, v.Tokens = st.Questions, st.Retired, st.Known, st.Trajectories, st.Tokens
 	v.Reports = folded
 	for i := range l.Reports {
+		in, _ := l.InLedger(i)
+		if !in {
+			v.Superseded++
+			continue
+		}
 		if l.Reports[i].Report.Step <= at {
 			_, missing := rsvc.Assemble(&l.Reports[i].Report, l.lookup)
 			v.Missing += len(missing)
+		}
+	}
+	for _, r := range l.Records {
+		if r.Kind == wire.LineageEpoch {
+			v.Epochs++
 		}
 	}
 	return v
