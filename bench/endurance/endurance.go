@@ -62,7 +62,7 @@ type Config struct {
 // DefaultConfig is the 30-minute run of the report.
 func DefaultConfig(dir string) Config {
 	return Config{Dir: dir, Duration: 30 * time.Minute, FaultEvery: 3 * time.Minute, Actors: 8, Verifiers: 2, Seed: 1,
-		Train: []string{"--k", "8", "--batch", "16", "--minibatches", "2", "--train-questions", "2000", "--heldout", "16",
+		Train: []string{"--k", "8", "--batch", "16", "--minibatches", "2", "--train-questions", "100000", "--heldout", "16",
 			"--eval-samples", "1"},
 		Roles: []string{"server", "replay", "learner", "actor", "verifier"}, MaxGrowth: 0.10}
 }
@@ -167,12 +167,13 @@ func (r *Report) Failures() []string {
 
 // proc is one role process, restarted as new incarnations.
 type proc struct {
-	name string
-	args []string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	inc  int
-	done chan struct{}
+	name  string
+	args  []string
+	mu    sync.Mutex
+	cmd   *exec.Cmd
+	inc   int
+	done  chan struct{}
+	exits []time.Time // when it exited by itself
 }
 
 type runner struct {
@@ -507,11 +508,17 @@ func (r *runner) supervise(ctx context.Context, t time.Time) error {
 		case <-time.After(min(time.Until(t), time.Second)):
 		}
 		for _, p := range r.procs {
-			if !p.alive() {
-				r.logf("%s exited on its own; restarting it", p.name)
-				if err := r.launch(p); err != nil {
-					return err
-				}
+			if p.alive() {
+				continue
+			}
+			p.exits = append(p.exits, time.Now())
+			if n := len(p.exits); n >= 5 && time.Since(p.exits[n-5]) < time.Minute {
+				return fmt.Errorf("endurance: %s exited on its own 5 times within a minute; see %s",
+					p.name, filepath.Join(r.cfg.Dir, p.name+".log"))
+			}
+			r.logf("%s exited on its own; restarting it", p.name)
+			if err := r.launch(p); err != nil {
+				return err
 			}
 		}
 	}

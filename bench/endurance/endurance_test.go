@@ -25,7 +25,7 @@ func TestEndurance(t *testing.T) {
 	}
 	cfg := DefaultConfig(filepath.Join(dir, "run"))
 	cfg.Bin, cfg.Duration, cfg.FaultEvery = bin, 110*time.Second, 18*time.Second
-	cfg.Train = []string{"--k", "4", "--batch", "8", "--minibatches", "1", "--max-new", "24", "--train-questions", "200",
+	cfg.Train = []string{"--k", "4", "--batch", "8", "--minibatches", "1", "--max-new", "24", "--train-questions", "5000",
 		"--heldout", "8", "--eval-samples", "1", "--pretrain-steps", "300", "--start", "0"}
 	cfg.Log = testWriter{t}
 	cfg.MaxGrowth = 0.30 // two minutes are mostly warm-up; the 30-minute report holds 10%
