@@ -3,10 +3,12 @@ package experiment
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/exgrpo/exgrpo/task"
@@ -270,6 +272,29 @@ func TestRunTiny(t *testing.T) {
 					t.Errorf("step %d not mixed with the delayed start off", st.Step)
 				}
 			}
+			// Issue 16 diagnostics: shares in range, replays counted per
+			// question, the retired questions measured.
+			replays := 0
+			for _, st := range r.Steps {
+				replays += st.Replayed
+				for _, x := range []float64{st.ReplayedTokenShare, st.ReplayedGradShare, st.FirstClipped, st.Clipped} {
+					if !(x >= 0 && x <= 1) {
+						t.Errorf("step %d: share %v out of [0, 1]", st.Step, x)
+					}
+				}
+				if st.Replayed > 0 && !(st.ReplayedTokenShare > 0 && st.ReplayedGradShare >= 0) {
+					t.Errorf("step %d replays %d groups with token share %v", st.Step, st.Replayed, st.ReplayedTokenShare)
+				}
+				if st.Replayed == 0 && (st.ReplayedTokenShare != 0 || st.ReplayedGradShare != 0) {
+					t.Errorf("step %d replays nothing, shares %v %v", st.Step, st.ReplayedTokenShare, st.ReplayedGradShare)
+				}
+			}
+			if r.Replays.Replays != replays || (replays > 0) != (r.Replays.Questions > 0) {
+				t.Errorf("replay stats %+v for %d replayed groups", r.Replays, replays)
+			}
+			if last := r.Steps[len(r.Steps)-1]; (last.Retired > 0) != (r.RetiredN > 0) || r.RetiredN > p.HeldOut || r.RetiredPass1 < 0 || r.RetiredPass1 > 1 {
+				t.Errorf("retired %d at the end, %d evaluated, pass@1 %v", last.Retired, r.RetiredN, r.RetiredPass1)
+			}
 			if reflect.DeepEqual(m.Params, before) {
 				t.Error("the trained model equals the base model")
 			}
@@ -290,6 +315,31 @@ func TestRunTiny(t *testing.T) {
 				t.Error("two runs with the same seed differ")
 			}
 		})
+	}
+}
+
+// Replays per question: the histogram bins by powers of two, the top-10
+// share counts the ten largest.
+func TestNewReplayStats(t *testing.T) {
+	many := map[string]int{}
+	for i := range 20 {
+		many[fmt.Sprint(i)] = 1
+	}
+	many["hot"] = 80
+	for _, tc := range []struct {
+		name   string
+		counts map[string]int
+		want   ReplayStats
+	}{
+		{"none", map[string]int{}, ReplayStats{}},
+		{"one", map[string]int{"a": 3}, ReplayStats{Replays: 3, Questions: 1, Max: 3, Top10Share: 1, Hist: []int{0, 1}}},
+		{"bins", map[string]int{"a": 1, "b": 2, "c": 4, "d": 7, "e": 8, "z": 0},
+			ReplayStats{Replays: 22, Questions: 5, Max: 8, Top10Share: 1, Hist: []int{1, 1, 2, 1}}},
+		{"concentrated", many, ReplayStats{Replays: 100, Questions: 21, Max: 80, Top10Share: 0.89, Hist: []int{20, 0, 0, 0, 0, 0, 1}}},
+	} {
+		if got := NewReplayStats(tc.counts); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
 	}
 }
 
@@ -318,6 +368,10 @@ func TestWriteAll(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+	table, err := os.ReadFile(filepath.Join(dir, "table.md"))
+	if err != nil || !strings.Contains(string(table), "| gradient share |") || !strings.Contains(string(table), "retired pass@1") {
+		t.Errorf("table.md lacks the replay-spread table (%v)", err)
 	}
 	back, err := ReadResults(filepath.Join(dir, "results.json"))
 	if err != nil || len(back.Runs) != 2 || len(back.Rows) != 2 {

@@ -232,7 +232,8 @@ func runExperiment(ctx context.Context, args []string) error {
 					return err
 				}
 				bar.Clear()
-				fmt.Fprintf(os.Stderr, "%s: held-out %.3f -> %.3f, OOD %.3f -> %.3f, %d steps, %.0f s\n", desc, r.BaseID, r.FinalID, r.BaseOODM, r.OOD, len(r.Steps), r.WallSeconds)
+				fmt.Fprintf(os.Stderr, "%s: held-out %.3f -> %.3f, OOD %.3f -> %.3f, %d steps, %.0f s; %d replays over %d questions (top-10 %.0f%%), retired pass@1 %.3f (n = %d)\n",
+					desc, r.BaseID, r.FinalID, r.BaseOODM, r.OOD, len(r.Steps), r.WallSeconds, r.Replays.Replays, r.Replays.Questions, 100*r.Replays.Top10Share, r.RetiredPass1, r.RetiredN)
 			}
 		}
 	}
