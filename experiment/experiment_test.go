@@ -73,7 +73,7 @@ func TestRolloutsToReach(t *testing.T) {
 }
 
 func TestPlansValidate(t *testing.T) {
-	for _, p := range []Plan{QuickPlan(), FullPlan()} {
+	for _, p := range []Plan{QuickPlan(), FullPlan(), CausesPlan()} {
 		if err := p.Validate(); err != nil {
 			t.Errorf("plan %s: %v", p.Name, err)
 		}
@@ -90,6 +90,10 @@ func TestPlansValidate(t *testing.T) {
 		{"unknown question selection", func(p *Plan) { p.Settings[0].Arms[1].QuestionSelection = "bucketed" }},
 		{"repeated arm", func(p *Plan) { p.Settings[0].Arms[1].Name = p.Settings[0].Arms[0].Name }},
 		{"fewer questions than B", func(p *Plan) { p.Settings[0].Questions = p.B - 1 }},
+		{"fewer questions than the setting's B", func(p *Plan) { p.Settings[0].B = p.Settings[0].Questions + 1 }},
+		{"budget below one step of the setting's B", func(p *Plan) { p.Settings[0].B = p.Budget/p.K + 1 }},
+		{"negative retirement", func(p *Plan) { p.Settings[0].Arms[1].RetireAfter = -1 }},
+		{"negative replay limit", func(p *Plan) { p.Settings[0].Arms[1].ReplayLimit = -1 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := FullPlan()
@@ -100,6 +104,49 @@ func TestPlansValidate(t *testing.T) {
 				t.Errorf("Validate = %v, want ErrConfig", err)
 			}
 		})
+	}
+}
+
+// Issue 16's arms and settings reach the learner's and the pool's
+// configurations: retirement after m groups in both (0 there = never), the
+// replay limit in the pool, the paper setting's B in the learner.
+func TestCauseArmsAndSettings(t *testing.T) {
+	p := CausesPlan()
+	want := map[string][2]int{ // arm -> RetireAfter, ReplayLimit
+		"onpolicy": {1, 0}, "exgrpo-nodelay": {1, 0}, "retire-2": {2, 0}, "retire-3": {3, 0}, "retire-never": {0, 0}, "replay-limit-4": {1, 4},
+	}
+	seen := 0
+	for _, s := range p.Settings {
+		for _, a := range s.Arms {
+			w, ok := want[a.Name]
+			if !ok {
+				t.Fatalf("unexpected arm %s", a.Name)
+			}
+			lc, err := p.settingConfig(s, a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc, err := p.poolConfig(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lc.RetireAfter != w[0] || pc.RetireAfter != w[0] || pc.ReplayLimit != w[1] {
+				t.Errorf("%s/%s: learner retires after %d, pool after %d with limit %d; want %v", s.Name, a.Name, lc.RetireAfter, pc.RetireAfter, pc.ReplayLimit, w)
+			}
+			if wantB := map[string]int{"paper": 128}[s.Name]; (wantB == 0 && lc.B != p.B) || (wantB > 0 && lc.B != wantB) {
+				t.Errorf("%s/%s: B = %d", s.Name, a.Name, lc.B)
+			}
+			seen++
+		}
+	}
+	if seen != 12 {
+		t.Errorf("%d arms in the causes plan, want 12", seen)
+	}
+	if _, err := PlanNamed("nope"); !errors.Is(err, ErrConfig) {
+		t.Errorf("PlanNamed(nope) = %v", err)
+	}
+	if ls := LowSignalSpec(); ls.Validate() != nil || PaperSetting().Questions < 100*PaperSetting().B {
+		t.Error("low-signal spec invalid or the paper setting's set not much larger than B")
 	}
 }
 

@@ -229,7 +229,7 @@ type question struct {
 func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(rollouts int)) (RunResult, *policy.Model, error) {
 	start := time.Now()
 	res := RunResult{Setting: e.Setting.Name, Arm: a.Name, Seed: seed, MixedFrom: -1}
-	lcfg, err := p.learnerConfig(a)
+	lcfg, err := p.settingConfig(e.Setting, a)
 	if err != nil {
 		return res, nil, fmt.Errorf("%w: arm %s: %w", ErrConfig, a.Name, err)
 	}
@@ -287,6 +287,7 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 	var step int64
 	replays := map[string]int{}
 	var retiredIDs []string
+	retire := learner.NewRetirement(lcfg.RetireAfter)
 	for res.Rollouts < p.Budget {
 		if err := ctx.Err(); err != nil {
 			return res, nil, err
@@ -419,7 +420,7 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 					st.FreshSignal++
 				}
 			}
-			rg := replay.Group{QuestionID: g.QuestionID, Size: sum.Groups[gi].Size, Correct: k}
+			rg := replay.Group{QuestionID: g.QuestionID, Size: sum.Groups[gi].Size, Correct: k, Replayed: g.Replayed()}
 			for _, r := range g.Rollouts {
 				if r.Reward == 1 && !r.Replayed {
 					rg.Successes = append(rg.Successes, replay.Trajectory{ID: r.ID, PolicyVersion: r.Version, Step: step,
@@ -431,7 +432,7 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 		if err := pool.Apply(rrep); err != nil {
 			return res, nil, err
 		}
-		for _, id := range sum.Retired() {
+		for _, id := range retire.Fold(sum) { // E4, the pool's rule (RetireAfter)
 			if fresh.Retire(id) {
 				retiredIDs = append(retiredIDs, id)
 			}
