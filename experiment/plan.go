@@ -75,7 +75,7 @@ type Setting struct {
 	// B overrides the plan's questions per step for this setting (0 = the
 	// plan's): the paper's proportions need B = 128.
 	B        int    `json:"b,omitempty"`
-	DataSeed  uint64 `json:"data_seed"` // training-set draw
+	DataSeed uint64 `json:"data_seed"` // training-set draw
 	// Arms compared in this setting; the first on-policy arm is the baseline
 	// whose final accuracy the others' "rollouts to reach" refer to.
 	Arms  []Arm  `json:"arms"`

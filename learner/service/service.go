@@ -93,7 +93,7 @@ type Service struct {
 	problems map[string]task.Problem
 	sampler  *learner.FreshSampler
 	retire   *learner.Retirement // E4 with RetireAfter; agrees with the pool's rule
-	rng      *rand.Rand // E7 random selection only
+	rng      *rand.Rand          // E7 random selection only
 	checkers map[string]verifier.Checker
 	pub      *bus.Publisher
 
