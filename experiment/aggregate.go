@@ -94,6 +94,7 @@ type Row struct {
 	ReplayTop10        Cell      `json:"replay_top10_share"`
 	ReplayHist         []float64 `json:"replay_hist"`
 	RetiredPass1       Cell      `json:"retired_pass1"`
+	SolvedPass1        Cell      `json:"solved_pass1"`
 }
 
 // Aggregate folds runs into one Row per (setting, arm), in the plan's order.
@@ -235,7 +236,7 @@ func aggregateArm(p Plan, setting, arm string, rs []RunResult, target float64) R
 func diagnostics(row *Row, rs []RunResult) {
 	var tok, grad, first, clip float64
 	var nRep, nAll int
-	var retired []float64
+	var retired, solved []float64
 	for _, r := range rs {
 		for _, st := range r.Steps {
 			first += st.FirstClipped
@@ -249,6 +250,9 @@ func diagnostics(row *Row, rs []RunResult) {
 		}
 		if r.RetiredN > 0 {
 			retired = append(retired, r.RetiredPass1)
+		}
+		if r.SolvedN > 0 {
+			solved = append(solved, r.SolvedPass1)
 		}
 		for i, n := range r.Replays.Hist {
 			for len(row.ReplayHist) <= i {
@@ -276,6 +280,7 @@ func diagnostics(row *Row, rs []RunResult) {
 		row.ReplayTop10 = col(func(r RunResult) float64 { return r.Replays.Top10Share })
 	}
 	row.RetiredPass1 = NewCell(retired)
+	row.SolvedPass1 = NewCell(solved)
 }
 
 // RolloutsToReach returns the rollouts at the first evaluation whose

@@ -342,6 +342,9 @@ func TestRunTiny(t *testing.T) {
 			if last := r.Steps[len(r.Steps)-1]; (last.Retired > 0) != (r.RetiredN > 0) || r.RetiredN > p.HeldOut || r.RetiredPass1 < 0 || r.RetiredPass1 > 1 {
 				t.Errorf("retired %d at the end, %d evaluated, pass@1 %v", last.Retired, r.RetiredN, r.RetiredPass1)
 			}
+			if r.SolvedN < r.RetiredN || r.SolvedN > p.HeldOut || r.SolvedPass1 < 0 || r.SolvedPass1 > 1 {
+				t.Errorf("solved %d evaluated (pass@1 %v), retired %d", r.SolvedN, r.SolvedPass1, r.RetiredN)
+			}
 			if reflect.DeepEqual(m.Params, before) {
 				t.Error("the trained model equals the base model")
 			}
@@ -417,7 +420,7 @@ func TestWriteAll(t *testing.T) {
 		}
 	}
 	table, err := os.ReadFile(filepath.Join(dir, "table.md"))
-	if err != nil || !strings.Contains(string(table), "| gradient share |") || !strings.Contains(string(table), "retired pass@1") {
+	if err != nil || !strings.Contains(string(table), "| gradient share |") || !strings.Contains(string(table), "retired pass@1") || !strings.Contains(string(table), "solved pass@1") {
 		t.Errorf("table.md lacks the replay-spread table (%v)", err)
 	}
 	back, err := ReadResults(filepath.Join(dir, "results.json"))

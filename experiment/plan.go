@@ -316,8 +316,9 @@ func WeakSetting(arms ...Arm) Setting {
 // (50,000; the paper: 46k questions, B = 128, 700 steps, about one epoch),
 // so that no question comes back often and the pool is not a bottleneck.
 // The built-in train partition runs out of 2- and 3-operand questions, so
-// this set is 75% 5-operand and 23% 4-operand (and its held-out set the same
-// mix): harder than the base setting.
+// this training set is 75% 5-operand and 23% 4-operand, harder than the
+// base setting's; its held-out set is the base setting's (the plan's
+// HeldOut questions of the same Spec, whose partition does not run out).
 func PaperSetting(arms ...Arm) Setting {
 	return Setting{Name: "paper", Pretrain: task.DefaultPretrainConfig(), Train: task.TrainSpec(), Questions: 50000, DataSeed: 1, B: 128,
 		Arms: arms, About: "the paper's proportions: B = 128, 50,000 questions (mostly 4-5 operands), each drawn about once"}

@@ -139,9 +139,10 @@ func writeDiagnostics(b *strings.Builder, rows []Row) {
 		"1, 2-3, 4-7, 8-15, ... times. Token / gradient share = replayed share of the step's response tokens / of its policy-gradient weight " +
 		"(sum of |dL/dlogp| over replayed tokens over the sum over all tokens, E10-E12), mean over steps with replay. Clipped = fraction of fresh tokens " +
 		"on the PPO clipped branch (E10, before the delayed start and on-policy), first mini-batch / all, mean over steps. " +
-		"Retired pass@1 = the final policy on the training questions it retired (E4), in points.\n\n")
-	b.WriteString("| setting | arm | replayed questions | max | top-10 | replays per question (1, 2-3, 4-7, ...) | token share | gradient share | clipped first mb | clipped all | retired pass@1 (n) |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+		"Retired pass@1 = the final policy on the training questions it retired (E4); solved pass@1 = on those that had an all-correct group at least once " +
+		"(every arm has them), in points (mean over the seeds that have any).\n\n")
+	b.WriteString("| setting | arm | replayed questions | max | top-10 | replays per question (1, 2-3, 4-7, ...) | token share | gradient share | clipped first mb | clipped all | retired pass@1 (n) | solved pass@1 (n) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		var hist []string
 		for _, x := range r.ReplayHist {
@@ -161,9 +162,13 @@ func writeDiagnostics(b *strings.Builder, rows []Row) {
 		if r.RetiredPass1.N > 0 {
 			retired = fmt.Sprintf("%s (%d/%d seeds)", pm(r.RetiredPass1, 100, 1), r.RetiredPass1.N, r.Seeds)
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %.2f%% | %.2f%% | %s |\n", r.Setting, r.Arm,
+		solved := "-"
+		if r.SolvedPass1.N > 0 {
+			solved = fmt.Sprintf("%s (%d/%d seeds)", pm(r.SolvedPass1, 100, 1), r.SolvedPass1.N, r.Seeds)
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %.2f%% | %.2f%% | %s | %s |\n", r.Setting, r.Arm,
 			pm(r.ReplayQuestions, 1, 0), pm(r.ReplayMax, 1, 0), pm(r.ReplayTop10, 100, 0), h,
-			pct(r.ReplayedTokenShare), pct(r.ReplayedGradShare), 100*r.FirstClipped, 100*r.Clipped, retired)
+			pct(r.ReplayedTokenShare), pct(r.ReplayedGradShare), 100*r.FirstClipped, 100*r.Clipped, retired, solved)
 	}
 }
 

@@ -142,6 +142,12 @@ type RunResult struct {
 	// whether retired questions are forgotten.
 	RetiredPass1 float64 `json:"retired_pass1"`
 	RetiredN     int     `json:"retired_n"`
+	// SolvedPass1 is the same on the training questions that had at least
+	// one all-correct group during the run (k = K, whatever the mode),
+	// SolvedN of them: defined for every arm, on-policy and never-retiring
+	// ones included, so that arms compare on what they once solved.
+	SolvedPass1 float64 `json:"solved_pass1"`
+	SolvedN     int     `json:"solved_n"`
 }
 
 // Env is what the runs of a setting share: the base model and the datasets.
@@ -286,7 +292,8 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 	mixed := learner.InitialMixed(lcfg)
 	var step int64
 	replays := map[string]int{}
-	var retiredIDs []string
+	var retiredIDs, solvedIDs []string
+	solved := map[string]bool{}
 	retire := learner.NewRetirement(lcfg.RetireAfter)
 	for res.Rollouts < p.Budget {
 		if err := ctx.Err(); err != nil {
@@ -403,6 +410,10 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 		for gi, g := range groups {
 			k := sum.Groups[gi].Correct
 			signal := k > 0 && k < lcfg.K
+			if k == lcfg.K && !solved[g.QuestionID] {
+				solved[g.QuestionID] = true
+				solvedIDs = append(solvedIDs, g.QuestionID)
+			}
 			if g.Replayed() {
 				st.Replayed++
 				switch {
@@ -482,13 +493,19 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 		}
 		res.RetiredN = len(ds.Problems)
 	}
+	if ds := retiredSet(e.Train, solvedIDs, p.HeldOut); len(ds.Problems) > 0 {
+		if res.SolvedPass1, err = Evaluate(m, ds, p.EvalSamples); err != nil {
+			return res, nil, err
+		}
+		res.SolvedN = len(ds.Problems)
+	}
 	res.WallSeconds = time.Since(start).Seconds()
 	return res, m, nil
 }
 
-// retiredSet is the dataset of at most n retired training questions,
-// evenly spaced over ids (the order of retirement), so that early and late
-// retirements are both measured.
+// retiredSet is the dataset of at most n of the training questions ids
+// (retired or solved ones, in the order they were), evenly spaced over
+// ids, so that early and late ones are both measured.
 func retiredSet(train task.Dataset, ids []string, n int) task.Dataset {
 	by := make(map[string]task.Problem, len(train.Problems))
 	for _, p := range train.Problems {
