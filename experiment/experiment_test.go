@@ -139,8 +139,8 @@ func TestCauseArmsAndSettings(t *testing.T) {
 			seen++
 		}
 	}
-	if seen != 12 {
-		t.Errorf("%d arms in the causes plan, want 12", seen)
+	if seen != 18 {
+		t.Errorf("%d arms in the causes plan, want 18", seen)
 	}
 	if _, err := PlanNamed("nope"); !errors.Is(err, ErrConfig) {
 		t.Errorf("PlanNamed(nope) = %v", err)

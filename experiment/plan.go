@@ -421,7 +421,13 @@ func FullPlan() Plan {
 // setting: on-policy, ExGRPO mixed from step 0 and the CauseArms
 // (retirement after 2 and 3 all-correct groups, never, a replay limit of 4);
 // at the paper's proportions (B = 128: 62 steps) and in the low-signal
-// setting: on-policy, ExGRPO mixed from step 0 and never retiring. 65 runs;
+// setting: on-policy, ExGRPO mixed from step 0 and never retiring; on the
+// hard fixed set (256 questions, an epoch every 10-15 steps): on-policy,
+// ExGRPO mixed from step 0 and the CauseArms. Retirement changes nothing
+// until the fresh sampler's next epoch (E4: a parked and a retired question
+// are both out of the buckets), which the base setting's 4,000 questions
+// reach after about 170 steps, so the retirement arms need the hard set or
+// a longer budget there (--budget 179200, the paper's 700 steps). 90 runs;
 // many hours on two cores, so run settings in parallel processes and
 // merge (--merge).
 func CausesPlan() Plan {
@@ -436,6 +442,7 @@ func CausesPlan() Plan {
 		BaseSetting(append([]Arm{ArmOnPolicy, ArmExGRPONoDelay}, CauseArms()...)...),
 		PaperSetting(ArmOnPolicy, ArmExGRPONoDelay, never),
 		LowSignalSetting(ArmOnPolicy, ArmExGRPONoDelay, never),
+		HardSetting(256, append([]Arm{ArmOnPolicy, ArmExGRPONoDelay}, CauseArms()...)...),
 	}
 	return p
 }

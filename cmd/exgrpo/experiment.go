@@ -65,7 +65,7 @@ func runExperiment(ctx context.Context, args []string) error {
 	quick := fs.Bool("quick", false, "the quick plan (about 10 minutes): on-policy vs ExGRPO on the base and hard settings, one seed")
 	planName := fs.String("plan", "full", "the plan: full (issue 8's arms), quick (as --quick), causes (issue 16: retirement, replay limit, the paper's proportions, low signal)")
 	out := fs.String("out", "", "output directory (default results/experiment-<plan>)")
-	settings := fs.String("settings", "", "comma-separated settings to run (full: base, weak, hard; causes: base, paper, lowsignal); default all of the plan")
+	settings := fs.String("settings", "", "comma-separated settings to run (full: base, weak, hard; causes: base, paper, lowsignal, hard); default all of the plan")
 	arms := fs.String("arms", "", "comma-separated arms to run (full: onpolicy, exgrpo, exgrpo-nodelay, exgrpo-mu2, no-qsel, no-tsel, no-shaping, no-is, high-entropy, rho-0.25, rho-0.75; causes: onpolicy, exgrpo-nodelay, retire-2, retire-3, retire-never, replay-limit-4); default all")
 	seeds := fs.String("seeds", "", "comma-separated seeds, overriding the plan's")
 	budget := fs.Int("budget", 0, "fresh rollouts per run, overriding the plan's")
