@@ -66,7 +66,7 @@ func WriteMarkdown(w io.Writer, p Plan, rows []Row) error {
 	sort.Strings(sets)
 	fmt.Fprintf(&b, "Pass@1 in points (mean ± sample sd over seeds; %d held-out questions and %d per OOD set, %d samples each, T = 1). "+
 		"Budget %d fresh rollouts per run (K = %d, B = %d). \"Reach\" = fresh rollouts until the held-out pass@1 first reached the setting's on-policy final mean "+
-		"(measured every %d steps; n/N seeds got there).\n\n", p.HeldOut, p.OODQuestions, p.EvalSamples, p.Budget, p.K, p.B, p.EvalEvery)
+		"(measured every %d steps; n/N seeds got there).%s\n\n", p.HeldOut, p.OODQuestions, p.EvalSamples, p.Budget, p.K, p.B, p.EvalEvery, ownB(p))
 	fmt.Fprintf(&b, "| setting | arm | seeds | ID base | ID final | ID gain | OOD base | OOD final |")
 	for _, s := range sets {
 		fmt.Fprintf(&b, " %s |", s)
@@ -127,6 +127,20 @@ func WriteMarkdown(w io.Writer, p Plan, rows []Row) error {
 	writeDiagnostics(&b, rows)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// ownB names the settings that train with their own B.
+func ownB(p Plan) string {
+	var out []string
+	for _, s := range p.Settings {
+		if s.B > 0 && s.B != p.B {
+			out = append(out, fmt.Sprintf("%s B = %d", s.Name, s.B))
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return " Settings with their own questions per step: " + strings.Join(out, ", ") + "."
 }
 
 // writeDiagnostics writes the table of the figures issue 16 asks of every

@@ -27,12 +27,11 @@
 //
 // With the run's own settings on the built-in model and the built-in Go
 // trainer, Train reproduces the run's final weights bit for bit
-// (TestRetrainReproducesRun), across learner restarts too: a resumed learner
-// starts from a checkpoint holding exactly the weights and AdamW moments the
-// ledger's earlier steps produced. One exception: with
-// learner.Config.TrainerBehaviour, a resumed learner lost the trainer
-// log-probs it kept in memory, while Train keeps them, so a run with a
-// restart and TrainerBehaviour can differ after the restart.
+// (TestRetrainReproducesRun). Across learner restarts it should too, since a
+// resumed learner starts from a checkpoint holding exactly the weights and
+// AdamW moments the ledger's earlier steps produced (not yet tested). With
+// learner.Config.TrainerBehaviour it does not after a restart: a resumed
+// learner lost the trainer log-probs it kept in memory, Train keeps them.
 package retrain
 
 import (
