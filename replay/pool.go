@@ -42,7 +42,7 @@ type Group struct {
 	// trajectories, by exact token sequence, are dropped.
 	Successes []Trajectory
 	// Replayed says the group held a replayed trajectory (E8); only
-	// Config.ReplayLimit reads it.
+	// Config.ReplayLimit reads it (and only then is it recorded).
 	Replayed bool
 }
 
@@ -208,7 +208,9 @@ func (p *Pool) fold(step int64, g *Group) {
 	}
 	q := &p.qs[qi]
 	ev := event{step: step, correct: uint8(g.Correct), size: uint8(g.Size), from: p.bucketOf(q)}
-	if g.Replayed {
+	if g.Replayed && p.cfg.ReplayLimit > 0 {
+		// Recorded only where the limit needs it, so that a pool of the
+		// paper's rules has the snapshot bytes it had before the limit existed.
 		ev.flags |= flagReplayed
 	}
 	switch {
