@@ -5,6 +5,9 @@ import (
 	"errors"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/exgrpo/exgrpo/bus"
 
 	"github.com/exgrpo/exgrpo/learner"
 	lsvc "github.com/exgrpo/exgrpo/learner/service"
@@ -152,6 +155,27 @@ func TestRetrainReproducesRun(t *testing.T) {
 	}
 	if _, err := Run(ctx, Options{RunDir: cfg.RunDir, Out: t.TempDir(), Edit: func(c *learner.Config) { c.Rho = 0.25 }}); !errors.Is(err, ErrConfig) {
 		t.Errorf("rho 0.25: %v, want ErrConfig", err)
+	}
+
+	// The same record read from a live server (--nats): the same steps and
+	// trajectories, and the same weights.
+	srv, err := bus.StartServer(bus.ServerConfig{Host: "127.0.0.1", Port: -1, StoreDir: filepath.Join(cfg.RunDir, "jetstream"),
+		ReadyTimeout: 20 * time.Second}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := Load(ctx, "", &bus.ConnConfig{URL: srv.ClientURL()}, cfg.RunID)
+	srv.Shutdown()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(live.Reports) != len(rec.Reports) || len(live.Scored) != len(rec.Scored) {
+		t.Fatalf("live record: %d reports, %d trajectories; the store's: %d, %d", len(live.Reports), len(live.Scored), len(rec.Reports), len(rec.Scored))
+	}
+	if res2, err := Train(ctx, lc, base.Model, live); err != nil {
+		t.Fatal(err)
+	} else if _, ok := sameBits(res2.Model.Params, want.Model.Params); !ok {
+		t.Fatal("retrained from the live server: weights differ")
 	}
 
 	// A record with a gap, or missing a trajectory, is refused.
