@@ -78,6 +78,23 @@ type Row struct {
 	Steps        Cell      `json:"steps"`
 	Exhausted    int       `json:"exhausted"`
 	MixedFrom    Cell      `json:"mixed_from"` // over the seeds that switched
+	// Issue 16 diagnostics. ReplayedTokenShare and ReplayedGradShare are
+	// means over the steps with replay (Step.ReplayedTokenShare,
+	// Step.ReplayedGradShare); FirstClipped and Clipped means over all
+	// steps. ReplayQuestions, ReplayMax and ReplayTop10 are over seeds
+	// (ReplayStats); ReplayHist the mean number of questions per
+	// replay-count bin; RetiredPass1 the final pass@1 on retired training
+	// questions over the seeds that retired any.
+	ReplayedTokenShare float64   `json:"replayed_token_share"`
+	ReplayedGradShare  float64   `json:"replayed_grad_share"`
+	FirstClipped       float64   `json:"first_clipped"`
+	Clipped            float64   `json:"clipped"`
+	ReplayQuestions    Cell      `json:"replay_questions"`
+	ReplayMax          Cell      `json:"replay_max"`
+	ReplayTop10        Cell      `json:"replay_top10_share"`
+	ReplayHist         []float64 `json:"replay_hist"`
+	RetiredPass1       Cell      `json:"retired_pass1"`
+	SolvedPass1        Cell      `json:"solved_pass1"`
 }
 
 // Aggregate folds runs into one Row per (setting, arm), in the plan's order.
@@ -211,7 +228,59 @@ func aggregateArm(p Plan, setting, arm string, rs []RunResult, target float64) R
 	if nFreshOK > 0 {
 		row.FreshCorrectEntropy = hFreshOK / float64(nFreshOK)
 	}
+	diagnostics(&row, rs)
 	return row
+}
+
+// diagnostics fills the issue 16 figures of row from its runs.
+func diagnostics(row *Row, rs []RunResult) {
+	var tok, grad, first, clip float64
+	var nRep, nAll int
+	var retired, solved []float64
+	for _, r := range rs {
+		for _, st := range r.Steps {
+			first += st.FirstClipped
+			clip += st.Clipped
+			nAll++
+			if st.Replayed > 0 {
+				tok += st.ReplayedTokenShare
+				grad += st.ReplayedGradShare
+				nRep++
+			}
+		}
+		if r.RetiredN > 0 {
+			retired = append(retired, r.RetiredPass1)
+		}
+		if r.SolvedN > 0 {
+			solved = append(solved, r.SolvedPass1)
+		}
+		for i, n := range r.Replays.Hist {
+			for len(row.ReplayHist) <= i {
+				row.ReplayHist = append(row.ReplayHist, 0)
+			}
+			row.ReplayHist[i] += float64(n) / float64(len(rs))
+		}
+	}
+	if nRep > 0 {
+		row.ReplayedTokenShare, row.ReplayedGradShare = tok/float64(nRep), grad/float64(nRep)
+	}
+	if nAll > 0 {
+		row.FirstClipped, row.Clipped = first/float64(nAll), clip/float64(nAll)
+	}
+	col := func(f func(RunResult) float64) Cell {
+		xs := make([]float64, len(rs))
+		for i, r := range rs {
+			xs[i] = f(r)
+		}
+		return NewCell(xs)
+	}
+	if row.ReplayedGroups > 0 {
+		row.ReplayQuestions = col(func(r RunResult) float64 { return float64(r.Replays.Questions) })
+		row.ReplayMax = col(func(r RunResult) float64 { return float64(r.Replays.Max) })
+		row.ReplayTop10 = col(func(r RunResult) float64 { return r.Replays.Top10Share })
+	}
+	row.RetiredPass1 = NewCell(retired)
+	row.SolvedPass1 = NewCell(solved)
 }
 
 // RolloutsToReach returns the rollouts at the first evaluation whose

@@ -3,10 +3,12 @@ package experiment
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/exgrpo/exgrpo/task"
@@ -71,7 +73,7 @@ func TestRolloutsToReach(t *testing.T) {
 }
 
 func TestPlansValidate(t *testing.T) {
-	for _, p := range []Plan{QuickPlan(), FullPlan()} {
+	for _, p := range []Plan{QuickPlan(), FullPlan(), CausesPlan()} {
 		if err := p.Validate(); err != nil {
 			t.Errorf("plan %s: %v", p.Name, err)
 		}
@@ -88,6 +90,10 @@ func TestPlansValidate(t *testing.T) {
 		{"unknown question selection", func(p *Plan) { p.Settings[0].Arms[1].QuestionSelection = "bucketed" }},
 		{"repeated arm", func(p *Plan) { p.Settings[0].Arms[1].Name = p.Settings[0].Arms[0].Name }},
 		{"fewer questions than B", func(p *Plan) { p.Settings[0].Questions = p.B - 1 }},
+		{"fewer questions than the setting's B", func(p *Plan) { p.Settings[0].B = p.Settings[0].Questions + 1 }},
+		{"budget below one step of the setting's B", func(p *Plan) { p.Settings[0].B = p.Budget/p.K + 1 }},
+		{"negative retirement", func(p *Plan) { p.Settings[0].Arms[1].RetireAfter = -1 }},
+		{"negative replay limit", func(p *Plan) { p.Settings[0].Arms[1].ReplayLimit = -1 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := FullPlan()
@@ -98,6 +104,49 @@ func TestPlansValidate(t *testing.T) {
 				t.Errorf("Validate = %v, want ErrConfig", err)
 			}
 		})
+	}
+}
+
+// Issue 16's arms and settings reach the learner's and the pool's
+// configurations: retirement after m groups in both (0 there = never), the
+// replay limit in the pool, the paper setting's B in the learner.
+func TestCauseArmsAndSettings(t *testing.T) {
+	p := CausesPlan()
+	want := map[string][2]int{ // arm -> RetireAfter, ReplayLimit
+		"onpolicy": {1, 0}, "exgrpo-nodelay": {1, 0}, "retire-2": {2, 0}, "retire-3": {3, 0}, "retire-never": {0, 0}, "replay-limit-4": {1, 4},
+	}
+	seen := 0
+	for _, s := range p.Settings {
+		for _, a := range s.Arms {
+			w, ok := want[a.Name]
+			if !ok {
+				t.Fatalf("unexpected arm %s", a.Name)
+			}
+			lc, err := p.settingConfig(s, a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pc, err := p.poolConfig(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lc.RetireAfter != w[0] || pc.RetireAfter != w[0] || pc.ReplayLimit != w[1] {
+				t.Errorf("%s/%s: learner retires after %d, pool after %d with limit %d; want %v", s.Name, a.Name, lc.RetireAfter, pc.RetireAfter, pc.ReplayLimit, w)
+			}
+			if wantB := map[string]int{"paper": 128}[s.Name]; (wantB == 0 && lc.B != p.B) || (wantB > 0 && lc.B != wantB) {
+				t.Errorf("%s/%s: B = %d", s.Name, a.Name, lc.B)
+			}
+			seen++
+		}
+	}
+	if seen != 18 {
+		t.Errorf("%d arms in the causes plan, want 18", seen)
+	}
+	if _, err := PlanNamed("nope"); !errors.Is(err, ErrConfig) {
+		t.Errorf("PlanNamed(nope) = %v", err)
+	}
+	if ls := LowSignalSpec(); ls.Validate() != nil || PaperSetting().Questions < 100*PaperSetting().B {
+		t.Error("low-signal spec invalid or the paper setting's set not much larger than B")
 	}
 }
 
@@ -270,6 +319,32 @@ func TestRunTiny(t *testing.T) {
 					t.Errorf("step %d not mixed with the delayed start off", st.Step)
 				}
 			}
+			// Issue 16 diagnostics: shares in range, replays counted per
+			// question, the retired questions measured.
+			replays := 0
+			for _, st := range r.Steps {
+				replays += st.Replayed
+				for _, x := range []float64{st.ReplayedTokenShare, st.ReplayedGradShare, st.FirstClipped, st.Clipped} {
+					if !(x >= 0 && x <= 1) {
+						t.Errorf("step %d: share %v out of [0, 1]", st.Step, x)
+					}
+				}
+				if st.Replayed > 0 && !(st.ReplayedTokenShare > 0 && st.ReplayedGradShare >= 0) {
+					t.Errorf("step %d replays %d groups with token share %v", st.Step, st.Replayed, st.ReplayedTokenShare)
+				}
+				if st.Replayed == 0 && (st.ReplayedTokenShare != 0 || st.ReplayedGradShare != 0) {
+					t.Errorf("step %d replays nothing, shares %v %v", st.Step, st.ReplayedTokenShare, st.ReplayedGradShare)
+				}
+			}
+			if r.Replays.Replays != replays || (replays > 0) != (r.Replays.Questions > 0) {
+				t.Errorf("replay stats %+v for %d replayed groups", r.Replays, replays)
+			}
+			if last := r.Steps[len(r.Steps)-1]; (last.Retired > 0) != (r.RetiredN > 0) || r.RetiredN > p.HeldOut || r.RetiredPass1 < 0 || r.RetiredPass1 > 1 {
+				t.Errorf("retired %d at the end, %d evaluated, pass@1 %v", last.Retired, r.RetiredN, r.RetiredPass1)
+			}
+			if r.SolvedN < r.RetiredN || r.SolvedN > p.HeldOut || r.SolvedPass1 < 0 || r.SolvedPass1 > 1 {
+				t.Errorf("solved %d evaluated (pass@1 %v), retired %d", r.SolvedN, r.SolvedPass1, r.RetiredN)
+			}
 			if reflect.DeepEqual(m.Params, before) {
 				t.Error("the trained model equals the base model")
 			}
@@ -290,6 +365,31 @@ func TestRunTiny(t *testing.T) {
 				t.Error("two runs with the same seed differ")
 			}
 		})
+	}
+}
+
+// Replays per question: the histogram bins by powers of two, the top-10
+// share counts the ten largest.
+func TestNewReplayStats(t *testing.T) {
+	many := map[string]int{}
+	for i := range 20 {
+		many[fmt.Sprint(i)] = 1
+	}
+	many["hot"] = 80
+	for _, tc := range []struct {
+		name   string
+		counts map[string]int
+		want   ReplayStats
+	}{
+		{"none", map[string]int{}, ReplayStats{}},
+		{"one", map[string]int{"a": 3}, ReplayStats{Replays: 3, Questions: 1, Max: 3, Top10Share: 1, Hist: []int{0, 1}}},
+		{"bins", map[string]int{"a": 1, "b": 2, "c": 4, "d": 7, "e": 8, "z": 0},
+			ReplayStats{Replays: 22, Questions: 5, Max: 8, Top10Share: 1, Hist: []int{1, 1, 2, 1}}},
+		{"concentrated", many, ReplayStats{Replays: 100, Questions: 21, Max: 80, Top10Share: 0.89, Hist: []int{20, 0, 0, 0, 0, 0, 1}}},
+	} {
+		if got := NewReplayStats(tc.counts); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
 	}
 }
 
@@ -318,6 +418,10 @@ func TestWriteAll(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, f)); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+	table, err := os.ReadFile(filepath.Join(dir, "table.md"))
+	if err != nil || !strings.Contains(string(table), "| gradient share |") || !strings.Contains(string(table), "retired pass@1") || !strings.Contains(string(table), "solved pass@1") {
+		t.Errorf("table.md lacks the replay-spread table (%v)", err)
 	}
 	back, err := ReadResults(filepath.Join(dir, "results.json"))
 	if err != nil || len(back.Runs) != 2 || len(back.Rows) != 2 {

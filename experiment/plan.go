@@ -36,8 +36,27 @@ type Arm struct {
 	// 0 means K/2, the paper's. Not one of the paper's ablations: a lower
 	// centre replays the low buckets where a hard set's pool piles up.
 	Mu float64 `json:"mu,omitempty"`
+	// RetireAfter is m of E4's retirement (replay.Config.RetireAfter,
+	// learner.Config.RetireAfter): 0 here means the paper's 1; NeverRetire
+	// turns retirement off.
+	RetireAfter int  `json:"retire_after,omitempty"`
+	NeverRetire bool `json:"never_retire,omitempty"`
+	// ReplayLimit caps the replays of one question (replay.Config.ReplayLimit;
+	// 0 = none, the paper). Not in the paper.
+	ReplayLimit int `json:"replay_limit,omitempty"`
 	// About says in one line what the arm tests.
 	About string `json:"about"`
+}
+
+// retireAfter is the arm's m of E4 in the configs' convention (0 = never).
+func (a Arm) retireAfter() int {
+	switch {
+	case a.NeverRetire:
+		return 0
+	case a.RetireAfter > 0:
+		return a.RetireAfter
+	}
+	return 1
 }
 
 // Setting is the environment arms are compared in: the base model and the
@@ -52,8 +71,11 @@ type Setting struct {
 	Train task.Spec `json:"train"`
 	// Questions is the size of the fixed training set; a small set is
 	// revisited for several epochs within the budget.
-	Questions int    `json:"questions"`
-	DataSeed  uint64 `json:"data_seed"` // training-set draw
+	Questions int `json:"questions"`
+	// B overrides the plan's questions per step for this setting (0 = the
+	// plan's): the paper's proportions need B = 128.
+	B        int    `json:"b,omitempty"`
+	DataSeed uint64 `json:"data_seed"` // training-set draw
 	// Arms compared in this setting; the first on-policy arm is the baseline
 	// whose final accuracy the others' "rollouts to reach" refer to.
 	Arms  []Arm  `json:"arms"`
@@ -129,8 +151,8 @@ func (p Plan) Validate() error {
 			return fmt.Errorf("%w: setting name %q empty or repeated", ErrConfig, s.Name)
 		}
 		names[s.Name] = true
-		if s.Questions < p.B {
-			return fmt.Errorf("%w: setting %s: %d questions for B = %d per step", ErrConfig, s.Name, s.Questions, p.B)
+		if b := p.stepB(s); s.Questions < b || p.Budget < p.K*b {
+			return fmt.Errorf("%w: setting %s: %d questions and a budget of %d rollouts for B = %d per step (K*B = %d)", ErrConfig, s.Name, s.Questions, p.Budget, b, p.K*b)
 		}
 		if err := s.Train.Validate(); err != nil {
 			return fmt.Errorf("%w: setting %s: %w", ErrConfig, s.Name, err)
@@ -144,7 +166,10 @@ func (p Plan) Validate() error {
 				return fmt.Errorf("%w: setting %s: arm name %q empty or repeated", ErrConfig, s.Name, a.Name)
 			}
 			arms[a.Name] = true
-			if _, err := p.learnerConfig(a); err != nil {
+			if a.RetireAfter < 0 || a.ReplayLimit < 0 {
+				return fmt.Errorf("%w: setting %s arm %s: RetireAfter %d and ReplayLimit %d must be >= 0", ErrConfig, s.Name, a.Name, a.RetireAfter, a.ReplayLimit)
+			}
+			if _, err := p.settingConfig(s, a); err != nil {
 				return fmt.Errorf("%w: setting %s arm %s: %w", ErrConfig, s.Name, a.Name, err)
 			}
 			if _, err := p.poolConfig(a); err != nil {
@@ -167,12 +192,28 @@ func (p Plan) learnerConfig(a Arm) (learner.Config, error) {
 		c.Selection = learner.SelectLowestEntropy
 	}
 	c.NoPolicyShaping, c.NoISCorrection = a.NoShaping, a.NoIS
+	c.RetireAfter = a.retireAfter()
 	if a.OnPolicy {
 		c.OnPolicyOnly, c.Rho = true, 0
 	} else {
 		c.Rho = a.Rho
 	}
 	return c, c.Validate()
+}
+
+// stepB is the questions per step of setting s.
+func (p Plan) stepB(s Setting) int {
+	if s.B > 0 {
+		return s.B
+	}
+	return p.B
+}
+
+// settingConfig is learnerConfig for arm a in setting s (its B).
+func (p Plan) settingConfig(s Setting, a Arm) (learner.Config, error) {
+	q := p
+	q.B = p.stepB(s)
+	return q.learnerConfig(a)
 }
 
 // poolConfig is the replay pool's configuration for arm a (E6).
@@ -184,6 +225,7 @@ func (p Plan) poolConfig(a Arm) (replay.Config, error) {
 		c.Mu = a.Mu
 	}
 	c.MaxCandidates = learner.DefaultConfig().Candidates
+	c.RetireAfter, c.ReplayLimit = a.retireAfter(), a.ReplayLimit
 	if a.QuestionSelection != "" {
 		sel, err := replay.ParseSelection(a.QuestionSelection)
 		if err != nil {
@@ -233,6 +275,26 @@ func Ablations() []Arm {
 	}
 }
 
+// CauseArms are the variants of issue 16, each a change of
+// ArmExGRPONoDelay testing one candidate cause of ExGRPO trailing
+// on-policy on the built-in task: retirement after one all-correct group
+// (E4), and replay concentrated on a few questions (E6). The replay limit
+// is not in the paper.
+func CauseArms() []Arm {
+	a := func(name, about string, f func(*Arm)) Arm {
+		x := ArmExGRPONoDelay
+		x.Name, x.About = name, about
+		f(&x)
+		return x
+	}
+	return []Arm{
+		a("retire-2", "retire after 2 consecutive all-correct groups (E4 has 1)", func(x *Arm) { x.RetireAfter = 2 }),
+		a("retire-3", "retire after 3 consecutive all-correct groups (E4 has 1)", func(x *Arm) { x.RetireAfter = 3 }),
+		a("retire-never", "never retire (E4 off): solved questions stay in the fresh sampler", func(x *Arm) { x.NeverRetire = true }),
+		a("replay-limit-4", "replay one question at most 4 times (not in the paper; against E6's per-bucket concentration)", func(x *Arm) { x.ReplayLimit = 4 }),
+	}
+}
+
 // BaseSetting is the built-in task as `exgrpo run` trains it: the default
 // base model and 4000 questions of the training mix (2-5 operands).
 func BaseSetting(arms ...Arm) Setting {
@@ -247,6 +309,35 @@ func WeakSetting(arms ...Arm) Setting {
 	s.Name, s.Pretrain = "weak", task.WeakPretrainConfig()
 	s.About = "weak base model (task.WeakPretrainConfig: 150 warm-up steps), same questions"
 	return s
+}
+
+// PaperSetting has the paper's proportions: B = 128 questions per step
+// and a training set far larger than the questions a run can draw
+// (50,000; the paper: 46k questions, B = 128, 700 steps, about one epoch),
+// so that no question comes back often and the pool is not a bottleneck.
+// The built-in train partition runs out of 2- and 3-operand questions, so
+// this training set is 75% 5-operand and 23% 4-operand, harder than the
+// base setting's; its held-out set is the base setting's (the plan's
+// HeldOut questions of the same Spec, whose partition does not run out).
+func PaperSetting(arms ...Arm) Setting {
+	return Setting{Name: "paper", Pretrain: task.DefaultPretrainConfig(), Train: task.TrainSpec(), Questions: 50000, DataSeed: 1, B: 128,
+		Arms: arms, About: "the paper's proportions: B = 128, 50,000 questions (mostly 4-5 operands), each drawn about once"}
+}
+
+// LowSignalSpec is the low-signal mix: 6 and 7 operands only. The default
+// base solves them at 6% and 9% pass@1 (60 held-out questions each, 8
+// samples), so most fresh groups of 8 are all wrong: the regime of the
+// paper's weak base, where a rare success replayed should matter most.
+func LowSignalSpec() task.Spec {
+	s := task.TrainSpec()
+	s.Levels, s.Weights = []int{6, 7}, []float64{1, 1}
+	return s
+}
+
+// LowSignalSetting trains on LowSignalSpec (4000 questions).
+func LowSignalSetting(arms ...Arm) Setting {
+	return Setting{Name: "lowsignal", Pretrain: task.DefaultPretrainConfig(), Train: LowSignalSpec(), Questions: 4000, DataSeed: 1,
+		Arms: arms, About: "low signal: 4000 questions of 6-7 operands, where most fresh groups are all wrong"}
 }
 
 // HardSpec is the hard training mix: only 4 and 5 operands, where the
@@ -321,6 +412,52 @@ func FullPlan() Plan {
 		HardSetting(256, ArmOnPolicy, ArmExGRPO, ArmExGRPONoDelay, ArmExGRPOLowMu),
 	}
 	return p
+}
+
+// CausesPlan is `exgrpo experiment --plan causes`: the comparisons of
+// issue 16, each testing one candidate cause of ExGRPO trailing on-policy
+// on the built-in task, at the 250-step budget of RESULTS.md (64,000 fresh
+// rollouts at B = 32), 5 seeds, 1,000 held-out questions. On the base
+// setting: on-policy, ExGRPO mixed from step 0 and the CauseArms
+// (retirement after 2 and 3 all-correct groups, never, a replay limit of 4);
+// at the paper's proportions (B = 128: 62 steps) and in the low-signal
+// setting: on-policy, ExGRPO mixed from step 0 and never retiring; on the
+// hard fixed set (256 questions, an epoch every 10-15 steps): on-policy,
+// ExGRPO mixed from step 0 and the CauseArms. Retirement changes nothing
+// until the fresh sampler's next epoch (E4: a parked and a retired question
+// are both out of the buckets), which the base setting's 4,000 questions
+// reach after about 170 steps, so the retirement arms need the hard set or
+// a longer budget there (--budget 179200, the paper's 700 steps). 90 runs;
+// many hours on two cores, so run settings in parallel processes and
+// merge (--merge).
+func CausesPlan() Plan {
+	p := basePlan()
+	p.Name = "causes"
+	p.Seeds = []uint64{1, 2, 3, 4, 5}
+	p.Budget = 250 * 256
+	p.EvalEvery = 25
+	p.HeldOut, p.OODQuestions = 1000, 200
+	never := CauseArms()[2]
+	p.Settings = []Setting{
+		BaseSetting(append([]Arm{ArmOnPolicy, ArmExGRPONoDelay}, CauseArms()...)...),
+		PaperSetting(ArmOnPolicy, ArmExGRPONoDelay, never),
+		LowSignalSetting(ArmOnPolicy, ArmExGRPONoDelay, never),
+		HardSetting(256, append([]Arm{ArmOnPolicy, ArmExGRPONoDelay}, CauseArms()...)...),
+	}
+	return p
+}
+
+// PlanNamed returns the plan of a name: quick, full or causes.
+func PlanNamed(name string) (Plan, error) {
+	switch name {
+	case "quick":
+		return QuickPlan(), nil
+	case "full", "":
+		return FullPlan(), nil
+	case "causes":
+		return CausesPlan(), nil
+	}
+	return Plan{}, fmt.Errorf("%w: plan %q: want quick, full or causes", ErrConfig, name)
 }
 
 // Filter keeps the settings and arms whose names are listed (all when the

@@ -66,7 +66,7 @@ func WriteMarkdown(w io.Writer, p Plan, rows []Row) error {
 	sort.Strings(sets)
 	fmt.Fprintf(&b, "Pass@1 in points (mean ± sample sd over seeds; %d held-out questions and %d per OOD set, %d samples each, T = 1). "+
 		"Budget %d fresh rollouts per run (K = %d, B = %d). \"Reach\" = fresh rollouts until the held-out pass@1 first reached the setting's on-policy final mean "+
-		"(measured every %d steps; n/N seeds got there).\n\n", p.HeldOut, p.OODQuestions, p.EvalSamples, p.Budget, p.K, p.B, p.EvalEvery)
+		"(measured every %d steps; n/N seeds got there).%s\n\n", p.HeldOut, p.OODQuestions, p.EvalSamples, p.Budget, p.K, p.B, p.EvalEvery, ownB(p))
 	fmt.Fprintf(&b, "| setting | arm | seeds | ID base | ID final | ID gain | OOD base | OOD final |")
 	for _, s := range sets {
 		fmt.Fprintf(&b, " %s |", s)
@@ -124,8 +124,66 @@ func WriteMarkdown(w io.Writer, p Plan, rows []Row) error {
 			r.Setting, r.Arm, r.Steps.Mean, mixed, 100*r.FreshSignal, r.ReplayedGroups, fr(r.ReplayedSignal), fr(r.ReplayedAllOK), fr(r.ReplayedOnly),
 			h(r.ReplayedEntropy), h(r.FreshEntropy), h(r.FreshCorrectEntropy), strings.Join(occ, " "), strings.Join(from, " "), r.Retired.Mean, r.StepSeconds.Mean)
 	}
+	writeDiagnostics(&b, rows)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// ownB names the settings that train with their own B.
+func ownB(p Plan) string {
+	var out []string
+	for _, s := range p.Settings {
+		if s.B > 0 && s.B != p.B {
+			out = append(out, fmt.Sprintf("%s B = %d", s.Name, s.B))
+		}
+	}
+	if len(out) == 0 {
+		return ""
+	}
+	return " Settings with their own questions per step: " + strings.Join(out, ", ") + "."
+}
+
+// writeDiagnostics writes the table of the figures issue 16 asks of every
+// experiment: how replays spread over questions, the replayed share of
+// tokens and of the gradient, the PPO clipped fraction, and pass@1 on the
+// retired training questions.
+func writeDiagnostics(b *strings.Builder, rows []Row) {
+	b.WriteString("\nReplay spread and weight. Replayed questions = distinct questions replayed per run; max = replays of the most replayed one; " +
+		"top-10 = share of all replays that went to the run's 10 most replayed questions; replays per question = mean number of questions replayed " +
+		"1, 2-3, 4-7, 8-15, ... times. Token / gradient share = replayed share of the step's response tokens / of its policy-gradient weight " +
+		"(sum of |dL/dlogp| over replayed tokens over the sum over all tokens, E10-E12), mean over steps with replay. Clipped = fraction of fresh tokens " +
+		"on the PPO clipped branch (E10, before the delayed start and on-policy), first mini-batch / all, mean over steps. " +
+		"Retired pass@1 = the final policy on the training questions it retired (E4); solved pass@1 = on those that had an all-correct group at least once " +
+		"(every arm has them), in points (mean over the seeds that have any).\n\n")
+	b.WriteString("| setting | arm | replayed questions | max | top-10 | replays per question (1, 2-3, 4-7, ...) | token share | gradient share | clipped first mb | clipped all | retired pass@1 (n) | solved pass@1 (n) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		var hist []string
+		for _, x := range r.ReplayHist {
+			hist = append(hist, fmt.Sprintf("%.0f", x))
+		}
+		pct := func(x float64) string {
+			if r.ReplayedGroups == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.1f%%", 100*x)
+		}
+		h := strings.Join(hist, " ")
+		if h == "" {
+			h = "-"
+		}
+		retired := "-"
+		if r.RetiredPass1.N > 0 {
+			retired = fmt.Sprintf("%s (%d/%d seeds)", pm(r.RetiredPass1, 100, 1), r.RetiredPass1.N, r.Seeds)
+		}
+		solved := "-"
+		if r.SolvedPass1.N > 0 {
+			solved = fmt.Sprintf("%s (%d/%d seeds)", pm(r.SolvedPass1, 100, 1), r.SolvedPass1.N, r.Seeds)
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %.2f%% | %.2f%% | %s | %s |\n", r.Setting, r.Arm,
+			pm(r.ReplayQuestions, 1, 0), pm(r.ReplayMax, 1, 0), pm(r.ReplayTop10, 100, 0), h,
+			pct(r.ReplayedTokenShare), pct(r.ReplayedGradShare), 100*r.FirstClipped, 100*r.Clipped, retired, solved)
+	}
 }
 
 // WriteAll writes results.json, table.md and the plots into dir.

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand/v2"
+	"sort"
 	"time"
 
 	"github.com/exgrpo/exgrpo/learner"
@@ -45,6 +47,60 @@ type Step struct {
 	Skipped     int     `json:"skipped"`
 	StepSeconds float64 `json:"step_seconds"`
 	Epoch       int     `json:"epoch"`
+	// ReplayedTokenShare is the replayed share of the step's response
+	// tokens; ReplayedGradShare the replayed share of its policy-gradient
+	// weight (learner.StepSummary.ReplayedCoefShare: sum of |dL/dlogp| over
+	// replayed tokens over the sum over all tokens, E10-E12).
+	ReplayedTokenShare float64 `json:"replayed_token_share"`
+	ReplayedGradShare  float64 `json:"replayed_grad_share"`
+	// FirstClipped is the fraction of the first mini-batch's fresh tokens
+	// on the PPO clipped branch (E10), Clipped the same over the step.
+	FirstClipped float64 `json:"first_clipped"`
+	Clipped      float64 `json:"clipped"`
+}
+
+// ReplayStats is how a run's replays spread over questions (issue 16:
+// E6 weights buckets, not questions, so a thin medium bucket is replayed
+// at nearly every step).
+type ReplayStats struct {
+	Replays   int `json:"replays"`   // replayed groups
+	Questions int `json:"questions"` // distinct questions replayed
+	Max       int `json:"max"`       // replays of the most replayed question
+	// Top10Share is the share of all replays that went to the 10 most
+	// replayed questions.
+	Top10Share float64 `json:"top10_share"`
+	// Hist[i] is the number of questions replayed n times, n in
+	// [2^i, 2^(i+1)): 1, 2-3, 4-7, 8-15, ...
+	Hist []int `json:"hist"`
+}
+
+// NewReplayStats summarises replay counts per question.
+func NewReplayStats(counts map[string]int) ReplayStats {
+	var st ReplayStats
+	ns := make([]int, 0, len(counts))
+	for _, n := range counts {
+		if n <= 0 {
+			continue
+		}
+		ns = append(ns, n)
+		st.Replays += n
+		st.Max = max(st.Max, n)
+		b := bits.Len(uint(n)) - 1
+		for len(st.Hist) <= b {
+			st.Hist = append(st.Hist, 0)
+		}
+		st.Hist[b]++
+	}
+	st.Questions = len(ns)
+	sort.Sort(sort.Reverse(sort.IntSlice(ns)))
+	top := 0
+	for i := 0; i < len(ns) && i < 10; i++ {
+		top += ns[i]
+	}
+	if st.Replays > 0 {
+		st.Top10Share = float64(top) / float64(st.Replays)
+	}
+	return st
 }
 
 // Eval is one in-distribution evaluation during a run.
@@ -78,6 +134,20 @@ type RunResult struct {
 	// Checkpoint is the final policy's file name inside the run directory
 	// ("" when not saved), for `exgrpo eval --checkpoint`.
 	Checkpoint string `json:"checkpoint,omitempty"`
+	// Replays is the spread of the run's replays over questions.
+	Replays ReplayStats `json:"replays"`
+	// RetiredPass1 is the final policy's pass@1 on the training questions
+	// it retired (E4), RetiredN of them evaluated (at most HeldOut, evenly
+	// spaced in order of retirement; 0 when none retired). It measures
+	// whether retired questions are forgotten.
+	RetiredPass1 float64 `json:"retired_pass1"`
+	RetiredN     int     `json:"retired_n"`
+	// SolvedPass1 is the same on the training questions that had at least
+	// one all-correct group during the run (k = K, whatever the mode),
+	// SolvedN of them: defined for every arm, on-policy and never-retiring
+	// ones included, so that arms compare on what they once solved.
+	SolvedPass1 float64 `json:"solved_pass1"`
+	SolvedN     int     `json:"solved_n"`
 }
 
 // Env is what the runs of a setting share: the base model and the datasets.
@@ -165,7 +235,7 @@ type question struct {
 func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(rollouts int)) (RunResult, *policy.Model, error) {
 	start := time.Now()
 	res := RunResult{Setting: e.Setting.Name, Arm: a.Name, Seed: seed, MixedFrom: -1}
-	lcfg, err := p.learnerConfig(a)
+	lcfg, err := p.settingConfig(e.Setting, a)
 	if err != nil {
 		return res, nil, fmt.Errorf("%w: arm %s: %w", ErrConfig, a.Name, err)
 	}
@@ -221,6 +291,10 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 
 	mixed := learner.InitialMixed(lcfg)
 	var step int64
+	replays := map[string]int{}
+	var retiredIDs, solvedIDs []string
+	solved := map[string]bool{}
+	retire := learner.NewRetirement(lcfg.RetireAfter)
 	for res.Rollouts < p.Budget {
 		if err := ctx.Err(); err != nil {
 			return res, nil, err
@@ -262,6 +336,7 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 			}
 			repEnt += h
 			st.ReplayedFrom[pick.Bucket]++
+			replays[pick.QuestionID]++
 			plan = append(plan, pending{id: pick.QuestionID, rep: &rep, rk: ranking})
 			exclude[pick.QuestionID] = true
 		}
@@ -335,6 +410,10 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 		for gi, g := range groups {
 			k := sum.Groups[gi].Correct
 			signal := k > 0 && k < lcfg.K
+			if k == lcfg.K && !solved[g.QuestionID] {
+				solved[g.QuestionID] = true
+				solvedIDs = append(solvedIDs, g.QuestionID)
+			}
 			if g.Replayed() {
 				st.Replayed++
 				switch {
@@ -352,7 +431,7 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 					st.FreshSignal++
 				}
 			}
-			rg := replay.Group{QuestionID: g.QuestionID, Size: sum.Groups[gi].Size, Correct: k}
+			rg := replay.Group{QuestionID: g.QuestionID, Size: sum.Groups[gi].Size, Correct: k, Replayed: g.Replayed()}
 			for _, r := range g.Rollouts {
 				if r.Reward == 1 && !r.Replayed {
 					rg.Successes = append(rg.Successes, replay.Trajectory{ID: r.ID, PolicyVersion: r.Version, Step: step,
@@ -364,8 +443,10 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 		if err := pool.Apply(rrep); err != nil {
 			return res, nil, err
 		}
-		for _, id := range sum.Retired() {
-			fresh.Retire(id)
+		for _, id := range retire.Fold(sum) { // E4, the pool's rule (RetireAfter)
+			if fresh.Retire(id) {
+				retiredIDs = append(retiredIDs, id)
+			}
 		}
 		ps := pool.Stats()
 		st.Rollouts, st.Reward, st.Entropy, st.Skipped = res.Rollouts, sum.Pass1, sum.Entropy, sum.Skipped
@@ -379,6 +460,10 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 		if st.Replayed > 0 {
 			st.ReplayedEntropy = repEnt / float64(st.Replayed)
 		}
+		if sum.Tokens > 0 {
+			st.ReplayedTokenShare = float64(sum.ReplayedTokens) / float64(sum.Tokens)
+		}
+		st.ReplayedGradShare, st.FirstClipped, st.Clipped = sum.ReplayedCoefShare, sum.FirstClipped, sum.ClippedFraction
 		st.StepSeconds = time.Since(t0).Seconds()
 		res.Steps = append(res.Steps, st)
 		mixed = sum.NextMixed
@@ -401,8 +486,42 @@ func Run(ctx context.Context, p Plan, e Env, a Arm, seed uint64, progress func(r
 	if res.FinalOOD, res.OOD, err = evalOOD(m, e, p.EvalSamples); err != nil {
 		return res, nil, err
 	}
+	res.Replays = NewReplayStats(replays)
+	if ds := retiredSet(e.Train, retiredIDs, p.HeldOut); len(ds.Problems) > 0 {
+		if res.RetiredPass1, err = Evaluate(m, ds, p.EvalSamples); err != nil {
+			return res, nil, err
+		}
+		res.RetiredN = len(ds.Problems)
+	}
+	if ds := retiredSet(e.Train, solvedIDs, p.HeldOut); len(ds.Problems) > 0 {
+		if res.SolvedPass1, err = Evaluate(m, ds, p.EvalSamples); err != nil {
+			return res, nil, err
+		}
+		res.SolvedN = len(ds.Problems)
+	}
 	res.WallSeconds = time.Since(start).Seconds()
 	return res, m, nil
+}
+
+// retiredSet is the dataset of at most n of the training questions ids
+// (retired or solved ones, in the order they were), evenly spaced over
+// ids, so that early and late ones are both measured.
+func retiredSet(train task.Dataset, ids []string, n int) task.Dataset {
+	by := make(map[string]task.Problem, len(train.Problems))
+	for _, p := range train.Problems {
+		by[p.ID] = p
+	}
+	ds := task.Dataset{Name: train.Name + "-retired"}
+	if len(ids) == 0 || n <= 0 {
+		return ds
+	}
+	m := min(n, len(ids))
+	for i := range m {
+		if p, ok := by[ids[i*len(ids)/m]]; ok {
+			ds.Problems = append(ds.Problems, p)
+		}
+	}
+	return ds
 }
 
 // chosenEntropy is the E7 entropy of the ranked candidate id (NaN when the

@@ -64,6 +64,9 @@ type Ledger struct {
 	// Records are the learner's lineage records (wire.Lineage) in stream
 	// order: which reports make up the run's ledger across restarts.
 	Records []wire.Lineage
+	// Rules are the pool rules the fold uses (Source.Rules); set before
+	// the first Update.
+	Rules PoolRules
 
 	pool           *replay.Pool
 	ctrlSeq, scSeq uint64
@@ -76,12 +79,13 @@ type Ledger struct {
 
 // NewLedger is an empty ledger; k = 0 takes K from the first report.
 func NewLedger(k int) *Ledger {
-	return &Ledger{K: k, Scored: map[string]*wire.Scored{}, byStep: map[int64]int{}, lin: replay.NewLineage()}
+	return &Ledger{K: k, Scored: map[string]*wire.Scored{}, byStep: map[int64]int{}, lin: replay.NewLineage(), Rules: PaperRules()}
 }
 
 // Load reads the whole run once.
 func (s *Source) Load(ctx context.Context) (*Ledger, error) {
 	l := NewLedger(s.K)
+	l.Rules = s.Rules
 	if err := l.Update(ctx, s); err != nil {
 		return nil, err
 	}
@@ -163,6 +167,7 @@ func (l *Ledger) lookup(id string) (*wire.Scored, bool) {
 func (l *Ledger) poolConfig() replay.Config {
 	c := replay.DefaultConfig()
 	c.K, c.Mu = l.K, float64(l.K)/2
+	c.RetireAfter, c.ReplayLimit = l.Rules.RetireAfter, l.Rules.ReplayLimit
 	c.MaxCandidates = math.MaxInt32
 	return c
 }

@@ -68,6 +68,7 @@ func NewHandler(src *Source, cfg ServeConfig, log *zap.Logger) http.Handler {
 		log = zap.NewNop()
 	}
 	h := &handler{src: src, cfg: cfg, log: log, l: NewLedger(src.K)}
+	h.l.Rules = src.Rules
 	mux := http.NewServeMux()
 	static, _ := fs.Sub(webFS, "web")
 	mux.Handle("GET /", http.FileServerFS(static))

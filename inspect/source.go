@@ -44,6 +44,10 @@ type Source struct {
 	K int
 	// Where says what is inspected, for headers: a URL or a run directory.
 	Where string
+	// Rules are the pool rules of E4 and its replay limit the fold uses
+	// (replay.Config.RetireAfter, ReplayLimit): the run directory's, else
+	// the paper's (retire after one all-correct group, no limit).
+	Rules PoolRules
 
 	// Refetched counts messages an ordered read skipped and a direct get
 	// supplied (diagnostics; 0 in a healthy read).
@@ -63,7 +67,7 @@ func NewSource(nc *nats.Conn, run string) (*Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inspect: jetstream: %w", err)
 	}
-	return &Source{JS: js, Names: names, Where: nc.ConnectedUrlRedacted()}, nil
+	return &Source{JS: js, Names: names, Where: nc.ConnectedUrlRedacted(), Rules: PaperRules()}, nil
 }
 
 // Dial connects to a live cluster (read-only credentials suffice: package
@@ -92,9 +96,22 @@ type runConfig struct {
 		Learner struct{ K int }
 	} `json:"learner"`
 	Replay struct {
-		Pool struct{ K int }
+		Pool struct {
+			K           int
+			RetireAfter *int
+			ReplayLimit int
+		}
 	} `json:"replay"`
 }
+
+// PoolRules are the pool's rules beyond K that change its fold.
+type PoolRules struct {
+	RetireAfter int // 1 = the paper's E4, 0 = never
+	ReplayLimit int // 0 = none
+}
+
+// PaperRules are the paper's.
+func PaperRules() PoolRules { return PoolRules{RetireAfter: 1} }
 
 // OpenRunDir starts an embedded server (127.0.0.1, a free port) on a run
 // directory's JetStream store and inspects the run it holds: run overrides
@@ -147,6 +164,10 @@ func OpenRunDir(ctx context.Context, dir, run string, log *zap.Logger) (*Source,
 	}
 	s.nc, s.srv, s.Where = nc, srv, dir
 	s.K = rc.Replay.Pool.K
+	if ra := rc.Replay.Pool.RetireAfter; ra != nil {
+		s.Rules.RetireAfter = *ra
+	}
+	s.Rules.ReplayLimit = rc.Replay.Pool.ReplayLimit
 	if s.K == 0 {
 		s.K = rc.Learner.Learner.K
 	}

@@ -76,6 +76,11 @@ type Config struct {
 	Candidates int
 	// Selection is the trajectory-selection rule (E7).
 	Selection Selection
+	// RetireAfter is m of the retirement rule (E4, as replay.Config's): a
+	// question leaves the fresh sampler after m consecutive all-correct
+	// groups; the paper's 1 is the default, 0 never retires. The replay
+	// pool must be configured with the same m (Retirement).
+	RetireAfter int
 
 	// LR is AdamW's constant learning rate (E14). Paper: 1e-6.
 	LR float64
@@ -132,7 +137,7 @@ func PaperConfig() Config {
 	return Config{
 		K: 8, B: 128, Rho: 0.5, Beta: 0.1, Start: 0.35, LMax: 8192,
 		CEnt: 0.001, Eps: 0.2, MiniBatches: 2, Staleness: 0,
-		Candidates: 32, Selection: SelectLowestEntropy,
+		Candidates: 32, Selection: SelectLowestEntropy, RetireAfter: 1,
 		LR: 1e-6, Beta1: 0.9, Beta2: 0.999, AdamEps: 1e-8, WeightDecay: 0.01,
 		ClipNorm: 1.0, SkipNorm: 500,
 	}
@@ -193,6 +198,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Staleness = %d, must be >= 0 (0 is the paper's synchronous loop)", ErrConfig, c.Staleness)
 	case c.Candidates < 1:
 		return fmt.Errorf("%w: Candidates = %d, score at least 1 stored trajectory per question (default 32)", ErrConfig, c.Candidates)
+	case c.RetireAfter < 0:
+		return fmt.Errorf("%w: RetireAfter = %d, must be >= 0 (1 is the paper's E4, 0 never retires)", ErrConfig, c.RetireAfter)
 	case c.Selection != SelectLowestEntropy && c.Selection != SelectRandom && c.Selection != SelectHighestEntropy:
 		return fmt.Errorf("%w: Selection = %q, want %q, %q or %q", ErrConfig, c.Selection, SelectLowestEntropy, SelectRandom, SelectHighestEntropy)
 	case !finite(c.LR) || c.LR <= 0:

@@ -166,6 +166,19 @@ type StepSummary struct {
 	// TrainerBehaviour is how many replayed trajectories trained with the
 	// trainer's own stored log-probs (Config.TrainerBehaviour).
 	TrainerBehaviour int
+	// ReplayedCoefShare is the replayed share of the step's policy
+	// gradient weight: over every mini-batch, the sum of |dL/dlogp_t| over
+	// replayed tokens divided by the same sum over all response tokens
+	// (ObjectiveStats.CoefMass; 0 when the step has no token with a
+	// non-zero coefficient). With w near 1 a replayed token weighs
+	// beta/(1+beta)^2 = 0.083 of a fresh token of the same |A| (E11).
+	ReplayedCoefShare float64
+	// FirstClipped is the fraction of the first mini-batch's fresh tokens
+	// on the PPO clipped branch (E10, before the delayed start: 0 unless
+	// the trainer disagrees with the sampler, since the first update has
+	// not moved the policy yet); ClippedFraction the same over all
+	// mini-batches (Clipped over fresh tokens).
+	FirstClipped, ClippedFraction float64
 }
 
 // Retired returns the questions whose group was all correct (E4): the
@@ -227,7 +240,7 @@ func (l *Learner) StepContext(ctx context.Context, in StepInput) (StepSummary, e
 		}
 	}
 	nb := min(cfg.MiniBatches, len(in.Groups))
-	var entSum float64
+	var entSum, mass, massRep float64
 	for b := range nb {
 		// Strided, not consecutive: callers list replayed groups first, and
 		// a consecutive split would train all replayed groups in one update
@@ -244,8 +257,11 @@ func (l *Learner) StepContext(ctx context.Context, in StepInput) (StepSummary, e
 			sum.MismatchLogW = st.MeanAbsLogW
 			if f := st.Tokens - st.ReplayedTokens; f > 0 {
 				sum.CappedFraction = float64(st.Capped) / float64(f)
+				sum.FirstClipped = float64(st.Clipped) / float64(f)
 			}
 		}
+		mass += st.CoefMass
+		massRep += st.CoefMassReplayed
 		sum.Loss += st.Loss / float64(nb)
 		sum.PolicyLoss += st.PolicyLoss / float64(nb)
 		sum.EntropyTerm += st.EntropyTerm / float64(nb)
@@ -263,6 +279,12 @@ func (l *Learner) StepContext(ctx context.Context, in StepInput) (StepSummary, e
 	}
 	if sum.Tokens > 0 {
 		sum.Entropy = entSum / float64(sum.Tokens)
+	}
+	if f := sum.Tokens - sum.ReplayedTokens; f > 0 {
+		sum.ClippedFraction = float64(sum.Clipped) / float64(f)
+	}
+	if mass > 0 {
+		sum.ReplayedCoefShare = massRep / mass
 	}
 	return sum, nil
 }
@@ -309,6 +331,8 @@ func (l *Learner) update(ctx context.Context, groups []Group, mixed bool, sum *S
 		st.ReplayedTokens += ms.ReplayedTokens
 		st.Clipped += ms.Clipped
 		st.Capped += ms.Capped
+		st.CoefMass += ms.CoefMass
+		st.CoefMassReplayed += ms.CoefMassReplayed
 		absLogW += ms.MeanAbsLogW * float64(ms.Tokens-ms.ReplayedTokens)
 		entSum += ms.MeanEntropy * float64(ms.Tokens)
 		wFresh += ms.MeanRatioFresh * float64(ms.Tokens-ms.ReplayedTokens)

@@ -34,6 +34,13 @@ type ObjectiveStats struct {
 	// trainer's probability to the engine's, 1 when they agree.
 	MeanAbsLogW float64 // mean |log w| over fresh tokens
 	Capped      int     // fresh tokens whose w exceeded TruncCap (truncated)
+	// CoefMass is the sum over the mini-batch's response tokens of
+	// |dL/dlogp_t| (the policy term of E10-E12, entropy bonus excluded);
+	// CoefMassReplayed the same sum over replayed tokens only. The
+	// parameter gradient is sum_t (dL/dlogp_t) grad logp_t, so
+	// CoefMassReplayed / CoefMass is the replayed share of its weight
+	// (not of its norm: token gradients are not parallel).
+	CoefMass, CoefMassReplayed float64
 }
 
 // Objective evaluates the ExGRPO loss of one mini-batch and its derivatives
@@ -140,6 +147,10 @@ func objective(cfg Config, mixed bool, items []Item, logps, ents [][]float32, en
 			}
 			sumLoss += loss
 			dLogp[i][t] = float32(grad / lmax) // ALGORITHM.md E12
+			st.CoefMass += math.Abs(grad / lmax)
+			if it.Replayed {
+				st.CoefMassReplayed += math.Abs(grad / lmax)
+			}
 		}
 	}
 	st.PolicyLoss = sumLoss / lmax

@@ -253,3 +253,35 @@ func TestObjectiveRejects(t *testing.T) {
 		t.Error("replayed item before the delayed start accepted (E5)")
 	}
 }
+
+// The replayed share of the gradient weight (issue 16 diagnostics): one
+// fresh and one replayed token, both at w = 1 with |A| = 1 and L_max = 2,
+// have |dL/dlogp| = 1/2 and f'(1)/2 = 0.0413, so the replayed share is
+// 0.0826 / 1.0826 = 0.0763, with shaping; without shaping 1/2.
+func TestCoefMassReplayedShareE11(t *testing.T) {
+	cfg := unitConfig()
+	cfg.LMax = 2
+	items := []Item{
+		{Advantage: 1, Behaviour: []float32{-0.5}},
+		{Advantage: -1, Behaviour: []float32{-0.7}, Replayed: true},
+	}
+	lp := [][]float32{{-0.5}, {-0.7}}
+	ent := [][]float32{{0}, {0}}
+	for _, tc := range []struct {
+		noShaping bool
+		want      float64
+	}{{false, 0.0826446 / 1.0826446}, {true, 0.5}} {
+		c := cfg
+		c.NoPolicyShaping = tc.noShaping
+		st, _, _, err := Objective(c, true, items, lp, ent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.CoefMassReplayed / st.CoefMass; math.Abs(got-tc.want) > 1e-6 {
+			t.Errorf("no shaping %v: replayed share %v, want %v", tc.noShaping, got, tc.want)
+		}
+		if math.Abs(st.CoefMass-(0.5+st.CoefMassReplayed)) > 1e-9 {
+			t.Errorf("no shaping %v: mass %v, want 0.5 + %v", tc.noShaping, st.CoefMass, st.CoefMassReplayed)
+		}
+	}
+}

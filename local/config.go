@@ -146,6 +146,7 @@ func (c *Config) Normalize() {
 	c.Replay.Pool.K = c.Learner.Learner.K
 	c.Replay.Pool.Mu = float64(c.Learner.Learner.K) / 2
 	c.Replay.Pool.MaxCandidates = c.Learner.Learner.Candidates
+	c.Replay.Pool.RetireAfter = c.Learner.Learner.RetireAfter // E4: the pool and the fresh sampler retire alike
 	if c.CacheDir == "" {
 		c.CacheDir = DefaultCacheDir()
 	}

@@ -59,6 +59,9 @@ func ParseSelection(s string) (Selection, error) {
 // MaxK bounds the group size; history records store k in one byte.
 const MaxK = 255
 
+// MaxRetireAfter bounds Config.RetireAfter.
+const MaxRetireAfter = 1 << 16
+
 // Config configures a Pool. The zero value is not valid; start from DefaultConfig.
 type Config struct {
 	// K is the number of rollouts per question (the group size). Buckets are
@@ -75,12 +78,28 @@ type Config struct {
 	// MaxCandidates caps how many of a question's stored trajectories
 	// Candidates returns: the most recent ones (ALGORITHM.md E7). Default 32; >= 1.
 	MaxCandidates int
+	// RetireAfter is m of the retirement rule: a question retires after m
+	// consecutive all-correct groups (ALGORITHM.md E4; the paper's m = 1, the
+	// default). RetireNever (0) never retires. An all-correct group that
+	// does not retire stores nothing and takes the question out of its
+	// bucket (there is no bucket K, E3), keeping its trajectories; its next
+	// group with 1 <= k <= K-1 puts it back. >= 0.
+	RetireAfter int
+	// ReplayLimit, when > 0, is the most times one question is replayed:
+	// after its ReplayLimit-th replayed group it leaves its bucket for good
+	// (it stays in the fresh sampler). 0 (the default, the paper) is no
+	// limit. Not in the paper: a variant against E6's per-bucket weights
+	// sending a thin bucket's few questions to every step. >= 0.
+	ReplayLimit int
 }
+
+// RetireNever is the RetireAfter that never retires a question.
+const RetireNever = 0
 
 // DefaultConfig returns the paper's settings: K = 8, mu = K/2, sigma = 1, Gaussian
 // question selection, 32 candidates per question.
 func DefaultConfig() Config {
-	return Config{K: 8, Mu: 4, Sigma: 1, Selection: SelectGaussian, MaxCandidates: 32}
+	return Config{K: 8, Mu: 4, Sigma: 1, Selection: SelectGaussian, MaxCandidates: 32, RetireAfter: 1}
 }
 
 // Validate reports the first out-of-range field.
@@ -96,6 +115,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Selection = %d: use SelectGaussian or SelectUniform", ErrInvalidConfig, c.Selection)
 	case c.MaxCandidates < 1:
 		return fmt.Errorf("%w: MaxCandidates = %d: need >= 1 (default 32)", ErrInvalidConfig, c.MaxCandidates)
+	case c.RetireAfter < 0 || c.RetireAfter > MaxRetireAfter:
+		return fmt.Errorf("%w: RetireAfter = %d: need 0 (never) to %d all-correct groups in a row (the paper: 1)", ErrInvalidConfig, c.RetireAfter, MaxRetireAfter)
+	case c.ReplayLimit < 0:
+		return fmt.Errorf("%w: ReplayLimit = %d: need >= 0 (0 = no limit, the paper)", ErrInvalidConfig, c.ReplayLimit)
 	}
 	return nil
 }

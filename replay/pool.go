@@ -41,6 +41,9 @@ type Group struct {
 	// allowed, e.g. when the replayed one is left out). Duplicates of stored
 	// trajectories, by exact token sequence, are dropped.
 	Successes []Trajectory
+	// Replayed says the group held a replayed trajectory (E8); only
+	// Config.ReplayLimit reads it (and only then is it recorded).
+	Replayed bool
 }
 
 // Report is one training step as the fold consumes it. The replay service
@@ -81,7 +84,8 @@ type event struct {
 const (
 	flagRetired    = 1 << iota // the question was retired by this group
 	flagWasRetired             // the question was already retired; nothing stored
-	flagKnownFlags = flagRetired | flagWasRetired
+	flagReplayed               // the group held a replayed trajectory
+	flagKnownFlags = flagRetired | flagWasRetired | flagReplayed
 )
 
 // question is one question's state. k is its latest k in 1..K-1 once any
@@ -193,7 +197,8 @@ func (p *Pool) validate(r Report) error {
 	return nil
 }
 
-// fold applies one validated group (ALGORITHM.md E2-E4).
+// fold applies one validated group (ALGORITHM.md E2-E4, with
+// Config.RetireAfter and Config.ReplayLimit).
 func (p *Pool) fold(step int64, g *Group) {
 	qi, ok := p.index[g.QuestionID]
 	if !ok {
@@ -203,13 +208,19 @@ func (p *Pool) fold(step int64, g *Group) {
 	}
 	q := &p.qs[qi]
 	ev := event{step: step, correct: uint8(g.Correct), size: uint8(g.Size), from: p.bucketOf(q)}
+	if g.Replayed && p.cfg.ReplayLimit > 0 {
+		// Recorded only where the limit needs it, so that a pool of the
+		// paper's rules has the snapshot bytes it had before the limit existed.
+		ev.flags |= flagReplayed
+	}
 	switch {
 	case q.retired:
 		// ALGORITHM.md E4: retirement is permanent; a retired question still
 		// drawn by the fresh sampler in the current epoch stores nothing.
 		ev.flags |= flagWasRetired
-	case g.Correct == g.Size:
-		// ALGORITHM.md E4: all correct -> retired, out of the pool and its buckets.
+	case g.Correct == g.Size && p.cfg.RetireAfter > 0 && allCorrectRun(q.hist)+1 >= p.cfg.RetireAfter:
+		// ALGORITHM.md E4: all correct (m times in a row) -> retired, out of
+		// the pool and its buckets.
 		p.unbucket(qi)
 		for _, t := range q.trajs {
 			p.tokens -= int64(len(t.tokens))
@@ -218,6 +229,10 @@ func (p *Pool) fold(step int64, g *Group) {
 		q.trajs, q.prompt, q.retired, q.k = nil, nil, true, 0
 		p.retired++
 		ev.flags |= flagRetired
+	case g.Correct == g.Size:
+		// All correct, not (yet) retiring: nothing stored, and out of its
+		// bucket, there being no bucket K (E3); the trajectories stay.
+		p.unbucket(qi)
 	case g.Correct == 0:
 		// ALGORITHM.md E2: nothing stored; the old bucket and trajectories stay.
 	default:
@@ -237,8 +252,35 @@ func (p *Pool) fold(step int64, g *Group) {
 			*b = append(*b, member{id: q.id, qi: qi})
 		}
 	}
+	// Config.ReplayLimit: a question replayed that many times leaves its
+	// bucket for good.
+	if p.cfg.ReplayLimit > 0 && replays(q.hist)+int(ev.flags&flagReplayed/flagReplayed) >= p.cfg.ReplayLimit {
+		p.unbucket(qi)
+	}
 	ev.to = p.bucketOf(q)
 	q.hist = append(q.hist, ev)
+}
+
+// allCorrectRun is the number of all-correct groups at the end of a
+// question's history (Config.RetireAfter).
+func allCorrectRun(h []event) int {
+	n := 0
+	for i := len(h) - 1; i >= 0 && h[i].correct == h[i].size && h[i].flags&flagWasRetired == 0; i-- {
+		n++
+	}
+	return n
+}
+
+// replays is the number of replayed groups in a question's history
+// (Config.ReplayLimit).
+func replays(h []event) int {
+	n := 0
+	for _, e := range h {
+		if e.flags&flagReplayed != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // bucketOf is the bucket a question is sampled from, 0 when none.

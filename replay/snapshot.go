@@ -343,8 +343,10 @@ func restoreBody(cfg Config, body []byte) (*Pool, error) {
 		d.fail("%d trailing bytes", len(d.b))
 	}
 	for i := range p.qs {
-		if d.err == nil && p.qs[i].pos < 0 && len(p.qs[i].trajs) > 0 {
-			d.fail("question %q has trajectories but no bucket", p.qs[i].id)
+		// Out of its bucket with trajectories kept only where its latest
+		// event put it there (Config.RetireAfter > 1, Config.ReplayLimit).
+		if q := &p.qs[i]; d.err == nil && q.pos < 0 && len(q.trajs) > 0 && (len(q.hist) == 0 || q.hist[len(q.hist)-1].to != 0) {
+			d.fail("question %q has trajectories but no bucket", q.id)
 		}
 	}
 	if d.err != nil {

@@ -63,9 +63,10 @@ func buildCommit() string {
 func runExperiment(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("experiment", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "the quick plan (about 10 minutes): on-policy vs ExGRPO on the base and hard settings, one seed")
+	planName := fs.String("plan", "full", "the plan: full (issue 8's arms), quick (as --quick), causes (issue 16: retirement, replay limit, the paper's proportions, low signal)")
 	out := fs.String("out", "", "output directory (default results/experiment-<plan>)")
-	settings := fs.String("settings", "", "comma-separated settings to run (base, weak, hard); default all of the plan")
-	arms := fs.String("arms", "", "comma-separated arms to run (onpolicy, exgrpo, exgrpo-nodelay, exgrpo-mu2, no-qsel, no-tsel, no-shaping, no-is, high-entropy, rho-0.25, rho-0.75); default all")
+	settings := fs.String("settings", "", "comma-separated settings to run (full: base, weak, hard; causes: base, paper, lowsignal, hard); default all of the plan")
+	arms := fs.String("arms", "", "comma-separated arms to run (full: onpolicy, exgrpo, exgrpo-nodelay, exgrpo-mu2, no-qsel, no-tsel, no-shaping, no-is, high-entropy, rho-0.25, rho-0.75; causes: onpolicy, exgrpo-nodelay, retire-2, retire-3, retire-never, replay-limit-4); default all")
 	seeds := fs.String("seeds", "", "comma-separated seeds, overriding the plan's")
 	budget := fs.Int("budget", 0, "fresh rollouts per run, overriding the plan's")
 	lr := fs.Float64("lr", 0, "learning rate, overriding the plan's")
@@ -83,7 +84,10 @@ func runExperiment(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %v", errUsage, fs.Args())
 	}
-	plan := experiment.FullPlan()
+	plan, err := experiment.PlanNamed(*planName)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
 	if *quick {
 		plan = experiment.QuickPlan()
 	}
@@ -114,7 +118,6 @@ func runExperiment(ctx context.Context, args []string) error {
 		}
 		return experiment.WriteAll(*out, r)
 	}
-	var err error
 	if plan, err = plan.Filter(expList(*settings), expList(*arms)); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
@@ -232,7 +235,8 @@ func runExperiment(ctx context.Context, args []string) error {
 					return err
 				}
 				bar.Clear()
-				fmt.Fprintf(os.Stderr, "%s: held-out %.3f -> %.3f, OOD %.3f -> %.3f, %d steps, %.0f s\n", desc, r.BaseID, r.FinalID, r.BaseOODM, r.OOD, len(r.Steps), r.WallSeconds)
+				fmt.Fprintf(os.Stderr, "%s: held-out %.3f -> %.3f, OOD %.3f -> %.3f, %d steps, %.0f s; %d replays over %d questions (top-10 %.0f%%), retired pass@1 %.3f (n = %d)\n",
+					desc, r.BaseID, r.FinalID, r.BaseOODM, r.OOD, len(r.Steps), r.WallSeconds, r.Replays.Replays, r.Replays.Questions, 100*r.Replays.Top10Share, r.RetiredPass1, r.RetiredN)
 			}
 		}
 	}

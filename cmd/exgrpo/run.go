@@ -47,6 +47,8 @@ func trainFlags(fs *flag.FlagSet, c *local.Config) {
 	fs.Float64Var(&l.CEnt, "c-ent", l.CEnt, "entropy bonus coefficient")
 	fs.IntVar(&l.MiniBatches, "minibatches", l.MiniBatches, "optimiser steps per step")
 	fs.IntVar(&l.Staleness, "staleness", l.Staleness, "staleness bound S in policy versions (0 = synchronous, the paper)")
+	fs.IntVar(&l.RetireAfter, "retire-after", l.RetireAfter, "retire a question after this many consecutive all-correct groups (1 = the paper's E4, 0 = never); learner and replay pool alike")
+	fs.IntVar(&c.Replay.Pool.ReplayLimit, "replay-limit", c.Replay.Pool.ReplayLimit, "replay one question at most this many times (0 = no limit, the paper; a variant outside the paper)")
 	fs.IntVar(&c.Learner.MaxNew, "max-new", c.Learner.MaxNew, "response token cap per rollout")
 	fs.Func("temperature", "actors' sampling temperature (default 1); actors record and the trainer scores softmax(z/T)", func(v string) error {
 		t, err := strconv.ParseFloat(v, 32)

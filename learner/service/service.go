@@ -75,6 +75,9 @@ const (
 	MetaVersion = "exgrpo.version" // policy version after it
 	MetaMixed   = "exgrpo.mixed"   // mode of the next step (E5)
 	MetaRetired = "exgrpo.retired" // JSON list of retired question ids (E4)
+	// MetaStreaks is the JSON map of question id -> consecutive all-correct
+	// groups so far (E4 with RetireAfter > 1); absent in older checkpoints.
+	MetaStreaks = "exgrpo.retire_streaks"
 	MetaRun     = "exgrpo.run"
 	LatestFile  = "latest.safetensors"
 )
@@ -89,7 +92,8 @@ type Service struct {
 
 	problems map[string]task.Problem
 	sampler  *learner.FreshSampler
-	rng      *rand.Rand // E7 random selection only
+	retire   *learner.Retirement // E4 with RetireAfter; agrees with the pool's rule
+	rng      *rand.Rand          // E7 random selection only
 	checkers map[string]verifier.Checker
 	pub      *bus.Publisher
 
@@ -163,6 +167,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	cfg.Learner.Temperature = float64(cfg.Temperature) // the trainer scores what the actors sampled (E7, E10, E11)
 	s.cfg = cfg
 	s.mixed = learner.InitialMixed(cfg.Learner)
+	var streaks map[string]int
 	if cfg.Resume {
 		ck, err := policy.LoadFile(filepath.Join(cfg.CheckpointDir, LatestFile))
 		if err != nil {
@@ -173,7 +178,11 @@ func New(cfg Config, d Deps) (*Service, error) {
 		ver, err2 := strconv.ParseInt(ck.Meta[MetaVersion], 10, 64)
 		mixed, err3 := strconv.ParseBool(ck.Meta[MetaMixed])
 		err4 := json.Unmarshal([]byte(ck.Meta[MetaRetired]), &s.retired)
-		if err := errors.Join(err1, err2, err3, err4); err != nil {
+		var err5 error
+		if v, ok := ck.Meta[MetaStreaks]; ok {
+			err5 = json.Unmarshal([]byte(v), &streaks)
+		}
+		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
 			return nil, fmt.Errorf("learner service: resume: checkpoint metadata: %w", err)
 		}
 		s.step, s.version, s.mixed = last+1, ver, mixed
@@ -213,6 +222,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	for _, id := range s.retired {
 		s.sampler.Retire(id)
 	}
+	s.retire = learner.RestoreRetirement(cfg.Learner.RetireAfter, learner.RetirementState{Retired: s.retired, Streaks: streaks})
 	s.rng = rand.New(rand.NewPCG(uint64(cfg.Seed)^0x9e3779b97f4a7c15, uint64(s.step)))
 	return s, nil
 }
@@ -710,12 +720,11 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
 		return res, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err)
 	}
-	if sum.Mixed {
-		// E4, as the pool folds it: retirement happens in mixed mode only.
-		for _, q := range sum.Retired() {
-			if s.sampler.Retire(q) {
-				s.retired = append(s.retired, q)
-			}
+	// E4, as the pool folds it (RetireAfter): retirement happens in mixed
+	// mode only.
+	for _, q := range s.retire.Fold(sum) {
+		if s.sampler.Retire(q) {
+			s.retired = append(s.retired, q)
 		}
 	}
 	s.mixed = sum.NextMixed
@@ -793,9 +802,11 @@ func (s *Service) checkpoint(ctx context.Context, t int64) error {
 	if s.retired == nil {
 		retired = []byte("[]")
 	}
+	streaks, _ := json.Marshal(s.retire.State().Streaks)
 	ck := policy.Checkpoint{Model: s.core.Model(), Tokenizer: s.d.Tokenizer, Opt: s.core.Optimizer(), Meta: map[string]string{
 		MetaStep: strconv.FormatInt(t, 10), MetaVersion: strconv.FormatInt(s.version, 10),
 		MetaMixed: strconv.FormatBool(s.mixed), MetaRetired: string(retired), MetaRun: s.d.Bus.Names.Run,
+		MetaStreaks: string(streaks),
 	}}
 	if err := os.MkdirAll(s.cfg.CheckpointDir, 0o755); err != nil {
 		return fmt.Errorf("learner service: checkpoint: %w", err)

@@ -3,11 +3,13 @@ package service
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -326,6 +328,30 @@ func TestStepLoop(t *testing.T) {
 func TestResume(t *testing.T) {
 	e := newEnv(t)
 	e.runAll(t, testConfig(2))
+	// E4 with RetireAfter: the retirement counts travel in the checkpoint
+	// and a resumed learner starts from them.
+	latest := filepath.Join(e.ckpt, LatestFile)
+	ck, err := policy.LoadFile(latest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streaks map[string]int
+	if err := json.Unmarshal([]byte(ck.Meta[MetaStreaks]), &streaks); err != nil {
+		t.Fatalf("checkpoint %s = %q: %v", MetaStreaks, ck.Meta[MetaStreaks], err)
+	}
+	ck.Meta[MetaStreaks] = `{"q-streak":2}`
+	if err := policy.SaveFile(latest, ck); err != nil {
+		t.Fatal(err)
+	}
+	probe := testConfig(4)
+	probe.Resume, probe.CheckpointDir, probe.Learner.RetireAfter = true, e.ckpt, 3
+	ps, err := New(probe, Deps{Bus: e.b, Tokenizer: task.BuiltinTokenizer(), Problems: e.train, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ps.retire.State().Streaks; !reflect.DeepEqual(got, map[string]int{"q-streak": 2}) {
+		t.Fatalf("resumed retirement counts %v, want the checkpoint's", got)
+	}
 	cfg := testConfig(4)
 	cfg.Resume = true
 	svc, results := e.runAll(t, cfg)

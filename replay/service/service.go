@@ -492,7 +492,7 @@ func Assemble(rep *wire.StepReport, scored func(id string) (*wire.Scored, bool))
 	r := replay.Report{Step: rep.Step, Mixed: rep.Mixed, Groups: make([]replay.Group, 0, len(rep.Groups))}
 	var missing []string
 	for _, g := range rep.Groups {
-		rg := replay.Group{QuestionID: g.QuestionID, Size: g.Size, Correct: g.Correct}
+		rg := replay.Group{QuestionID: g.QuestionID, Size: g.Size, Correct: g.Correct, Replayed: g.Replayed}
 		if rep.Mixed {
 			for i, id := range g.TrajectoryIDs {
 				if i >= len(g.Rewards) || g.Rewards[i] != 1 || (g.Replayed && id == g.ReplayedID) {
