@@ -59,9 +59,17 @@ func (r *Report) PlotMemory(dir string) (string, error) {
 	p.X.Label.Text = "minutes"
 	p.Y.Label.Text = "MiB"
 	p.Legend.Top = true
-	for i, m := range r.Memory {
+	// One colour per kind of role (every actor alike), the same for each
+	// incarnation (a kill -9 and restart starts a new line of that colour);
+	// one legend entry per kind.
+	colours := map[string]int{}
+	for _, m := range r.Memory {
 		if len(m.Samples) < 2 {
 			continue
+		}
+		role, _, _ := strings.Cut(m.Name, "#")
+		if kind, _, ok := strings.Cut(role, "-"); ok {
+			role = kind + "s"
 		}
 		xy := make(plotter.XYs, len(m.Samples))
 		for j, s := range m.Samples {
@@ -71,10 +79,15 @@ func (r *Report) PlotMemory(dir string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		l.Color = palette(i)
+		c, seen := colours[role]
+		if !seen {
+			c = len(colours)
+			colours[role] = c
+		}
+		l.Color = palette(c)
 		p.Add(l)
-		if !strings.Contains(m.Name, "#") || strings.HasSuffix(m.Name, "#1") {
-			p.Legend.Add(strings.TrimSuffix(m.Name, "#1"), l)
+		if !seen {
+			p.Legend.Add(role, l)
 		}
 	}
 	path := filepath.Join(dir, "endurance_memory.png")
