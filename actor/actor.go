@@ -42,8 +42,8 @@ const Role = "actor"
 type Completion struct {
 	PromptTokens []int32
 	Tokens       []int32   // response tokens, EOS included when emitted
-	LogProbs     []float32 // per response token, behaviour log-prob at T=1
-	Entropies    []float32 // per response token, entropy of the T=1 distribution
+	LogProbs     []float32 // per response token, behaviour log-prob under softmax(z/T) at the task's temperature
+	Entropies    []float32 // per response token, entropy of that distribution (or an engine's estimate, see EntropyKind)
 	Text         string    // the response text the verifier grades
 	Finish       string    // "eos" or "length"
 	// EntropyKind says what Entropies hold (wire.Trajectory.EntropyKind):
