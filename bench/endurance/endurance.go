@@ -101,9 +101,8 @@ type Sample struct {
 type Memory struct {
 	Name    string   `json:"name"` // role name#incarnation
 	Samples []Sample `json:"samples"`
-	// Growth is the mean RSS of the last quarter of its life over the mean
-	// of the second quarter (after warm-up), minus 1; set for incarnations
-	// that lived at least 40% of the run (the long-lived ones).
+	// Growth is its memory growth after warm-up and LongLife says it lived
+	// long enough to judge (see growth).
 	Growth   float64 `json:"growth"`
 	LongLife bool    `json:"long_lived"`
 }
@@ -486,12 +485,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	r.mu.Unlock()
 	slices.SortFunc(rep.Memory, func(a, b Memory) int { return strings.Compare(a.Name, b.Name) })
-	for i := range rep.Memory {
-		growth(&rep.Memory[i], cfg.Duration)
-		if rep.Memory[i].LongLife {
-			rep.MaxGrowth = max(rep.MaxGrowth, rep.Memory[i].Growth)
-		}
-	}
+	rep.Summarize()
 	rep.MedianStep = medianGap(rep.StepTimes)
 	rep.Faults = rates(faults, rep.StepTimes, rep.MedianStep, cfg.FaultEvery)
 	return rep, nil
@@ -556,14 +550,29 @@ func streamSizes(ctx context.Context, b *bus.Bus) ([]StreamSize, error) {
 	return out, nil
 }
 
-// growth sets m.Growth and m.LongLife (see Memory).
+// growth sets m.Growth and m.LongLife (see Memory): warm-up is the first
+// quarter of the incarnation's life, at least a minute; the incarnation is
+// long-lived when what follows spans at least 30% of the run; growth is the
+// mean RSS of the last quarter of that span over the mean of its first
+// quarter, minus 1.
 func growth(m *Memory, run time.Duration) {
+	m.Growth, m.LongLife = 0, false
 	n := len(m.Samples)
 	if n < 8 {
 		return
 	}
-	life := m.Samples[n-1].At - m.Samples[0].At
-	m.LongLife = life >= run*4/10
+	start := m.Samples[0].At
+	warm := max((m.Samples[n-1].At-start)/4, time.Minute)
+	var post []Sample
+	for _, s := range m.Samples {
+		if s.At-start >= warm {
+			post = append(post, s)
+		}
+	}
+	if len(post) < 8 || post[len(post)-1].At-post[0].At < run*3/10 {
+		return
+	}
+	m.LongLife = true
 	mean := func(s []Sample) float64 {
 		t := 0.0
 		for _, x := range s {
@@ -571,8 +580,20 @@ func growth(m *Memory, run time.Duration) {
 		}
 		return t / float64(len(s))
 	}
-	q := n / 4
-	m.Growth = mean(m.Samples[3*q:])/mean(m.Samples[q:2*q]) - 1
+	q := len(post) / 4
+	m.Growth = mean(post[len(post)-q:])/mean(post[:q]) - 1
+}
+
+// Summarize computes the memory figures of the report from its samples
+// (Run calls it; a saved report can be summarized again).
+func (r *Report) Summarize() {
+	r.MaxGrowth = 0
+	for i := range r.Memory {
+		growth(&r.Memory[i], r.Duration)
+		if r.Memory[i].LongLife {
+			r.MaxGrowth = max(r.MaxGrowth, r.Memory[i].Growth)
+		}
+	}
 }
 
 func medianGap(t []time.Duration) time.Duration {

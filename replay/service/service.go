@@ -378,7 +378,7 @@ func (s *Service) onScored(ctx context.Context, m jetstream.Msg) {
 		s.dead(ctx, bus.Scored, m, err)
 		return
 	}
-	if _, ok := s.buffer[sc.Traj.ID]; ok || sc.Traj.Step <= s.lastStep {
+	if _, ok := s.buffer[sc.Traj.ID]; ok || s.folded(&sc) {
 		// Already durable in the snapshot, or for a step already folded
 		// (a stale or unused rollout): nothing to keep.
 		_ = m.Ack()
@@ -398,6 +398,16 @@ func (s *Service) onScored(ctx context.Context, m jetstream.Msg) {
 	}
 	s.unacked = append(s.unacked, m)
 	s.met.Buffered.Set(float64(len(s.buffer)))
+}
+
+// folded says a scored trajectory can no longer be named by a report to
+// come: its step is folded in its own epoch, or its epoch is superseded.
+// A trajectory of a newer epoch than the last record folded is kept: the
+// new learner's rollouts can arrive on SCORED before its epoch record is
+// read from CONTROL, and its steps restart below the last folded one.
+func (s *Service) folded(sc *wire.Scored) bool {
+	e, _ := wire.TaskEpoch(sc.Traj.TaskID)
+	return e < s.lin.Epoch || (e == s.lin.Epoch && sc.Traj.Step <= s.lastStep)
 }
 
 // unwanted says why a scored trajectory is not buffered ("" to buffer it).
@@ -585,7 +595,7 @@ func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) e
 		s.touched = append(s.touched, touchedStep{Step: r.Step, Questions: touched})
 	}
 	for id, sc := range s.buffer {
-		if sc.Traj.Step <= r.Step {
+		if s.folded(sc) {
 			delete(s.buffer, id)
 		}
 	}
