@@ -3,7 +3,7 @@ package local
 import (
 	"context"
 	"fmt"
-	"os"
+	"github.com/exgrpo/exgrpo/internal/testbin"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -28,11 +28,7 @@ func TestMultiProcessTrainsAsRun(t *testing.T) {
 		t.Skip("builds the binary and starts six processes")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "exgrpo")
-	build := exec.Command("go", "build", "-o", bin, "github.com/exgrpo/exgrpo/cmd/exgrpo")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testbin.Exgrpo(t, dir)
 	cache := filepath.Join(dir, "cache")
 	const steps = 3
 	train := []string{"--steps", strconv.Itoa(steps), "--k", strconv.Itoa(itK), "--batch", strconv.Itoa(itB), "--minibatches", "1",
@@ -43,30 +39,9 @@ func TestMultiProcessTrainsAsRun(t *testing.T) {
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	start := func(name string, args ...string) *exec.Cmd {
-		cmd := exec.CommandContext(ctx, bin, args...)
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-		cmd.WaitDelay = 10 * time.Second
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { logf.Close() })
-		return cmd
-	}
-	dump := func() {
-		for _, n := range []string{"server", "replay", "verifier", "actor", "learner"} {
-			b, _ := os.ReadFile(filepath.Join(dir, n+".log"))
-			if len(b) > 3000 {
-				b = b[len(b)-3000:]
-			}
-			t.Logf("--- %s.log (tail)\n%s", n, b)
-		}
-	}
+	procs := &processes{t: t, dir: dir, bin: bin, ctx: ctx}
+	start := func(name string, args ...string) *exec.Cmd { return procs.start(name, nil, args...) }
+	dump := procs.dump
 	server := start("server", "server", "--port", strconv.Itoa(port), "--store", filepath.Join(dir, "js"), "--log-level", "warn")
 	role := []string{"--nats", url, "--run", "mp", "--log-level", "warn"}
 	others := []*exec.Cmd{

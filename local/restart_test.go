@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/exgrpo/exgrpo/bench/endurance"
+	"github.com/exgrpo/exgrpo/internal/testbin"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,7 +52,7 @@ func TestLearnerKilledAndResumed(t *testing.T) {
 
 func learnerKilledAndResumed(t *testing.T, trainer string, trainerArgs ...string) {
 	dir := t.TempDir()
-	bin := buildExgrpo(t, dir)
+	bin := testbin.Exgrpo(t, dir)
 	cache := filepath.Join(dir, "cache")
 	const steps = 12
 	train := []string{"--steps", strconv.Itoa(steps), "--k", strconv.Itoa(itK), "--batch", strconv.Itoa(itB), "--minibatches", "1",
@@ -175,17 +176,6 @@ func openBus(t *testing.T, ctx context.Context, url, run string) *bus.Bus {
 	return b
 }
 
-// buildExgrpo builds the binary into dir.
-func buildExgrpo(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "exgrpo")
-	build := exec.Command("go", "build", "-o", bin, "github.com/exgrpo/exgrpo/cmd/exgrpo")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // processes starts role processes whose output goes to <dir>/<name>.log;
 // they are stopped (SIGTERM) when the test ends.
 type processes struct {
@@ -256,7 +246,7 @@ func TestActorAndVerifierKilledRecover(t *testing.T) {
 		t.Skip("builds the binary and starts processes")
 	}
 	dir := t.TempDir()
-	bin := buildExgrpo(t, dir)
+	bin := testbin.Exgrpo(t, dir)
 	const steps = 7
 	train := []string{"--steps", strconv.Itoa(steps), "--k", strconv.Itoa(itK), "--batch", strconv.Itoa(itB), "--minibatches", "1",
 		"--max-new", "24", "--train-questions", "100", "--heldout", "8", "--eval-samples", "1",

@@ -48,7 +48,7 @@ func (l *Lineage) Validate() error {
 		return fmt.Errorf("%w: lineage record of kind %q", ErrDecode, l.Kind)
 	case l.Epoch < 1:
 		return fmt.Errorf("%w: lineage record with epoch %d (epochs start at 1)", ErrDecode, l.Epoch)
-	case l.Kind == LineageEpoch && l.Step < 0, l.Kind == LineageCheckpoint && l.Step < 0:
+	case l.Step < 0:
 		return fmt.Errorf("%w: %s record with step %d", ErrDecode, l.Kind, l.Step)
 	}
 	return nil

@@ -10,6 +10,7 @@
 package endurance
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -182,7 +183,6 @@ type runner struct {
 	procs map[string]*proc
 	mem   map[string]*Memory
 	steps []time.Duration // arrival of step reports
-	ctx   context.Context
 }
 
 func (r *runner) logf(format string, a ...any) {
@@ -324,7 +324,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	const run = "endurance"
-	r := &runner{cfg: cfg, start: time.Now(), procs: map[string]*proc{}, mem: map[string]*Memory{}, ctx: ctx}
+	r := &runner{cfg: cfg, start: time.Now(), procs: map[string]*proc{}, mem: map[string]*Memory{}}
 	role := []string{"--nats", url, "--run", run, "--log-level", "info", "--conn-loss", "5m"}
 	train := append([]string{"--steps", "100000000", "--cache-dir", filepath.Join(cfg.Dir, "cache")}, cfg.Train...)
 	add := func(name string, args ...string) *proc {
@@ -466,7 +466,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			p, _, err := rsvc.ReadSnapshot(wctx, b, pool)
 			if err == nil && p != nil {
 				if s, ok := p.LastStep(); ok && s >= last {
-					rep.PoolEqual = string(p.Snapshot()) == string(want.Snapshot())
+					rep.PoolEqual = bytes.Equal(p.Snapshot(), want.Snapshot())
 					break
 				}
 			}

@@ -2,8 +2,8 @@ package endurance
 
 import (
 	"context"
+	"github.com/exgrpo/exgrpo/internal/testbin"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,11 +18,7 @@ func TestEndurance(t *testing.T) {
 		t.Skip("starts a dozen processes for two minutes")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "exgrpo")
-	build := exec.Command("go", "build", "-o", bin, "github.com/exgrpo/exgrpo/cmd/exgrpo")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testbin.Exgrpo(t, dir)
 	cfg := DefaultConfig(filepath.Join(dir, "run"))
 	cfg.Bin, cfg.Duration, cfg.FaultEvery = bin, 110*time.Second, 18*time.Second
 	cfg.Train = []string{"--k", "4", "--batch", "8", "--minibatches", "1", "--max-new", "24", "--train-questions", "5000",

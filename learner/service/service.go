@@ -610,7 +610,8 @@ func (s *Service) fetchExperience(ctx context.Context, qs []wire.SampledQuestion
 // accept files one fenced rollout of this epoch under its step's plan.
 func (s *Service) accept(sc *wire.Scored) {
 	if _, ok := s.plans[sc.Traj.Step]; !ok {
-		if sc.Traj.Step > s.step+int64(s.cfg.Learner.Staleness) || sc.Traj.Step < s.step {
+		// receive refused steps beyond the ones in flight.
+		if sc.Traj.Step < s.step {
 			s.met.Ignored.Inc() // a step already trained (a late redelivery)
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
@@ -117,7 +118,7 @@ func (s *Service) pruneCheckpoints(ctx context.Context, obs jetstream.ObjectStor
 		want[checkpointObject(c)] = true
 	}
 	for _, in := range infos {
-		if in.Name == snapshotObject || want[in.Name] || !bytes.HasPrefix([]byte(in.Name), []byte("replay.at.")) {
+		if in.Name == snapshotObject || want[in.Name] || !strings.HasPrefix(in.Name, "replay.at.") {
 			continue
 		}
 		if err := obs.Delete(lctx, in.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
