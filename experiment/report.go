@@ -18,6 +18,9 @@ type Results struct {
 	Date    string      `json:"date"`
 	Runs    []RunResult `json:"runs"`
 	Rows    []Row       `json:"rows"`
+	// Comparisons are the significance tests of the final pass@1 (Compare),
+	// derived from Runs like Rows; not stored (NaN has no JSON form).
+	Comparisons []Comparison `json:"-"`
 }
 
 // WriteJSON writes r to path (indented).
@@ -59,8 +62,9 @@ func pm(c Cell, scale float64, decimals int) string {
 
 // WriteMarkdown writes the result tables: outcomes (held-out and OOD pass@1
 // in points, rollouts to reach the on-policy final accuracy) and the
-// diagnostics of experience management.
-func WriteMarkdown(w io.Writer, p Plan, rows []Row) error {
+// diagnostics of experience management, then the significance of each
+// arm's difference from its setting's references (cs, from Compare).
+func WriteMarkdown(w io.Writer, p Plan, rows []Row, cs []Comparison) error {
 	var b strings.Builder
 	sets := append([]string(nil), p.OODSets...)
 	sort.Strings(sets)
@@ -125,6 +129,7 @@ func WriteMarkdown(w io.Writer, p Plan, rows []Row) error {
 			h(r.ReplayedEntropy), h(r.FreshEntropy), h(r.FreshCorrectEntropy), strings.Join(occ, " "), strings.Join(from, " "), r.Retired.Mean, r.StepSeconds.Mean)
 	}
 	writeDiagnostics(&b, rows)
+	writeComparisons(&b, cs)
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -192,6 +197,7 @@ func WriteAll(dir string, r Results) error {
 		return fmt.Errorf("experiment: %w", err)
 	}
 	r.Rows = Aggregate(r.Plan, r.Runs)
+	r.Comparisons = Compare(r.Plan, r.Runs)
 	if err := r.WriteJSON(filepath.Join(dir, "results.json")); err != nil {
 		return err
 	}
@@ -200,7 +206,7 @@ func WriteAll(dir string, r Results) error {
 		return fmt.Errorf("experiment: %w", err)
 	}
 	fmt.Fprintf(f, "# Experiment %s\n\ncommit %s, %s\n\n`%s`\n\n", r.Plan.Name, r.Commit, r.Date, r.Command)
-	if err := WriteMarkdown(f, r.Plan, r.Rows); err != nil {
+	if err := WriteMarkdown(f, r.Plan, r.Rows, r.Comparisons); err != nil {
 		f.Close()
 		return err
 	}
