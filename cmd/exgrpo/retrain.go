@@ -42,8 +42,22 @@ func runRetrain(ctx context.Context, args []string) error {
 	clip := fs.Float64("clip-norm", 0, "global gradient-norm clip (E14)")
 	wd := fs.Float64("weight-decay", 0, "AdamW weight decay (E14)")
 	trunc := fs.Float64("trunc-cap", 0, "truncate fresh tokens' importance weight at this value (0 = off)")
+	compare := fs.String("compare", "", "only compare: comma-separated --out directories of retrains of different runs under one change; "+
+		"prints each against its run and the paired t-test over them")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *compare != "" {
+		dirs := strings.Split(*compare, ",")
+		sums, t, err := retrain.Compare(dirs)
+		if errors.Is(err, retrain.ErrConfig) {
+			return fmt.Errorf("%w: %v", errUsage, err)
+		}
+		if err != nil {
+			return err
+		}
+		retrain.WriteComparison(os.Stdout, dirs, sums, t)
+		return nil
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("%w: unexpected arguments %v", errUsage, fs.Args())
