@@ -68,9 +68,15 @@ type Policy interface {
 // version from a directory of files (an inference engine reloading an HF
 // model directory from a path). The actor uses it when the backend has it;
 // otherwise it reads a built-in version's one checkpoint file and calls
-// Load. The directory is readable only during the call.
+// Load. The directory is readable only during the call: the actor holds
+// the version (a shared-filesystem lease, or its own rebuilt copy) until
+// LoadDir returns, so the backend must have finished reading it by then.
+// probe is the learner's probe of the version (nil when none was found),
+// for a backend that checks what it loaded. A directory that vanished
+// before or while it was read is an error wrapping transfer.ErrVersionGone,
+// on which the actor loads the newest version instead.
 type DirPolicy interface {
-	LoadDir(ctx context.Context, version int64, dir string, m weights.Manifest) error
+	LoadDir(ctx context.Context, version int64, dir string, m weights.Manifest, probe *wire.Probe) error
 }
 
 // BatchPolicy is an optional extension of Policy: all of a task's
@@ -373,7 +379,9 @@ func (a *Actor) loadVersion(ctx context.Context, v int64) (int64, string, error)
 	}
 	defer loc.Release()
 	if dp, ok := a.pol.(DirPolicy); ok {
-		return loc.Fetched, loc.Via, dp.LoadDir(ctx, v, loc.Dir, loc.Manifest)
+		// Released (the deferred call above) only after LoadDir returns:
+		// the engine has read the files by then.
+		return loc.Fetched, loc.Via, dp.LoadDir(ctx, v, loc.Dir, loc.Manifest, a.probe(ctx, v))
 	}
 	if loc.Manifest.Format != weights.FormatBuiltin {
 		return 0, "", fmt.Errorf("actor: v%d is a %q version; this policy backend loads only %q", v, loc.Manifest.Format, weights.FormatBuiltin)
@@ -416,12 +424,18 @@ func (a *Actor) install(ctx context.Context, v int64, data []byte) error {
 	if !ok {
 		return a.pol.Load(v, data)
 	}
+	return pl.LoadProbe(ctx, v, data, a.probe(ctx, v))
+}
+
+// probe is version v's probe as the learner published it; nil (logged)
+// when there is none.
+func (a *Actor) probe(ctx context.Context, v int64) *wire.Probe {
 	probe, err := a.b.FetchProbe(ctx, v)
 	if err != nil {
 		a.log.Warn("no weight probe for this version", zap.Int64("version", v), zap.Error(err))
-		probe = nil
+		return nil
 	}
-	return pl.LoadProbe(ctx, v, data, probe)
+	return probe
 }
 
 // handle serves one task: ack after every trajectory is stored, NAK with a

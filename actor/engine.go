@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/engine"
+	"github.com/exgrpo/exgrpo/weights"
+	"github.com/exgrpo/exgrpo/weights/transfer"
 	"github.com/exgrpo/exgrpo/wire"
 	"go.uber.org/zap"
 )
@@ -46,9 +48,12 @@ type EngineConfig struct {
 	// (default), wire.EntropyTopKLower or wire.EntropyTopKUpper (these need
 	// TopLogProbs > 0).
 	EntropyKind string
-	// WeightsDir is where versions are written for the engine to load
+	// WeightsDir is where single-object versions (the learner's default
+	// blob transport) are written for the engine to load
 	// (v<N>/model.safetensors); it must be a path the engine can read.
-	// Default: a directory under os.TempDir().
+	// Versions that come through weights/transfer are not copied here: the
+	// engine reloads them from their own directory (LoadDir). Default: a
+	// directory under os.TempDir().
 	WeightsDir string
 	// Cache: CacheResetAndSalt (default for vLLM), CacheReset (default for
 	// SGLang), CacheSalt or CacheNone.
@@ -124,8 +129,8 @@ func (c EngineConfig) Validate() error {
 // Engine is the Policy backed by an inference engine over HTTP: prompts
 // are the tasks' token ids (the actor never tokenizes), completions come
 // back as ids, log-probs of the sampling distribution and the engine's
-// text. It implements BatchPolicy, ConcurrentPolicy, ReadyPolicy and
-// ProbeLoader and is safe for concurrent use.
+// text. It implements BatchPolicy, ConcurrentPolicy, ReadyPolicy,
+// ProbeLoader and DirPolicy and is safe for concurrent use.
 type Engine struct {
 	cfg    EngineConfig
 	client engine.Client
@@ -205,11 +210,9 @@ func (e *Engine) Load(version int64, checkpoint []byte) error {
 	return e.LoadProbe(ctx, version, checkpoint, nil)
 }
 
-// LoadProbe implements ProbeLoader: write the version's files, pause the
-// engine, reload, reset the prefix cache, resume, then score the probe
-// through the engine; on a mismatch the engine is paused again and the
-// backend refuses to serve (ErrProbe) until a later version passes. An HTTP
-// 200 from the reload proves nothing by itself.
+// LoadProbe implements ProbeLoader for a version published as one
+// built-in checkpoint: write it as WeightsDir/v<N>/model.safetensors, then
+// reload the engine from there (reload).
 func (e *Engine) LoadProbe(ctx context.Context, version int64, checkpoint []byte, probe *wire.Probe) error {
 	if probe == nil && e.cfg.RequireProbe {
 		return e.refuse(ctx, fmt.Errorf("%w: no probe published for v%d (RequireProbe)", ErrProbe, version))
@@ -218,13 +221,84 @@ func (e *Engine) LoadProbe(ctx context.Context, version int64, checkpoint []byte
 	if err := writeVersion(dir, checkpoint); err != nil {
 		return err
 	}
+	if err := e.reload(ctx, version, dir, probe); err != nil {
+		return err
+	}
+	e.pruneVersions(version)
+	return nil
+}
+
+// LoadDir implements DirPolicy for a version that came through
+// weights/transfer: the engine reloads straight from the version's
+// directory (the shared directory's DIR/v<N> the learner announced, or the
+// actor's own rebuilt copy of an Object Store version), so the engine must
+// see that path: it runs on the actor's node, or mounts the same shared
+// filesystem at the same path. Nothing is copied. The actor holds the
+// directory until this returns, which is after the engine answered the
+// reload. A directory that is gone (pruned: a lapsed lease) is an error
+// wrapping transfer.ErrVersionGone; when it vanished during the reload, the
+// engine may hold part of it, so the backend forgets its version (serves
+// nothing) until a version loads and passes its probe.
+func (e *Engine) LoadDir(ctx context.Context, version int64, dir string, m weights.Manifest, probe *wire.Probe) error {
+	if probe == nil && e.cfg.RequireProbe {
+		return e.refuse(ctx, fmt.Errorf("%w: no probe published for v%d (RequireProbe)", ErrProbe, version))
+	}
+	if m.Version != version {
+		return fmt.Errorf("actor: v%d: the directory %s holds the manifest of v%d", version, dir, m.Version)
+	}
+	if err := dirPresent(dir, m); err != nil {
+		return fmt.Errorf("%w: v%d before the engine reload: %w", transfer.ErrVersionGone, version, err)
+	}
+	e.log.Debug("engine reloads from a version directory", zap.Int64("version", version), zap.String("dir", dir),
+		zap.String("format", m.Format), zap.Int64("bytes", m.Bytes()))
+	err := e.reload(ctx, version, dir, probe)
+	if err == nil || !errors.Is(err, errReload) {
+		return err
+	}
+	if gerr := dirPresent(dir, m); gerr != nil {
+		e.mu.Lock()
+		e.version = -1 // the engine may hold part of the vanished version
+		e.mu.Unlock()
+		if perr := e.client.Pause(ctx); perr != nil {
+			e.log.Warn("pause an engine with unknown weights", zap.Error(perr))
+		}
+		return fmt.Errorf("%w: v%d vanished during the engine reload (%v): %w", transfer.ErrVersionGone, version, gerr, err)
+	}
+	return err
+}
+
+// dirPresent checks that every file of m is in dir (sizes only: the
+// fetcher checked the contents).
+func dirPresent(dir string, m weights.Manifest) error {
+	for _, f := range m.Files {
+		st, err := os.Stat(filepath.Join(dir, filepath.FromSlash(f.Name)))
+		if err != nil {
+			return err
+		}
+		if st.Size() != f.Size {
+			return fmt.Errorf("%s has %d bytes, the manifest says %d", f.Name, st.Size(), f.Size)
+		}
+	}
+	return nil
+}
+
+// errReload marks a reload the engine refused or failed (the old weights
+// stay, as far as the engine says).
+var errReload = errors.New("engine reload failed")
+
+// reload makes the engine load version from dir: pause the engine,
+// reload, reset the prefix cache, resume, then score the probe through the
+// engine; on a mismatch the engine is paused again and the backend refuses
+// to serve (ErrProbe) until a later version passes. An HTTP 200 from the
+// reload proves nothing by itself.
+func (e *Engine) reload(ctx context.Context, version int64, dir string, probe *wire.Probe) error {
 	c := e.client
 	if err := c.Pause(ctx); err != nil {
 		return fmt.Errorf("actor: pause engine for v%d: %w", version, err)
 	}
 	if err := c.Reload(ctx, dir, version); err != nil {
 		_ = c.Resume(ctx) // the old weights stay; keep serving them
-		return fmt.Errorf("actor: reload v%d: %w", version, err)
+		return fmt.Errorf("actor: reload v%d from %s: %w: %w", version, dir, errReload, err)
 	}
 	if e.cfg.Cache == CacheReset || e.cfg.Cache == CacheResetAndSalt {
 		if err := c.ResetCache(ctx); err != nil {
@@ -245,8 +319,7 @@ func (e *Engine) LoadProbe(ctx context.Context, version int64, checkpoint []byte
 	e.mu.Lock()
 	e.version, e.refused = version, nil
 	e.mu.Unlock()
-	e.pruneVersions(version)
-	e.log.Info("engine loaded version", zap.Int64("version", version), zap.Bool("probed", probe != nil))
+	e.log.Info("engine loaded version", zap.Int64("version", version), zap.String("dir", dir), zap.Bool("probed", probe != nil))
 	return nil
 }
 

@@ -36,13 +36,20 @@ type Learner struct {
 // restored from a checkpoint (its moments and step count are kept, the
 // hyper-parameters come from cfg).
 func New(cfg Config, model *policy.Model, opt *policy.AdamW) (*Learner, error) {
+	return NewWithTokenizer(cfg, model, opt, nil)
+}
+
+// NewWithTokenizer is New with the model's tokenizer, which the trainer
+// writes beside the weights when it saves them (Trainer.SaveWeights: how a
+// version's files are made for weights/transfer); nil as New.
+func NewWithTokenizer(cfg Config, model *policy.Model, opt *policy.AdamW, tok *policy.Tokenizer) (*Learner, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if model == nil {
 		return nil, fmt.Errorf("%w: nil model", ErrConfig)
 	}
-	tr, err := trainer.NewBuiltin(model, nil, cfg.AdamW(), trainer.BuiltinOptions{})
+	tr, err := trainer.NewBuiltin(model, tok, cfg.AdamW(), trainer.BuiltinOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("learner: %w", err)
 	}

@@ -34,7 +34,7 @@ func addEngineFlags(fs *flag.FlagSet) *engineFlags {
 	fs.StringVar(&f.stopIDs, "engine-stop-ids", "2", "comma-separated EOS token ids of the model (default: the built-in EOS)")
 	fs.IntVar(&f.k, "engine-top-logprobs", 0, "top-k log-probs per token, for an entropy bound (0: none)")
 	fs.StringVar(&f.entropy, "engine-entropy", wire.EntropySample, "what trajectories' entropies hold: sample, topk-lower or topk-upper")
-	fs.StringVar(&f.dir, "engine-weights-dir", d.WeightsDir, "where versions are written for the engine to load (a path the engine can read)")
+	fs.StringVar(&f.dir, "engine-weights-dir", d.WeightsDir, "where blob versions (--weights-transport blob) are written for the engine to load (a path the engine can read); fs and objects versions are reloaded from their own directory")
 	fs.StringVar(&f.cache, "engine-cache", "", "prefix cache across versions: reset+salt (vLLM default), reset (SGLang default), salt, none")
 	fs.Float64Var(&f.probeTol, "engine-probe-tolerance", d.ProbeTolerance, "largest |engine - learner| log-prob on a probe token before the actor refuses a version (real engines in bf16: about 0.1)")
 	fs.DurationVar(&f.timeout, "engine-timeout", d.Client.RequestTimeout, "deadline of one request attempt")

@@ -22,7 +22,7 @@ func runActorRole(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.WeightsWait, "weights-wait", cfg.WeightsWait, "how long a task waits for the policy version it needs before going back to the queue")
 	fs.IntVar(&cfg.DeadAfter, "dead-after", cfg.DeadAfter, "a task whose sampling fails on this delivery goes to DEAD with the reason (0: never)")
 	ef := addEngineFlags(fs)
-	fs.StringVar(&cfg.WeightsDir, "weights-dir", cfg.WeightsDir, "where versions from the Object Store are rebuilt (default a per-actor directory under the temp dir)")
+	fs.StringVar(&cfg.WeightsDir, "weights-dir", cfg.WeightsDir, "where versions from the Object Store are rebuilt (default a per-actor directory under the temp dir); an engine reloads them from here, so it must see this path")
 	fs.BoolVar(&cfg.WeightsCheckSizes, "weights-check-sizes", cfg.WeightsCheckSizes, "shared-filesystem versions: check file sizes only, not digests")
 	ckpt := fs.String("checkpoint", "", "start from this policy checkpoint as version 0 instead of waiting for the learner's weights (built-in policy only)")
 	if err := fs.Parse(args); err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/trainer"
 	"github.com/exgrpo/exgrpo/weights/transfer"
 	"go.uber.org/zap"
 )
@@ -112,7 +113,7 @@ func runLearnerRole(ctx context.Context, args []string) error {
 		defer tr.Close()
 		deps.Trainer = tr
 	}
-	if deps.PublishWeights, err = wf.publisher(b, *ckptDir, log); err != nil {
+	if deps.PublishVersion, err = wf.publisher(b, *ckptDir, ck.Tokenizer, log); err != nil {
 		return err
 	}
 	svc, err := lsvc.New(c.Learner, deps)
@@ -139,21 +140,32 @@ func addWeightsFlags(fs *flag.FlagSet) *weightsFlags {
 	return f
 }
 
-// publisher returns the learner's PublishWeights for the chosen transport
-// (nil: the service's default, one object per version).
-func (f *weightsFlags) publisher(b *bus.Bus, ckptDir string, log *zap.Logger) (func(context.Context, int64, *policy.Model, *policy.Tokenizer) error, error) {
-	if f.transport == "blob" {
+// publisher returns the learner's PublishVersion for the chosen transport
+// (nil: the service's default, one object per version): every version is
+// what the trainer's SaveWeights writes (a built-in checkpoint, or an HF
+// directory from the PyTorch worker's HF model), staged, committed and
+// announced by weights/transfer, with its probe.
+func (f *weightsFlags) publisher(b *bus.Bus, ckptDir string, tok *policy.Tokenizer, log *zap.Logger) (func(context.Context, int64, trainer.Trainer) error, error) {
+	switch f.transport {
+	case "blob":
 		return nil, nil
+	case transfer.TransportFS:
+		if f.cfg.Dir == "" {
+			return nil, fmt.Errorf("%w: --weights-transport fs needs --weights-dir, the shared directory every actor (and engine) reads at the same path", errUsage)
+		}
+	case transfer.TransportObjects:
+		if f.cfg.Dir == "" {
+			f.cfg.Dir = filepath.Join(ckptDir, "weights")
+		}
+	default:
+		return nil, fmt.Errorf("%w: --weights-transport %q (want blob, objects or fs)", errUsage, f.transport)
 	}
 	f.cfg.Transport = f.transport
-	if f.cfg.Dir == "" && f.transport == transfer.TransportObjects {
-		f.cfg.Dir = filepath.Join(ckptDir, "weights")
-	}
 	p, err := transfer.NewPublisher(b, f.cfg, log)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	return p.PublishModel, nil
+	return lsvc.VersionPublisher(b, p, tok), nil
 }
 
 func taskTokenizer() *policy.Tokenizer { return task.BuiltinTokenizer() }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"math/rand/v2"
 	"path/filepath"
 	"testing"
@@ -54,5 +55,34 @@ func TestResumeFlag(t *testing.T) {
 	}
 	if got, err := auto.decide(dir, "r2"); got || !errors.Is(err, errUsage) {
 		t.Fatalf("auto with another run's checkpoint: resume=%v, %v; want a usage error", got, err)
+	}
+}
+
+// TestWeightsTransportFlag: blob keeps the service's single-object
+// publishing; fs needs the shared directory; objects defaults its staging
+// directory under the checkpoint directory; anything else is a usage error.
+func TestWeightsTransportFlag(t *testing.T) {
+	tok := task.BuiltinTokenizer()
+	for _, c := range []struct {
+		transport, dir string
+		wantNil        bool
+		wantErr        bool
+	}{
+		{"blob", "", true, false},
+		{"fs", "", false, true},
+		{"nfs", t.TempDir(), false, true},
+		{"fs", t.TempDir(), false, false},
+		{"objects", "", false, false},
+	} {
+		f := addWeightsFlags(flag.NewFlagSet("learner", flag.ContinueOnError))
+		f.transport, f.cfg.Dir = c.transport, c.dir
+		ckpt := t.TempDir()
+		pub, err := f.publisher(nil, ckpt, tok, nil)
+		if c.transport == "objects" && f.cfg.Dir != filepath.Join(ckpt, "weights") {
+			t.Errorf("objects staging directory %q, want under the checkpoint directory", f.cfg.Dir)
+		}
+		if (pub == nil) != (c.wantNil || c.wantErr) || (err != nil) != c.wantErr || (err != nil && !errors.Is(err, errUsage)) {
+			t.Errorf("--weights-transport %s --weights-dir %q: publisher %v, err %v", c.transport, c.dir, pub != nil, err)
+		}
 	}
 }

@@ -44,6 +44,11 @@ type Deps struct {
 	// publishes the policy's checkpoint bytes (no optimiser) with
 	// bus.PublishWeights, which is what the actors read.
 	PublishWeights func(ctx context.Context, version int64, m *policy.Model, tok *policy.Tokenizer) error
+	// PublishVersion, when set, publishes versions instead of
+	// PublishWeights, from the trainer itself (which writes the weights in
+	// the model's own format, for any architecture): VersionPublisher makes
+	// one over weights/transfer.
+	PublishVersion func(ctx context.Context, version int64, tr trainer.Trainer) error
 	// Check re-verifies a replayed trajectory's text (E9); nil uses the
 	// verifier of the problem's kind.
 	Check func(p task.Problem, text string) verifier.Verdict
@@ -207,7 +212,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	case model == nil:
 		return nil, fmt.Errorf("%w: no model to train (Deps.Model or a checkpoint)", ErrConfig)
 	default:
-		core, err = learner.New(cfg.Learner, model, opt)
+		core, err = learner.NewWithTokenizer(cfg.Learner, model, opt, d.Tokenizer)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("learner service: %w", err)
@@ -309,7 +314,7 @@ func (s *Service) run(ctx context.Context) error {
 			zap.Int64("checkpoint_version", s.version), zap.Int64("announced", v))
 		s.version = v + 1
 	}
-	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
+	if err := s.publish(ctx); err != nil {
 		return quiet(ctx, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err))
 	}
 	s.met.Version.Set(float64(s.version))
@@ -718,7 +723,7 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 	s.log.Info("engine/trainer mismatch at the first mini-batch", zap.Int64("step", t),
 		zap.Float64("mean_abs_log_w", sum.MismatchLogW), zap.Float64("capped_fraction", sum.CappedFraction))
 	s.version++
-	if err := s.d.PublishWeights(ctx, s.version, s.core.Model(), s.d.Tokenizer); err != nil {
+	if err := s.publish(ctx); err != nil {
 		return res, fmt.Errorf("learner service: publish weights v%d: %w", s.version, err)
 	}
 	// E4, as the pool folds it (RetireAfter): retirement happens in mixed

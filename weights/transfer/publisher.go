@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -103,17 +104,98 @@ func (p *Publisher) Stage(v int64) (string, error) { return weights.Stage(p.cfg.
 // weights.CheckpointFile. It has the signature of the learner's
 // Deps.PublishWeights.
 func (p *Publisher) PublishModel(ctx context.Context, version int64, m *policy.Model, tok *policy.Tokenizer) error {
-	dir, err := p.Stage(version)
+	meta := map[string]string{"exgrpo.version": strconv.FormatInt(version, 10)}
+	return p.PublishFiles(ctx, version, weights.FormatBuiltin, func(_ context.Context, dir string) error {
+		return policy.SaveFile(filepath.Join(dir, weights.CheckpointFile), policy.Checkpoint{Model: m, Tokenizer: tok, Meta: meta})
+	})
+}
+
+// PublishFiles publishes version v from files that write puts into a
+// fresh staging directory (a trainer's SaveWeights, which writes the model
+// in its own format): the files are checked against format (CheckFormat),
+// then committed and announced as Publish does. The manifest's Format is
+// format, so that every reader knows what the files are without opening
+// them. On any failure the staging directory is removed and nothing is
+// announced.
+func (p *Publisher) PublishFiles(ctx context.Context, v int64, format string, write func(ctx context.Context, dir string) error) error {
+	dir, err := p.Stage(v)
 	if err != nil {
 		return err
 	}
-	meta := map[string]string{"exgrpo.version": strconv.FormatInt(version, 10)}
-	if err := policy.SaveFile(filepath.Join(dir, weights.CheckpointFile), policy.Checkpoint{Model: m, Tokenizer: tok, Meta: meta}); err != nil {
+	if err := write(ctx, dir); err != nil {
 		os.RemoveAll(dir)
-		return fmt.Errorf("transfer: write v%d: %w", version, err)
+		return fmt.Errorf("transfer: write v%d: %w", v, err)
 	}
-	return p.Publish(ctx, version, dir, weights.FormatBuiltin)
+	if err := CheckFormat(dir, format); err != nil {
+		os.RemoveAll(dir)
+		return fmt.Errorf("transfer: v%d: %w", v, err)
+	}
+	return p.Publish(ctx, v, dir, format)
 }
+
+// CheckFormat checks that a version directory holds what its format says
+// engines and actors will find there: for weights.FormatBuiltin the one
+// checkpoint file; for weights.FormatHF a config.json and safetensors
+// weights, and when a model.safetensors.index.json is there, every shard
+// its weight_map names (what vLLM and SGLang read).
+func CheckFormat(dir, format string) error {
+	switch format {
+	case weights.FormatBuiltin:
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		if len(ents) != 1 || ents[0].Name() != weights.CheckpointFile || !ents[0].Type().IsRegular() {
+			names := make([]string, len(ents))
+			for i, e := range ents {
+				names[i] = e.Name()
+			}
+			return fmt.Errorf("%w: a %s version is the one file %s; %s holds %v", weights.ErrManifest, format, weights.CheckpointFile, dir, names)
+		}
+		return nil
+	case weights.FormatHF:
+		if _, err := os.Stat(filepath.Join(dir, "config.json")); err != nil {
+			return fmt.Errorf("%w: an %s version needs config.json: %w", weights.ErrManifest, format, err)
+		}
+		idx, err := os.ReadFile(filepath.Join(dir, hfIndexFile))
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(filepath.Join(dir, weights.CheckpointFile)); err != nil {
+				return fmt.Errorf("%w: an %s version needs %s or %s: %w", weights.ErrManifest, format, weights.CheckpointFile, hfIndexFile, err)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var index struct {
+			WeightMap map[string]string `json:"weight_map"`
+		}
+		if err := json.Unmarshal(idx, &index); err != nil {
+			return fmt.Errorf("%w: %s: %v", weights.ErrManifest, hfIndexFile, err)
+		}
+		if len(index.WeightMap) == 0 {
+			return fmt.Errorf("%w: %s maps no tensor to a shard", weights.ErrManifest, hfIndexFile)
+		}
+		seen := map[string]bool{}
+		for _, shard := range index.WeightMap {
+			if seen[shard] {
+				continue
+			}
+			seen[shard] = true
+			if !weights.ValidName(shard) {
+				return fmt.Errorf("%w: %s names the shard %q", weights.ErrManifest, hfIndexFile, shard)
+			}
+			if _, err := os.Stat(filepath.Join(dir, filepath.FromSlash(shard))); err != nil {
+				return fmt.Errorf("%w: %s names the shard %s: %w", weights.ErrManifest, hfIndexFile, shard, err)
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: format %q (want %s or %s)", weights.ErrManifest, format, weights.FormatBuiltin, weights.FormatHF)
+}
+
+// hfIndexFile is the index of a sharded HF safetensors checkpoint.
+const hfIndexFile = "model.safetensors.index.json"
 
 // Publish commits a staged directory as version v and announces it: for
 // TransportFS the directory itself is the version; for TransportObjects
