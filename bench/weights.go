@@ -49,7 +49,7 @@ type WeightsConfig struct {
 // DefaultWeights is the configuration BENCHMARKS.md reports.
 func DefaultWeights() WeightsConfig {
 	return WeightsConfig{Layers: 28, Vocab: 151936, HoldLayers: 4, ShardBytes: 512 << 20, LR: 1e-6, Actors: []int{1, 4, 8},
-		Compressors: []weights.Compressor{weights.DiffFSE, weights.Zstd1, weights.S2}, Seed: 1}
+		Compressors: []weights.Compressor{weights.DiffHuff, weights.DiffFSE, weights.Zstd1, weights.S2}, Seed: 1}
 }
 
 // tensorSpec is one tensor of the simulated model: its shape and how its
