@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,7 +50,7 @@ type WeightsConfig struct {
 // DefaultWeights is the configuration BENCHMARKS.md reports.
 func DefaultWeights() WeightsConfig {
 	return WeightsConfig{Layers: 28, Vocab: 151936, HoldLayers: 4, ShardBytes: 512 << 20, LR: 1e-6, Actors: []int{1, 4, 8},
-		Compressors: []weights.Compressor{weights.DiffFSE, weights.Zstd1, weights.S2}, Seed: 1}
+		Compressors: []weights.Compressor{weights.DiffHuff, weights.DiffFSE, weights.Zstd1, weights.S2}, Seed: 1}
 }
 
 // tensorSpec is one tensor of the simulated model: its shape and how its
@@ -231,8 +232,8 @@ func Weights(ctx context.Context, w io.Writer, cfg WeightsConfig) error {
 			total++
 		}
 	}
-	fmt.Fprintf(w, "weights: Qwen2.5-1.5B shapes with %d layers, vocab %d: %d bf16 elements (%.2f GB) in %d shards; one AdamW step at lr %g from fp32 masters changed %.2f%% of the bf16 elements (built in %.0fs); GOMAXPROCS %d\n",
-		cfg.Layers, cfg.Vocab, elems, float64(full)/1e9, len(shards), cfg.LR, 100*float64(changed)/float64(total), time.Since(t0).Seconds(), runtime.GOMAXPROCS(0))
+	fmt.Fprintf(w, "weights: Qwen2.5-1.5B shapes with %d layers, vocab %d: %d bf16 elements (%.2f GB) in %d shards; one AdamW step at lr %g from fp32 masters changed %.2f%% of the bf16 elements (built in %.0fs); GOMAXPROCS %d, %d CPUs\n",
+		cfg.Layers, cfg.Vocab, elems, float64(full)/1e9, len(shards), cfg.LR, 100*float64(changed)/float64(total), time.Since(t0).Seconds(), runtime.GOMAXPROCS(0), runtime.NumCPU())
 
 	for _, c := range cfg.Compressors {
 		if err := ctx.Err(); err != nil {
@@ -245,6 +246,7 @@ func Weights(ctx context.Context, w io.Writer, cfg WeightsConfig) error {
 			digests[i] = weights.Digest(s.after)
 		}
 		deltas := make([][]byte, len(shards))
+		load0 := loadAverage()
 		c0, w0 := processCPU(), time.Now()
 		var dbytes int64
 		for i, s := range shards {
@@ -270,8 +272,8 @@ func Weights(ctx context.Context, w io.Writer, cfg WeightsConfig) error {
 			digCPU += processCPU() - c1
 		}
 		gbs := func(d time.Duration) float64 { return float64(full) / 1e9 / d.Seconds() }
-		fmt.Fprintf(w, "delta %s: %.1f MB for %.2f GB (%.1fx fewer bytes; goal >= 30x, TRL 34-60x); encode %.2f GB/s per core (%.2f GB/s wall); decode-and-apply %.2f GB/s per core (%.2f GB/s wall), with the SHA-256 check %.2f GB/s per core; bit-exact\n",
-			c, float64(dbytes)/1e6, float64(full)/1e9, float64(full)/float64(dbytes), gbs(encCPU), gbs(encWall), gbs(decCPU), gbs(decWall), gbs(decCPU+digCPU))
+		fmt.Fprintf(w, "delta %s: %.1f MB for %.2f GB (%.1fx fewer bytes; goal >= 30x, TRL 34-60x); encode %.2f GB/s per core (%.2f GB/s wall); decode-and-apply %.2f GB/s per core (%.2f GB/s wall), with the SHA-256 check %.2f GB/s per core; bit-exact; load average %s -> %s\n",
+			c, float64(dbytes)/1e6, float64(full)/1e9, float64(full)/float64(dbytes), gbs(encCPU), gbs(encWall), gbs(decCPU), gbs(decWall), gbs(decCPU+digCPU), load0, loadAverage())
 	}
 	shards = nil // the transport measurement builds its own, smaller model
 	runtime.GC()
@@ -279,6 +281,17 @@ func Weights(ctx context.Context, w io.Writer, cfg WeightsConfig) error {
 		return nil
 	}
 	return weightsHold(ctx, w, cfg)
+}
+
+// loadAverage is the machine's 1-minute load average as /proc/loadavg
+// gives it ("?" where there is none): per-core rates on a shared machine
+// mean little without it.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 // weightsHold: a learner publishes a full version v0 and a delta version

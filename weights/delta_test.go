@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -161,15 +163,31 @@ func TestDeltaDigestAndShape(t *testing.T) {
 }
 
 // FuzzApplyDelta: no blob makes the decoder panic or write out of bounds.
+// Each blob is tried on a small byte file and on the safetensors file of
+// testdata/delta (bf16 and fp32 tensors, so that the diff codecs' streams
+// are reached); the seeds are deltas of both in every encoding.
 func FuzzApplyDelta(f *testing.F) {
-	base := []byte("0123456789abcdef")
-	target := []byte("0123456789abcdeF")
-	d, _ := EncodeDelta(base, target, "", "", DeltaOptions{ChunkBytes: 8})
-	f.Add(d)
+	small, smallTarget := []byte("0123456789abcdef"), []byte("0123456789abcdeF")
+	st, err := os.ReadFile(filepath.Join("testdata", "delta", "base.safetensors"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	stTarget, err := os.ReadFile(filepath.Join("testdata", "delta", "target.safetensors"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, c := range []Compressor{DiffHuff, DiffFSE, Zstd1, S2, Raw} {
+		d, _ := EncodeDelta(small, smallTarget, "", "", DeltaOptions{ChunkBytes: 8, Compressor: c})
+		f.Add(d)
+		d, _ = EncodeDelta(st, stTarget, "", "", DeltaOptions{ChunkBytes: 4096, Compressor: c})
+		f.Add(d)
+	}
 	f.Add([]byte("EXGRPOD1\x02\x00\x00\x00{}"))
 	f.Fuzz(func(t *testing.T, blob []byte) {
-		buf := append([]byte(nil), base...)
-		_ = ApplyDelta(buf, blob, 1)
+		for _, base := range [][]byte{small, st} {
+			buf := append([]byte(nil), base...)
+			_ = ApplyDelta(buf, blob, 1)
+		}
 		_, _ = ReadDeltaInfo(blob)
 	})
 }
@@ -202,7 +220,7 @@ func BenchmarkDelta(b *testing.B) {
 	const n = 16 << 20
 	before, after := adamStepBF16(n, 1e-6, rand.New(rand.NewPCG(5, 6)))
 	before, after = bf16File(b, before), bf16File(b, after)
-	for _, c := range []Compressor{DiffFSE, Zstd1, Zstd3, S2, Raw} {
+	for _, c := range []Compressor{DiffHuff, DiffFSE, Zstd1, Zstd3, S2, Raw} {
 		opt := DeltaOptions{Compressor: c, Workers: 1}
 		d, err := EncodeDelta(before, after, "x", "y", opt)
 		if err != nil {

@@ -194,7 +194,7 @@ func benchWeights(ctx context.Context, w io.Writer, args []string) error {
 	fs.Int64Var(&c.ShardBytes, "shard-bytes", c.ShardBytes, "largest safetensors shard")
 	fs.Float64Var(&c.LR, "lr", c.LR, "AdamW learning rate of the simulated step")
 	actors := fs.String("actors", "1,4,8", "actor counts N to measure (empty: no transport measurement)")
-	comps := fs.String("compressors", "diff-fse,zstd1,s2", "delta encodings to measure (the first is the transport's): diff-fse, zstd1, zstd3, s2, raw")
+	comps := fs.String("compressors", "diff-huff,diff-fse,zstd1,s2", "delta encodings to measure (the first is the transport's): diff-huff, diff-fse, zstd1, zstd3, s2, raw")
 	fs.Uint64Var(&c.Seed, "seed", c.Seed, "random seed of the weights and gradients")
 	fs.BoolVar(&c.NoCodec, "no-codec", c.NoCodec, "skip the codec measurement (only N actors holding versions)")
 	fs.BoolVar(&c.Quick, "quick", c.Quick, "small model (2 layers, vocab 16384; actors hold 1 layer), N = 1, 4")
