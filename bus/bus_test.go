@@ -190,10 +190,9 @@ func TestDeadLetterUndecodable(t *testing.T) {
 		!bytes.Equal(dl.Data, []byte{0xc1, 0x00}) {
 		t.Fatalf("dead letter %+v", dl)
 	}
-	bustest.Eventually(t, 5*time.Second, "terminated message leaves the work queue", func() bool {
-		st, _ := b.Stream(ctx, bus.Rollouts)
-		info, err := st.Info(ctx)
-		return err == nil && info.State.Msgs == 0
+	bustest.Eventually(t, 5*time.Second, "terminated message leaves the verifiers' consumer", func() bool {
+		lag, err := b.ConsumerLag(ctx, bus.Rollouts, bus.VerifiersConsumer)
+		return err == nil && lag.Pending == 0 && lag.AckPending == 0
 	})
 }
 

@@ -20,7 +20,8 @@ import (
 // credentials could): it must land in DEAD with a reason that names the
 // fault, be asked for again, and the group must still train with K rollouts;
 // the learner runs on. Rollouts for a step not in flight and oversized ones
-// must not reach the replay service's buffer or its snapshots.
+// must not reach the replay service's snapshots (it reads from ROLLOUTS only
+// what the reports name).
 func TestFenceRefusesBadRollouts(t *testing.T) {
 	ctxLen := task.ModelConfig().Context
 	vocab := task.BuiltinTokenizer().Size()
@@ -65,7 +66,7 @@ func TestFenceRefusesBadRollouts(t *testing.T) {
 			}
 			extra := sc
 			extra.Traj.ID, extra.Traj.Step = sc.Traj.ID+"x", 1_000_000
-			long(&extra.Traj, 50_000) // would bloat every snapshot if buffered
+			long(&extra.Traj, 50_000) // would bloat every snapshot if kept
 			return []wire.Scored{extra, sc}
 		}, "not in flight"},
 	}
@@ -100,9 +101,6 @@ func TestFenceRefusesBadRollouts(t *testing.T) {
 				}
 				if gauge(t, e.replay.SnapshotBytes) > 1<<20 {
 					t.Errorf("replay snapshot of %v bytes: the rollout of a step not in flight was buffered", gauge(t, e.replay.SnapshotBytes))
-				}
-				if counter(t, e.replay.Discarded) == 0 {
-					t.Error("the replay service did not discard the rollout of a step not in flight")
 				}
 				return
 			}
