@@ -103,15 +103,14 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 	fetchOne(vnc, vcons, false).DoubleAck(ctx)
 	pub(vnc, vjs, n.Subject(bus.Scored), "0/q1/0", []byte("verdict"))
 
-	// Learner reads the verdicts with its durable and follows ROLLOUTS
-	// with an ordered consumer (no acks).
-	lc, err := ljs.CreateOrUpdateConsumer(ctx, n.Stream(bus.Scored), jetstream.ConsumerConfig{Durable: "learner", AckPolicy: jetstream.AckExplicitPolicy})
-	must(lnc, "learner creates its SCORED reader", err)
-	fetchOne(lnc, lc, true)
-	lro, err := ljs.OrderedConsumer(ctx, n.Stream(bus.Rollouts), jetstream.OrderedConsumerConfig{})
-	must(lnc, "learner follows ROLLOUTS", err)
-	if _, err := lro.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
-		must(lnc, "learner reads a rollout", err)
+	// Learner follows the verdicts and the trajectories with ordered
+	// consumers (no acks).
+	for _, k := range []bus.Kind{bus.Scored, bus.Rollouts} {
+		oc, err := ljs.OrderedConsumer(ctx, n.Stream(k), jetstream.OrderedConsumerConfig{})
+		must(lnc, "learner follows "+string(k), err)
+		if _, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
+			must(lnc, "learner reads "+string(k), err)
+		}
 	}
 
 	// Replay gets the trajectories its reports name by sequence (direct get),

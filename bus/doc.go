@@ -25,7 +25,7 @@
 // A trajectory crosses JetStream once: the actor stores it on ROLLOUTS, the
 // one store of trajectories; the verifier publishes only its verdict
 // (wire.Verdict: reward, reason, the trajectory's ROLLOUTS sequence) on
-// SCORED; the learner follows ROLLOUTS (Bus.FollowRollouts) and joins each
+// SCORED; the learner follows ROLLOUTS (Bus.Follow) and joins each
 // trajectory with its verdict; the replay service reads from ROLLOUTS, by
 // the sequences a step report names, only the trajectories its pool stores
 // (Bus.GetRollouts). ROLLOUTS is therefore a limits stream sized far above

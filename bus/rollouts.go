@@ -12,7 +12,7 @@ import (
 
 // ROLLOUTS is the one store of the trajectories: the verifiers grade them
 // through their shared consumer, the learner follows the stream (an ordered
-// consumer, see FollowRollouts) and the replay service and inspection get the
+// consumer, see Follow) and the replay service and inspection get the
 // ones they need by sequence (GetRollouts). SCORED carries only the verdicts,
 // each naming its trajectory's ROLLOUTS sequence.
 
@@ -114,18 +114,19 @@ func (b *Bus) GetRollouts(ctx context.Context, seqs []uint64) (Got, error) {
 	return got, nil
 }
 
-// FollowRollouts delivers every ROLLOUTS message published from now on to
-// fn, in stream order, with an ordered consumer (no acks: ROLLOUTS keeps the
-// messages, and a reader that restarts follows from its own start). The
-// learner uses it: a restarted learner starts a new epoch whose rollouts are
-// published after it follows. Stop the returned context when done.
-func (b *Bus) FollowRollouts(ctx context.Context, fn func(jetstream.Msg), errFn func(error)) (jetstream.ConsumeContext, error) {
+// Follow delivers every message published to stream kind k from now on to
+// fn, in stream order, with an ordered consumer (no acks: the stream keeps
+// the messages, and a reader that restarts follows from its own start). The
+// learner follows ROLLOUTS and SCORED this way: a restarted learner starts a
+// new epoch, whose rollouts and verdicts are published after it follows.
+// Stop the returned context when done.
+func (b *Bus) Follow(ctx context.Context, k Kind, fn func(jetstream.Msg), errFn func(error)) (jetstream.ConsumeContext, error) {
 	octx, cancel := b.opCtx(ctx)
 	defer cancel()
-	cons, err := b.JS.OrderedConsumer(octx, b.Names.Stream(Rollouts), jetstream.OrderedConsumerConfig{
+	cons, err := b.JS.OrderedConsumer(octx, b.Names.Stream(k), jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverNewPolicy, InactiveThreshold: readerInactive})
 	if err != nil {
-		return nil, fmt.Errorf("bus: follow %s: %w", b.Names.Stream(Rollouts), err)
+		return nil, fmt.Errorf("bus: follow %s: %w", b.Names.Stream(k), err)
 	}
 	opts := []jetstream.PullConsumeOpt{jetstream.PullMaxMessages(1024)}
 	if errFn != nil {
@@ -133,7 +134,7 @@ func (b *Bus) FollowRollouts(ctx context.Context, fn func(jetstream.Msg), errFn 
 	}
 	cc, err := cons.Consume(fn, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("bus: follow %s: %w", b.Names.Stream(Rollouts), err)
+		return nil, fmt.Errorf("bus: follow %s: %w", b.Names.Stream(k), err)
 	}
 	return cc, nil
 }

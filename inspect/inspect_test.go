@@ -253,7 +253,7 @@ func TestStreamsLagAndDead(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A reader (as the learner has) that fetched 5 without acknowledging.
+	// A durable reader of SCORED (a tool's) that fetched 5 without acknowledging.
 	lrn, err := f.b.Reader(ctx, bus.Scored, "learner", bus.ReaderOptions{AckWait: time.Minute})
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,6 @@ package service
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/exgrpo/exgrpo/learner"
@@ -46,8 +45,6 @@ type Config struct {
 	Temperature float32
 	// Seed seeds question draws, E7 tie-breaking and the tasks' sampling seeds.
 	Seed int64
-	// Durable names the learner's consumer on SCORED. Default "learner".
-	Durable string
 	// SampleTimeout bounds one replay sample request; it is retried until
 	// ReplayWait. Default 10s.
 	SampleTimeout time.Duration
@@ -86,7 +83,7 @@ type Config struct {
 // DefaultConfig returns the built-in task's settings.
 func DefaultConfig() Config {
 	return Config{Learner: learner.DefaultConfig(), MaxNew: learner.DefaultLMax, Temperature: 1,
-		Seed: 1, Durable: "learner", SampleTimeout: 10 * time.Second, ReplayWait: 5 * time.Minute,
+		Seed: 1, SampleTimeout: 10 * time.Second, ReplayWait: 5 * time.Minute,
 		GatherTimeout: 10 * time.Minute, ConnLoss: 2 * time.Minute, PublishTimeout: 3 * time.Minute, CheckpointEvery: 0, EvalEvery: 0, WatchDead: true}
 }
 
@@ -104,8 +101,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxNew %d exceeds LMax %d, the Dr.GRPO normaliser (E12); raise LMax", ErrConfig, c.MaxNew, c.Learner.LMax)
 	case !(c.Temperature > 0):
 		return fmt.Errorf("%w: Temperature %v must be > 0", ErrConfig, c.Temperature)
-	case c.Durable == "" || strings.ContainsAny(c.Durable, ". *>"):
-		return fmt.Errorf("%w: Durable %q must be a non-empty name without dots, spaces or wildcards", ErrConfig, c.Durable)
 	case c.SampleTimeout <= 0 || c.ReplayWait <= 0 || c.GatherTimeout <= 0 || c.ConnLoss <= 0 || c.PublishTimeout <= 0:
 		return fmt.Errorf("%w: SampleTimeout, ReplayWait, GatherTimeout, ConnLoss and PublishTimeout must be positive (start from DefaultConfig)", ErrConfig)
 	case c.CheckpointEvery < 0 || c.EvalEvery < 0:

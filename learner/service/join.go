@@ -15,9 +15,10 @@ import (
 
 // The learner's join. A trajectory is stored once, on ROLLOUTS; the
 // verifier publishes only its verdict on SCORED, naming the trajectory's
-// ROLLOUTS sequence. The learner follows ROLLOUTS from its epoch's start (an
-// ordered consumer: no acks, the stream keeps the messages) and reads the
-// verdicts with its durable reader; a rollout is received when both are in,
+// ROLLOUTS sequence. The learner follows ROLLOUTS and SCORED from its
+// epoch's start (ordered consumers: no acks, the streams keep the messages;
+// a restarted learner is a new epoch, whose rollouts and verdicts come after
+// it follows); a rollout is received when both are in,
 // matched by that sequence (so that two copies of one id, sampled twice
 // after a redelivery, are never mixed up). Held on either side:
 //
@@ -102,18 +103,22 @@ func (s *Service) hold(ctx context.Context, r *heldRollout) {
 func (s *Service) onVerdict(ctx context.Context, m jetstream.Msg) {
 	v := new(wire.Verdict)
 	if err := wire.Decode(m.Data(), v); err != nil {
-		s.dead(ctx, m, err)
+		s.met.Dead.Inc()
+		s.log.Warn("message to DEAD", zap.String("stream", string(bus.Scored)), zap.Error(err))
+		dl := wire.DeadLetter{Subject: m.Subject(), Role: "learner", Reason: err.Error(), Data: m.Data()}
+		if md, err := m.Metadata(); err == nil {
+			dl.Stream, dl.Sequence = md.Stream, md.Sequence.Stream
+		}
+		if err := s.d.Bus.PublishDead(ctx, dl); err != nil {
+			s.log.Error("dead letter", zap.Error(err))
+		}
 		return
 	}
 	e, step, ok := wire.ParseTaskID(v.TaskID)
 	if !ok || e != s.epoch || step < s.step {
-		_ = m.Ack() // another epoch's, or of a step already trained (a late redelivery)
-		s.met.Ignored.Inc()
+		s.met.Ignored.Inc() // another epoch's, or of a step already trained (a regrade)
 		return
 	}
-	// The learner's buffer is transient by design: a restart resumes at its
-	// checkpoint with a new epoch, so the verdict is acknowledged now.
-	_ = m.Ack()
 	if r, ok := s.rolls[v.Seq]; ok {
 		delete(s.rolls, v.Seq)
 		s.join(ctx, r, v)

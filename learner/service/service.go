@@ -276,29 +276,27 @@ func (s *Service) run(ctx context.Context) error {
 	if s.cfg.Steps > 0 && s.step >= s.cfg.Steps {
 		return nil
 	}
-	cons, err := s.d.Bus.Reader(ctx, bus.Scored, s.cfg.Durable, bus.ReaderOptions{MaxAckPending: 1 << 16})
-	if err != nil {
-		return fmt.Errorf("learner service: %w", err)
-	}
+	// The verdicts and the trajectories, from now on, with ordered
+	// consumers (no acks: the streams keep the messages). This epoch's
+	// tasks are published below, so every rollout and verdict of this epoch
+	// comes after this point; a restarted learner is a new epoch.
 	s.scoredC = make(chan jetstream.Msg, 4096)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	vc, err := s.d.Bus.Follow(ctx, bus.Scored, func(m jetstream.Msg) {
 		select {
 		case s.scoredC <- m:
 		case <-ctx.Done():
 		}
-	}, jetstream.PullMaxMessages(1024), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	}, func(err error) {
 		// Missed heartbeats and leader changes after a node loss land
-		// here; the client re-pulls by itself. Logged for the record.
-		s.log.Warn("scored consumer", zap.Error(err))
-	}))
+		// here; the ordered consumer resumes after its last message.
+		s.log.Warn("verdicts reader", zap.Error(err))
+	})
 	if err != nil {
-		return fmt.Errorf("learner service: consume scored: %w", err)
+		return fmt.Errorf("learner service: %w", err)
 	}
-	defer cc.Stop()
-	// The trajectories, from now on: this epoch's tasks are published
-	// below, so every rollout of this epoch comes after this point.
+	defer vc.Stop()
 	s.rollC = make(chan jetstream.Msg, 4096)
-	rc, err := s.d.Bus.FollowRollouts(ctx, func(m jetstream.Msg) {
+	rc, err := s.d.Bus.Follow(ctx, bus.Rollouts, func(m jetstream.Msg) {
 		select {
 		case s.rollC <- m:
 		case <-ctx.Done():
@@ -868,14 +866,6 @@ func (s *Service) checkpoint(ctx context.Context, t int64) error {
 		return fmt.Errorf("learner service: checkpoint: %w", err)
 	}
 	return nil
-}
-
-func (s *Service) dead(ctx context.Context, m jetstream.Msg, reason error) {
-	s.met.Dead.Inc()
-	s.log.Warn("message to DEAD", zap.String("stream", string(bus.Scored)), zap.Error(reason))
-	if err := s.d.Bus.DeadLetter(ctx, "learner", m, reason.Error()); err != nil {
-		s.log.Error("dead letter", zap.Error(err)) // not acknowledged: redelivered, and retried then
-	}
 }
 
 func (s *Service) observe(r StepResult, stale int) {
