@@ -390,6 +390,7 @@ type flow struct {
 type streamUse struct {
 	kind        string
 	msgs, bytes uint64
+	stored      uint64 // messages ever stored (last sequence): a work queue removes what is acked
 }
 
 // connStats snapshots the connections' byte counters.
@@ -411,7 +412,7 @@ func measureFlow(ctx context.Context, js jetstream.JetStream, streams map[string
 			return f, err
 		}
 		info := st.CachedInfo()
-		f.streams = append(f.streams, streamUse{kind: kind, msgs: info.State.Msgs, bytes: info.State.Bytes})
+		f.streams = append(f.streams, streamUse{kind: kind, msgs: info.State.Msgs, bytes: info.State.Bytes, stored: info.State.LastSeq})
 	}
 	for r, nc := range conns {
 		s := nc.Stats()
@@ -444,7 +445,7 @@ func (f flow) print(w io.Writer, label string, n int, roles []string) {
 	var parts []string
 	for _, s := range f.streams {
 		total += s.bytes
-		parts = append(parts, fmt.Sprintf("%s %.0f B (%.2f msgs)", s.kind, float64(s.bytes)/float64(n), float64(s.msgs)/float64(n)))
+		parts = append(parts, fmt.Sprintf("%s %.0f B (%.2f msgs held, %.2f stored)", s.kind, float64(s.bytes)/float64(n), float64(s.msgs)/float64(n), float64(s.stored)/float64(n)))
 	}
 	fmt.Fprintf(w, "%s bytes stored per trajectory (stream info): %.0f B: %s\n", label, float64(total)/float64(n), strings.Join(parts, ", "))
 	var in, out uint64
