@@ -121,10 +121,19 @@ func (b *Bus) GetRollouts(ctx context.Context, seqs []uint64) (Got, error) {
 // new epoch, whose rollouts and verdicts are published after it follows.
 // Stop the returned context when done.
 func (b *Bus) Follow(ctx context.Context, k Kind, fn func(jetstream.Msg), errFn func(error)) (jetstream.ConsumeContext, error) {
+	// "From now on" is a start sequence, not DeliverNew: an ordered
+	// consumer that is recreated (a server restart, a leader change)
+	// before it delivered anything would apply DeliverNew again and skip
+	// what was stored meanwhile; a start sequence resumes where it was.
+	st, err := b.Stream(ctx, k)
+	if err != nil {
+		return nil, err
+	}
 	octx, cancel := b.opCtx(ctx)
 	defer cancel()
 	cons, err := b.JS.OrderedConsumer(octx, b.Names.Stream(k), jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverNewPolicy, InactiveThreshold: readerInactive})
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: st.CachedInfo().State.LastSeq + 1,
+		InactiveThreshold: readerInactive})
 	if err != nil {
 		return nil, fmt.Errorf("bus: follow %s: %w", b.Names.Stream(k), err)
 	}
