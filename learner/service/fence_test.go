@@ -123,6 +123,49 @@ func TestFenceRefusesBadRollouts(t *testing.T) {
 	}
 }
 
+// TestVerdictWithoutTrajectoryAsksAgain: for every group of step 1, one
+// rollout's verdict names a ROLLOUTS message that is gone (deleted at once:
+// what the stream's byte limit does to a rollout nobody read in time). The
+// learner must not wait for it: it fetches the trajectory by sequence, finds
+// it gone, counts it, asks for that rollout again, and the group trains with
+// K rollouts.
+func TestVerdictWithoutTrajectoryAsksAgain(t *testing.T) {
+	e := newEnv(t)
+	e.forge = func(sc wire.Scored) []wire.Scored {
+		if sc.Traj.Step == 1 && sc.Traj.Index == 2 && !strings.Contains(sc.Traj.TaskID, "~") {
+			sc.Traj.ActorID = lostActor
+		}
+		return []wire.Scored{sc}
+	}
+	met := NewMetrics(nil)
+	cfg := testConfig(3)
+	_, results := e.runAllWith(t, cfg, met)
+	if len(results) != 3 {
+		t.Fatalf("%d steps trained, want 3", len(results))
+	}
+	r1 := results[1]
+	if r1.Dropped != 0 || len(r1.Summary.Groups) != testB {
+		t.Fatalf("step 1: %d groups, %d dropped; want %d and 0", len(r1.Summary.Groups), r1.Dropped, testB)
+	}
+	retried := 0
+	for _, g := range r1.Summary.Groups {
+		for _, id := range g.TrajectoryIDs {
+			if strings.Contains(id, "~") {
+				retried++
+			}
+		}
+	}
+	if retried != testB {
+		t.Errorf("%d groups trained with a rollout asked for again, want %d", retried, testB)
+	}
+	if n := counter(t, met.RolloutsGone); n != testB {
+		t.Errorf("rollouts_gone_total %v, want %d", n, testB)
+	}
+	if r1.Gather > 30*time.Second {
+		t.Errorf("step 1 gathered for %v: the learner waited instead of asking again", r1.Gather)
+	}
+}
+
 // deadReasons reads the reasons of every dead letter of the run.
 func deadReasons(t *testing.T, b *bus.Bus) []string {
 	t.Helper()

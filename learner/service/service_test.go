@@ -133,14 +133,30 @@ func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.T
 // publishScored publishes sc as the actor and the verifier would: the
 // trajectory on ROLLOUTS, then its verdict, naming the ROLLOUTS sequence, on
 // SCORED (both with the trajectory id as message id).
+//
+// A rollout whose ActorID is lostActor stands for one ROLLOUTS discarded
+// before the learner read it: the verdict names the sequence of a message
+// that was stored and deleted at once.
 func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire.Scored) error {
 	data, err := wire.Encode(&sc.Traj)
 	if err != nil {
 		return err
 	}
+	if sc.Traj.ActorID == lostActor {
+		data = []byte("discarded")
+	}
 	ack, err := pub.Publish(ctx, b.Names.Subject(bus.Rollouts), sc.Traj.ID, data)
 	if err != nil {
 		return err
+	}
+	if sc.Traj.ActorID == lostActor {
+		st, err := b.Stream(ctx, bus.Rollouts)
+		if err != nil {
+			return err
+		}
+		if err := st.DeleteMsg(ctx, ack.Sequence); err != nil {
+			return err
+		}
 	}
 	v := wire.Verdict{RunID: sc.Traj.RunID, ID: sc.Traj.ID, TaskID: sc.Traj.TaskID, Seq: ack.Sequence, Size: len(data),
 		Reward: sc.Reward, Reason: sc.Reason}
@@ -150,6 +166,9 @@ func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire
 	_, err = pub.Publish(ctx, b.Names.Subject(bus.Scored), sc.Traj.ID, data)
 	return err
 }
+
+// lostActor marks a forged rollout that publishScored loses (see there).
+const lostActor = "lost"
 
 type env struct {
 	srv     *bus.Server
@@ -216,10 +235,16 @@ func testConfig(steps int64) Config {
 // the learner returns.
 func (e *env) runAll(t *testing.T, cfg Config) (*Service, []StepResult) {
 	t.Helper()
+	return e.runAllWith(t, cfg, nil)
+}
+
+// runAllWith is runAll with the learner's metrics (nil: its own).
+func (e *env) runAllWith(t *testing.T, cfg Config, met *Metrics) (*Service, []StepResult) {
+	t.Helper()
 	cfg.CheckpointDir = e.ckpt
 	var results []StepResult
 	svc, err := New(cfg, Deps{Bus: e.b, Model: e.base, Tokenizer: task.BuiltinTokenizer(), Problems: e.train,
-		Check: allCorrect, OnStep: func(r StepResult) { results = append(results, r) }, Log: zap.NewNop()})
+		Check: allCorrect, OnStep: func(r StepResult) { results = append(results, r) }, Metrics: met, Log: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
