@@ -151,7 +151,7 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 	for _, s := range n.allStreams() {
 		add(&pub, apiInfo(s), apiCreate(s))
 	}
-	// The shared work-queue consumers are declared by whichever role opens
+	// The shared consumers (actors, verifiers) are declared by whichever role opens
 	// the bus first, like the streams.
 	for _, c := range [][2]string{{n.Stream(bus.Tasks), bus.ActorsConsumer}, {n.Stream(bus.Rollouts), bus.VerifiersConsumer}} {
 		add(&pub, []string{

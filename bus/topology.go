@@ -272,10 +272,16 @@ func (b *Bus) StreamConfig(k Kind) jetstream.StreamConfig {
 func (b *Bus) ensure(ctx context.Context) error {
 	for _, k := range Kinds {
 		octx, cancel := b.opCtx(ctx)
-		_, err := ensureStream(octx, b.JS, b.StreamConfig(k))
+		st, err := ensureStream(octx, b.JS, b.StreamConfig(k))
 		cancel()
 		if err != nil {
 			return fmt.Errorf("bus: stream %s: %w", b.Names.Stream(k), err)
+		}
+		if k == Rollouts && st.CachedInfo().Config.Retention == jetstream.WorkQueuePolicy {
+			// A stream's retention cannot change in place.
+			return fmt.Errorf("%w: stream %s is a work queue, as versions that stored each trajectory twice declared it; "+
+				"this version keeps the trajectories on ROLLOUTS (a limits stream read by the verifiers, the learner and the "+
+				"replay service) and cannot run on it: use a new run id, or delete the run's streams", ErrConfig, b.Names.Stream(k))
 		}
 	}
 	storage := jetstream.FileStorage

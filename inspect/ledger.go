@@ -137,7 +137,9 @@ func (l *Ledger) Update(ctx context.Context, s *Source) error {
 	}
 	l.scSeq, err = s.read(ctx, bus.Scored, l.scSeq+1, func(m raw) {
 		v := new(wire.Verdict)
-		if wire.Decode(m.data, v) != nil {
+		if wire.Decode(m.data, v) != nil || v.ID == "" || v.Seq == 0 {
+			// (A run written before trajectories were stored once holds
+			// wire.Scored here, which names no ROLLOUTS sequence.)
 			l.Undecodable++
 			return
 		}

@@ -131,7 +131,7 @@ type Candidate struct {
 // StepReport is the learner's ledger entry for one step (CONTROL stream,
 // subject exgrpo.<run>.control, message id "e<epoch>/step/<n>"). The replay
 // state is a deterministic fold of the reports of the run's lineage (see
-// Lineage) plus the scored trajectories they name.
+// Lineage) plus the trajectories they name (ROLLOUTS, by GroupReport.Seqs).
 type StepReport struct {
 	V             uint16        `msgpack:"v"`
 	RunID         string        `msgpack:"run"`

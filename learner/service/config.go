@@ -9,8 +9,9 @@
 //  3. draws the fresh questions (learner.FreshSampler, retired ones skipped
 //     from the next epoch on, E4) and publishes TASKS: K samples per fresh
 //     question, K-1 per replayed one (E8), at the current policy version,
-//  4. gathers the step's scored rollouts from SCORED (its own durable),
-//     dropping those older than the staleness bound S,
+//  4. gathers the step's rollouts: the trajectories from ROLLOUTS joined
+//     with their verdicts from SCORED (both followed from the epoch's
+//     start, see join.go), dropping those older than the staleness bound S,
 //  5. trains (learner.Learner.Step: E9-E14), publishes the new weights and
 //     the step report on CONTROL, which the replay service folds (E2-E5).
 //
