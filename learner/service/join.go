@@ -38,11 +38,13 @@ import (
 // own ROLLOUTS reader before it is fetched by sequence.
 const joinWait = 3 * time.Second
 
-// heldRollout is one ROLLOUTS message of this epoch, decoded.
+// heldRollout is one ROLLOUTS message of this epoch, decoded. Its bytes
+// are dropped once decoded (a held rollout would otherwise weigh twice);
+// a dead letter gets them again by sequence.
 type heldRollout struct {
 	seq  uint64
 	subj string
-	data []byte
+	data []byte // until decoded
 	tr   *wire.Trajectory
 }
 
@@ -76,7 +78,7 @@ func (s *Service) hold(ctx context.Context, r *heldRollout) {
 		s.met.Ignored.Inc()
 		return
 	}
-	r.tr = tr
+	r.tr, r.data = tr, nil
 	if hv, ok := s.verdicts[r.seq]; ok {
 		delete(s.verdicts, r.seq)
 		s.join(ctx, r, hv.v)
@@ -169,7 +171,7 @@ func (s *Service) fetchWaiting(ctx context.Context) {
 			s.retry(ctx, &wire.Scored{Traj: verdictPlace(hv.v)}, err)
 			continue
 		}
-		r.tr = tr
+		r.tr, r.data = tr, nil
 		s.join(ctx, r, hv.v)
 	}
 	for _, seq := range got.Gone {
@@ -218,8 +220,14 @@ func verdictPlace(v *wire.Verdict) wire.Trajectory {
 func (s *Service) deadRollout(ctx context.Context, r *heldRollout, reason error) {
 	s.met.Dead.Inc()
 	s.log.Warn("message to DEAD", zap.String("stream", string(bus.Rollouts)), zap.Error(reason))
+	data := r.data
+	if data == nil {
+		if got, err := s.d.Bus.GetRollouts(ctx, []uint64{r.seq}); err == nil && got.Msgs[r.seq] != nil {
+			data = got.Msgs[r.seq].Data
+		}
+	}
 	if err := s.d.Bus.PublishDead(ctx, wire.DeadLetter{Stream: s.d.Bus.Names.Stream(bus.Rollouts), Subject: r.subj,
-		Sequence: r.seq, Role: "learner", Reason: reason.Error(), Data: r.data}); err != nil {
+		Sequence: r.seq, Role: "learner", Reason: reason.Error(), Data: data}); err != nil {
 		s.log.Error("dead letter", zap.Error(err))
 	}
 }
