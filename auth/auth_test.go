@@ -90,8 +90,10 @@ func topology(t *testing.T, nc *nats.Conn, js jetstream.JetStream, n runNames) {
 		base := n.Subject(k)
 		cfg := jetstream.StreamConfig{Name: n.Stream(k), Subjects: []string{base, base + ".>"}, Storage: jetstream.MemoryStorage}
 		switch k {
-		case bus.Tasks, bus.Rollouts:
+		case bus.Tasks:
 			cfg.Retention = jetstream.WorkQueuePolicy
+		case bus.Rollouts:
+			cfg.AllowDirect = true
 		case bus.Experience:
 			cfg.Subjects, cfg.AllowDirect = []string{base + ".>"}, true
 		case bus.Dead:
@@ -217,6 +219,8 @@ func TestDenied(t *testing.T) {
 			{"control", n.Subject(bus.Control), pub(n.Subject(bus.Control))},
 			{"policy version", version, putVersion},
 			{"weights announcement", announcement, putAnnouncement},
+			{"rollouts", n.Subject(bus.Rollouts), pub(n.Subject(bus.Rollouts))},
+			{"read scored", "$JS.API.CONSUMER.CREATE." + n.Stream(bus.Scored) + ".>", readScored},
 		}},
 		{Inspect, []op{
 			{"dead", n.Subject(bus.Dead) + ".x", pub(n.Subject(bus.Dead) + ".x")},

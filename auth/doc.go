@@ -14,9 +14,9 @@
 // Permissions (ARCHITECTURE.md, Security), in words:
 //
 //	actor     reads TASKS and the weights, writes ROLLOUTS (and DEAD)
-//	verifier  reads ROLLOUTS, writes SCORED (and DEAD)
-//	replay    reads SCORED and CONTROL, writes and purges EXPERIENCE, keeps its pool
-//	          snapshot, answers sample requests
+//	verifier  reads ROLLOUTS, writes SCORED (verdicts; and DEAD)
+//	replay    reads CONTROL and, by sequence, ROLLOUTS; writes and purges EXPERIENCE,
+//	          keeps its pool snapshot, answers sample requests
 //	learner   the only writer of TASKS, CONTROL, weights and the policy version; owns
 //	          the topology; reads every stream (it dead-letters poison messages)
 //	inspect   reads every stream, the state and the weights; writes nothing, acks nothing

@@ -97,21 +97,30 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 	must(anc, "actor acks task", task.DoubleAck(ctx))
 	pub(anc, ajs, n.Subject(bus.Dead)+".tasks", "dead-a", []byte("dead letter"))
 
-	// Verifier: takes the rollout, publishes it scored.
+	// Verifier: takes the rollout, publishes its verdict.
 	vcons, err := vjs.Consumer(ctx, n.Stream(bus.Rollouts), bus.VerifiersConsumer)
 	must(vnc, "verifier looks up its consumer", err)
 	fetchOne(vnc, vcons, false).DoubleAck(ctx)
-	pub(vnc, vjs, n.Subject(bus.Scored), "0/q1/0", []byte("scored"))
+	pub(vnc, vjs, n.Subject(bus.Scored), "0/q1/0", []byte("verdict"))
 
-	// Learner and replay each read SCORED with their own durable.
-	for _, r := range []struct {
-		nc   *nats.Conn
-		js   jetstream.JetStream
-		name string
-	}{{lnc, ljs, "learner"}, {rnc, rjs, "replay"}} {
-		c, err := r.js.CreateOrUpdateConsumer(ctx, n.Stream(bus.Scored), jetstream.ConsumerConfig{Durable: r.name, AckPolicy: jetstream.AckExplicitPolicy})
-		must(r.nc, r.name+" creates its SCORED reader", err)
-		fetchOne(r.nc, c, true)
+	// Learner follows the verdicts and the trajectories with ordered
+	// consumers (no acks).
+	for _, k := range []bus.Kind{bus.Scored, bus.Rollouts} {
+		oc, err := ljs.OrderedConsumer(ctx, n.Stream(k), jetstream.OrderedConsumerConfig{})
+		must(lnc, "learner follows "+string(k), err)
+		if _, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second)); err != nil {
+			must(lnc, "learner reads "+string(k), err)
+		}
+	}
+
+	// Replay gets the trajectories its reports name by sequence (direct get),
+	// and has no business reading the verdicts.
+	rro, err := rjs.Stream(ctx, n.Stream(bus.Rollouts))
+	must(rnc, "replay looks up ROLLOUTS", err)
+	rm, err := rro.GetMsg(ctx, 1)
+	must(rnc, "replay gets a trajectory by sequence", err)
+	if string(rm.Data) != "rollout" {
+		t.Fatalf("trajectory %q", rm.Data)
 	}
 
 	// Replay serves sample requests; the learner asks.
@@ -161,9 +170,9 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 
 	// Inspect reads every stream with an ordered consumer, and the state.
 	for _, k := range bus.Kinds {
-		if k == bus.Tasks || k == bus.Rollouts {
-			// Work queues admit only explicit-ack consumers; inspect reads
-			// their state and single messages instead.
+		if k == bus.Tasks {
+			// A work queue admits only explicit-ack consumers; inspect
+			// reads its state and single messages instead.
 			st, err := ijs.Stream(ctx, n.Stream(k))
 			must(inc, "inspect stream info "+string(k), err)
 			if st.CachedInfo().State.FirstSeq > 0 {
@@ -178,7 +187,7 @@ func TestEachRoleDoesItsJob(t *testing.T) {
 		must(inc, "inspect reads "+string(k), err)
 		info, err := oc.Info(ctx)
 		must(inc, "inspect consumer info "+string(k), err)
-		if k != bus.Tasks && k != bus.Rollouts && info.NumPending == 0 {
+		if k != bus.Tasks && info.NumPending == 0 {
 			t.Errorf("inspect sees %s empty", k)
 		}
 	}

@@ -151,7 +151,7 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 	for _, s := range n.allStreams() {
 		add(&pub, apiInfo(s), apiCreate(s))
 	}
-	// The shared work-queue consumers are declared by whichever role opens
+	// The shared consumers (actors, verifiers) are declared by whichever role opens
 	// the bus first, like the streams.
 	for _, c := range [][2]string{{n.Stream(bus.Tasks), bus.ActorsConsumer}, {n.Stream(bus.Rollouts), bus.VerifiersConsumer}} {
 		add(&pub, []string{
@@ -182,10 +182,10 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 		add(&sub, maxDeliveries(rollouts))
 	case Replay:
 		add(&pub, dead, data(n.Subject(bus.Experience)), []string{n.kvSubjects()})
-		for _, s := range []string{scored, control} {
-			add(&pub, apiGet(s), apiConsume(s), apiAck(s))
-			add(&sub, maxDeliveries(s))
-		}
+		add(&pub, apiGet(control), apiConsume(control), apiAck(control))
+		add(&sub, maxDeliveries(control))
+		// The trajectories its reports name, by sequence (direct gets).
+		add(&pub, apiGet(rollouts))
 		add(&pub, apiGet(exp), apiConsume(exp), apiAck(exp), apiOwn(exp))
 		add(&pub, apiGet(kv), apiConsume(kv))
 		// Its pool snapshot (restarts resume from it).
@@ -199,6 +199,8 @@ func RolePermissions(run string, role Role) (Permissions, error) {
 		for _, s := range []string{scored, exp, control} {
 			add(&pub, apiConsume(s), apiAck(s))
 		}
+		// It follows ROLLOUTS with an ordered consumer (no acks).
+		add(&pub, apiConsume(rollouts))
 		// The learner is the run's privileged role: it also dead-letters
 		// poison messages of every stream (bus.DeadWatcher: the advisory,
 		// a get by sequence, a delete), so it reads them all.

@@ -190,10 +190,9 @@ func TestDeadLetterUndecodable(t *testing.T) {
 		!bytes.Equal(dl.Data, []byte{0xc1, 0x00}) {
 		t.Fatalf("dead letter %+v", dl)
 	}
-	bustest.Eventually(t, 5*time.Second, "terminated message leaves the work queue", func() bool {
-		st, _ := b.Stream(ctx, bus.Rollouts)
-		info, err := st.Info(ctx)
-		return err == nil && info.State.Msgs == 0
+	bustest.Eventually(t, 5*time.Second, "terminated message leaves the verifiers' consumer", func() bool {
+		lag, err := b.ConsumerLag(ctx, bus.Rollouts, bus.VerifiersConsumer)
+		return err == nil && lag.Pending == 0 && lag.AckPending == 0
 	})
 }
 
@@ -338,5 +337,29 @@ func TestOpenPermanentErrorFailsFast(t *testing.T) {
 	}
 	if ctx.Err() != nil {
 		t.Fatalf("Open retried a permanent error until the deadline: %v", err)
+	}
+}
+
+// A run whose ROLLOUTS an older version declared as a work queue is refused
+// with a clear error, not run half-working.
+func TestOldWorkQueueRolloutsRefused(t *testing.T) {
+	s := bustest.Server(t)
+	cfg := bus.DefaultConfig("old")
+	n, _ := bus.NewNames("old")
+	nc, err := bus.Connect(ctxT(t, 10*time.Second), bus.ConnConfig{URL: s.ClientURL(), Name: "old"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := ctxT(t, 20*time.Second)
+	base := n.Subject(bus.Rollouts)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: n.Stream(bus.Rollouts), Subjects: []string{base, base + ".>"},
+		Retention: jetstream.WorkQueuePolicy}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bus.Open(ctx, nc, cfg, nil)
+	if !errors.Is(err, bus.ErrConfig) || !strings.Contains(err.Error(), "work queue") {
+		t.Fatalf("Open on a work-queue ROLLOUTS: %v, want ErrConfig naming the work queue", err)
 	}
 }

@@ -94,8 +94,9 @@ type maxDeliveriesAdvisory struct {
 
 // WatchMaxDeliveries copies every message of this run's streams that
 // exhausted its consumer's MaxDeliver into DEAD (reason "max deliveries (N)
-// on consumer C") and removes it from a work-queue stream, where it would
-// otherwise sit forever. It blocks until ctx ends and returns nil then.
+// on consumer C") and removes it from TASKS or ROLLOUTS (a work queue would
+// otherwise keep it forever; no reader of ROLLOUTS needs a trajectory its
+// verifiers could not grade). It blocks until ctx ends and returns nil then.
 // Several roles may run it at once: the copies share a message id. The
 // server notices an exhausted message when a worker pulls again.
 func (b *Bus) WatchMaxDeliveries(ctx context.Context, role string) error {

@@ -8,8 +8,8 @@
 //
 //	stream (Names.Stream)      retention        subjects (Names.Subject...)
 //	EXGRPO_<RUN>_TASKS         work queue       exgrpo.<run>.tasks[.>]
-//	EXGRPO_<RUN>_ROLLOUTS      work queue       exgrpo.<run>.rollouts[.>]
-//	EXGRPO_<RUN>_SCORED        limits, bounded  exgrpo.<run>.scored[.>]
+//	EXGRPO_<RUN>_ROLLOUTS      limits, bounded, direct  exgrpo.<run>.rollouts[.>]
+//	EXGRPO_<RUN>_SCORED        limits, bounded  exgrpo.<run>.scored[.>]  (verdicts)
 //	EXGRPO_<RUN>_EXPERIENCE    limits, direct   exgrpo.<run>.exp.<question token>
 //	EXGRPO_<RUN>_CONTROL       limits           exgrpo.<run>.control[.>]
 //	EXGRPO_<RUN>_DEAD          limits, bounded  exgrpo.<run>.dead.<stream kind>
@@ -18,8 +18,18 @@
 //
 // <RUN> is the run id upper-cased (run ids are [A-Za-z0-9_-], so "a" and "A"
 // share streams; use lower-case ids). Consumers: one shared durable pull
-// consumer per work queue ("actors" on TASKS, "verifiers" on ROLLOUTS, see
-// Bus.Shared) and one durable per reader on the limits streams (Bus.Reader).
+// consumer each for the actors on TASKS and the verifiers on ROLLOUTS
+// ("actors", "verifiers", see Bus.Shared) and one durable per reader on the
+// other limits streams (Bus.Reader).
+//
+// A trajectory crosses JetStream once: the actor stores it on ROLLOUTS, the
+// one store of trajectories; the verifier publishes only its verdict
+// (wire.Verdict: reward, reason, the trajectory's ROLLOUTS sequence) on
+// SCORED; the learner follows ROLLOUTS (Bus.Follow) and joins each
+// trajectory with its verdict; the replay service reads from ROLLOUTS, by
+// the sequences a step report names, only the trajectories its pool stores
+// (Bus.GetRollouts). ROLLOUTS is therefore a limits stream sized far above
+// what is in flight (Config.RolloutsMaxBytes), not a work queue.
 //
 // Typical use by a role:
 //

@@ -25,7 +25,7 @@ var Kinds = []Kind{Tasks, Rollouts, Scored, Experience, Control, Dead}
 // VersionKey is the KV key holding the latest published policy version.
 const VersionKey = "policy.version"
 
-// Durable names of the shared work-queue consumers.
+// Durable names of the shared consumers (TASKS: actors, ROLLOUTS: verifiers).
 const (
 	ActorsConsumer    = "actors"
 	VerifiersConsumer = "verifiers"

@@ -22,18 +22,31 @@ type Config struct {
 	// Duplicates is the message-id dedup window of the data streams; it must
 	// outlast a task's redelivery (AckWait * MaxDeliver). Default 10m.
 	Duplicates time.Duration
-	// Shared work-queue consumers (TASKS -> actors, ROLLOUTS -> verifiers).
+	// Shared consumers: TASKS -> actors (a work queue), ROLLOUTS -> verifiers
+	// (a limits stream; the learner and the replay service read it too).
 	TaskAckWait       time.Duration // default 15s; actors heartbeat with InProgress while sampling (every 5s), so only a dead actor lets it expire
 	TaskMaxDeliver    int           // default 5; then the task goes to DEAD
 	RolloutAckWait    time.Duration // default 15s: how long a dead verifier holds a rollout
 	RolloutMaxDeliver int           // default 5
 	MaxAckPending     int           // per shared consumer; default 4096
 	// Byte limits of the limits streams (oldest discarded when full).
-	ScoredMaxBytes     int64 // default 1 GiB
+	//
+	// RolloutsMaxBytes bounds ROLLOUTS, the one store of the trajectories:
+	// the verifiers grade them there, the learner trains on them, and the
+	// replay service fetches the successful ones of a step after its report.
+	// It must comfortably exceed what is in flight: the rollouts of the
+	// S + 2 steps between sampling and the replay's fold (B * K trajectories
+	// of ~13 bytes per response token each: a 1,024-token one is 13.6 KB).
+	// The default, 4 GiB, holds ~300,000 such trajectories; at B 128, K 8 and
+	// 16,384 tokens (~213 KB each) a step is ~220 MB, so S + 2 = 4 steps fill
+	// a fifth of it. What it discards is reported (learner: retried;
+	// replay: folded without, counted and logged).
+	RolloutsMaxBytes   int64
+	ScoredMaxBytes     int64 // verdicts; default 1 GiB
 	ExperienceMaxBytes int64 // default 4 GiB
 	ControlMaxBytes    int64 // default 1 GiB
 	DeadMaxBytes       int64 // default 256 MiB
-	// WorkQueueMaxBytes bounds TASKS and ROLLOUTS each (new publishes are
+	// WorkQueueMaxBytes bounds TASKS, the work queue (new publishes are
 	// refused, and retried by the publisher, when full); default 2 GiB.
 	// Memory storage reserves it up front, so lower it with Memory.
 	WorkQueueMaxBytes int64
@@ -51,7 +64,7 @@ func DefaultConfig(run string) Config {
 		TaskAckWait: 15 * time.Second, TaskMaxDeliver: 5,
 		RolloutAckWait: 15 * time.Second, RolloutMaxDeliver: 5,
 		MaxAckPending:     4096,
-		WorkQueueMaxBytes: 2 << 30, ScoredMaxBytes: 1 << 30, ExperienceMaxBytes: 4 << 30, ControlMaxBytes: 1 << 30, DeadMaxBytes: 256 << 20,
+		WorkQueueMaxBytes: 2 << 30, RolloutsMaxBytes: 4 << 30, ScoredMaxBytes: 1 << 30, ExperienceMaxBytes: 4 << 30, ControlMaxBytes: 1 << 30, DeadMaxBytes: 256 << 20,
 		KeepWeights: 3, OpTimeout: 10 * time.Second,
 	}
 }
@@ -188,8 +201,8 @@ func (b *Bus) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 // streamDescriptions are what `nats stream ls` shows beside each stream.
 var streamDescriptions = map[Kind]string{
 	Tasks:      "exgrpo rollout tasks (work queue: learner -> actors)",
-	Rollouts:   "exgrpo sampled trajectories (work queue: actors -> verifiers)",
-	Scored:     "exgrpo trajectories with their rewards (verifiers -> learner, replay, inspect)",
+	Rollouts:   "exgrpo sampled trajectories, stored once (actors -> verifiers, learner, replay)",
+	Scored:     "exgrpo verdicts: reward of each trajectory by id and ROLLOUTS sequence (verifiers -> learner, inspect)",
 	Experience: "exgrpo replay pool: successful trajectories, one subject per question",
 	Control:    "exgrpo ledger: step reports and learner lineage records",
 	Dead:       "exgrpo messages that could not be processed, with the reason",
@@ -215,15 +228,27 @@ func (b *Bus) StreamConfig(k Kind) jetstream.StreamConfig {
 		MaxMsgs:     -1,
 	}
 	switch k {
-	case Tasks, Rollouts:
+	case Tasks:
 		sc.Retention = jetstream.WorkQueuePolicy
-		// Work queues push back instead of losing work: a full queue
+		// A work queue pushes back instead of losing work: a full queue
 		// refuses new publishes, which the publisher retries.
 		sc.Discard = jetstream.DiscardNew
 		sc.MaxBytes = c.WorkQueueMaxBytes
 		if sc.MaxBytes == 0 {
 			sc.MaxBytes = 2 << 30
 		}
+	case Rollouts:
+		// The one store of the trajectories: several readers (the
+		// verifiers' shared consumer, the learner, the replay service's
+		// gets by sequence), so limits retention, sized far above what is
+		// in flight (see RolloutsMaxBytes); direct gets so that any replica
+		// serves a get by sequence.
+		sc.Retention = jetstream.LimitsPolicy
+		sc.MaxBytes = c.RolloutsMaxBytes
+		if sc.MaxBytes == 0 {
+			sc.MaxBytes = 4 << 30
+		}
+		sc.AllowDirect = true
 	case Scored:
 		sc.Retention = jetstream.LimitsPolicy
 		sc.MaxBytes = c.ScoredMaxBytes
@@ -247,10 +272,16 @@ func (b *Bus) StreamConfig(k Kind) jetstream.StreamConfig {
 func (b *Bus) ensure(ctx context.Context) error {
 	for _, k := range Kinds {
 		octx, cancel := b.opCtx(ctx)
-		_, err := ensureStream(octx, b.JS, b.StreamConfig(k))
+		st, err := ensureStream(octx, b.JS, b.StreamConfig(k))
 		cancel()
 		if err != nil {
 			return fmt.Errorf("bus: stream %s: %w", b.Names.Stream(k), err)
+		}
+		if k == Rollouts && st.CachedInfo().Config.Retention == jetstream.WorkQueuePolicy {
+			// A stream's retention cannot change in place.
+			return fmt.Errorf("%w: stream %s is a work queue, as versions that stored each trajectory twice declared it; "+
+				"this version keeps the trajectories on ROLLOUTS (a limits stream read by the verifiers, the learner and the "+
+				"replay service) and cannot run on it: use a new run id, or delete the run's streams", ErrConfig, b.Names.Stream(k))
 		}
 	}
 	storage := jetstream.FileStorage
@@ -284,8 +315,9 @@ func (b *Bus) ensure(ctx context.Context) error {
 	return nil
 }
 
-// SharedConsumerConfig is the declaration of the shared pull consumer of a
-// work-queue stream (Tasks or Rollouts).
+// SharedConsumerConfig is the declaration of the shared pull consumer of
+// Tasks (a work queue) or Rollouts (a limits stream: the consumer's acks,
+// not the stream, say which rollouts are graded).
 func (b *Bus) SharedConsumerConfig(k Kind) (jetstream.ConsumerConfig, error) {
 	c := b.Config
 	switch k {
@@ -298,7 +330,7 @@ func (b *Bus) SharedConsumerConfig(k Kind) (jetstream.ConsumerConfig, error) {
 			AckWait: c.RolloutAckWait, MaxDeliver: c.RolloutMaxDeliver, MaxAckPending: c.MaxAckPending,
 			Replicas: c.Replicas, MaxRequestBatch: 1024}, nil
 	}
-	return jetstream.ConsumerConfig{}, fmt.Errorf("%w: %s is not a work-queue stream", ErrConfig, k)
+	return jetstream.ConsumerConfig{}, fmt.Errorf("%w: %s has no shared consumer", ErrConfig, k)
 }
 
 // Shared returns (creating idempotently) the shared durable pull consumer of
@@ -335,7 +367,7 @@ type ReaderOptions struct {
 // Experience, Dead). Each reader sees every message once it is acked.
 func (b *Bus) Reader(ctx context.Context, k Kind, name string, o ReaderOptions) (jetstream.Consumer, error) {
 	if k == Tasks || k == Rollouts {
-		return nil, fmt.Errorf("%w: %s is a work queue; use Shared", ErrConfig, k)
+		return nil, fmt.Errorf("%w: %s is read through its shared consumer (Shared) or by sequence (GetRollouts)", ErrConfig, k)
 	}
 	if o.AckWait <= 0 {
 		o.AckWait = 30 * time.Second

@@ -4,10 +4,11 @@
 // lag, as aligned tables, JSON, or a small web page served by the binary.
 //
 // The replay state is a deterministic fold of the learner's step reports on
-// CONTROL and the scored trajectories they name on SCORED (ALGORITHM.md
-// E1-E5; ARCHITECTURE.md, the data path), so inspect rebuilds it by folding
-// the same messages with the same translation as the replay service
-// (replay/service.Assemble) into a fresh replay.Pool. Nothing has to be
+// CONTROL and the trajectories they name, stored once on ROLLOUTS (by the
+// sequence the report gives; SCORED holds each trajectory's verdict)
+// (ALGORITHM.md E1-E5; ARCHITECTURE.md, the data path), so inspect rebuilds
+// it by folding the same messages with the same translation as the replay
+// service (replay/service.Assemble) into a fresh replay.Pool. Nothing has to be
 // switched on before a run for this to work.
 //
 // Read-only: inspect reads with ephemeral ordered consumers (named

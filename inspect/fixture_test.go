@@ -17,9 +17,10 @@ import (
 )
 
 // The tests publish a synthetic but valid run through the real topology on
-// a real embedded JetStream server: step reports on CONTROL and the scored
-// trajectories they name on SCORED, exactly as the learner and the verifier
-// workers write them (message ids included). The generator keeps its own
+// a real embedded JetStream server: step reports on CONTROL naming the
+// trajectories on ROLLOUTS (by sequence) and their verdicts on SCORED,
+// exactly as the actors, the verifier workers and the learner write them
+// (message ids included). The generator keeps its own
 // replay.Pool, folded directly from the replay.Reports it builds (not through
 // the service's translation), to pick real stored trajectories for replay
 // and to know the pool after every step: the independent fold the views are
@@ -70,24 +71,31 @@ func publishOn(t testing.TB, srv *bus.Server, b *bus.Bus) *fixture {
 	}
 	defer pub.Close()
 	for _, rep := range f.reports {
-		batch := pub.Batch()
-		for _, g := range rep.Groups {
-			for _, id := range g.TrajectoryIDs {
+		for gi, g := range rep.Groups {
+			rep.Groups[gi].Seqs = make([]uint64, len(g.TrajectoryIDs))
+			for j, id := range g.TrajectoryIDs {
 				sc := f.scored[id]
 				if sc.Traj.Step != rep.Step {
 					continue // the replayed one was published at its own step
 				}
-				data, err := wire.Encode(sc)
+				data, err := wire.Encode(&sc.Traj)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := batch.Add(ctx, b.Names.Subject(bus.Scored), id, data); err != nil {
+				ack, err := pub.Publish(ctx, b.Names.Subject(bus.Rollouts), id, data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rep.Groups[gi].Seqs[j] = ack.Sequence
+				v := wire.Verdict{RunID: fxRun, ID: id, TaskID: sc.Traj.TaskID, Seq: ack.Sequence, Size: len(data),
+					Reward: sc.Reward, Reason: sc.Reason}
+				if data, err = wire.Encode(&v); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := pub.Publish(ctx, b.Names.Subject(bus.Scored), id, data); err != nil {
 					t.Fatal(err)
 				}
 			}
-		}
-		if err := batch.Wait(ctx); err != nil {
-			t.Fatal(err)
 		}
 		data, err := wire.Encode(&rep)
 		if err != nil {

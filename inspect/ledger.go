@@ -11,6 +11,7 @@ import (
 	"github.com/exgrpo/exgrpo/replay"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"github.com/exgrpo/exgrpo/wire"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Report is one step report as read from CONTROL.
@@ -36,9 +37,10 @@ type Point struct {
 	Pool         int   `json:"pool"`
 	Retired      int   `json:"retired"`
 	Trajectories int   `json:"trajectories"`
-	// Missing counts the trajectories the report names that SCORED no
-	// longer holds (its byte limit dropped them); the fold, like the replay
-	// service after its wait, goes on without them.
+	// Missing counts the trajectories the report names for the pool that
+	// ROLLOUTS no longer holds (its byte limit dropped them) or SCORED has
+	// no verdict for; the fold, like the replay service, goes on without
+	// them.
 	Missing int `json:"missing"`
 	// Skipped is why the fold skipped this report ("" when folded): a
 	// repeated step, or a report the pool refuses (the service dead-letters it).
@@ -46,7 +48,8 @@ type Point struct {
 }
 
 // Ledger is what the streams say happened: every step report in stream
-// order, every scored trajectory by id, and the pool folded from them.
+// order, every scored trajectory (a ROLLOUTS trajectory joined with its
+// SCORED verdict) by id, and the pool folded from them.
 // Update reads what was added since the last read, so a live view stays
 // cheap. A Ledger is not safe for concurrent use.
 type Ledger struct {
@@ -55,11 +58,17 @@ type Ledger struct {
 	K       int
 	Reports []Report
 	Scored  map[string]*wire.Scored
+	// BySeq holds the same, by ROLLOUTS sequence: the copy a report names
+	// (GroupReport.Seqs) when one id was sampled twice.
+	BySeq map[uint64]*wire.Scored
 	// Points has one entry per report, in stream order.
 	Points []Point
-	// Undecodable counts CONTROL and SCORED messages that failed to decode
-	// (the roles dead-letter those).
+	// Undecodable counts CONTROL, SCORED and ROLLOUTS messages that failed
+	// to decode (the roles dead-letter those).
 	Undecodable int
+	// Gone counts verdicts whose trajectory ROLLOUTS no longer held when
+	// read (its byte limit dropped it).
+	Gone int
 
 	// Records are the learner's lineage records (wire.Lineage) in stream
 	// order: which reports make up the run's ledger across restarts.
@@ -68,18 +77,22 @@ type Ledger struct {
 	// the first Update.
 	Rules PoolRules
 
-	pool           *replay.Pool
-	ctrlSeq, scSeq uint64
-	byStep         map[int64]int // step -> index in Reports (the folded one)
-	folded         int           // Reports[:folded] are in pool
-	lin            replay.Lineage
-	outside        []string // per report: why it is not in the ledger ("" when it is)
-	refold         bool     // a rewind undid folded reports: fold again from the start
+	pool                  *replay.Pool
+	ctrlSeq, scSeq, roSeq uint64
+	bySeq                 map[uint64]*wire.Scored  // joined, by ROLLOUTS sequence
+	waiting               map[uint64]*wire.Verdict // verdicts whose trajectory was not read yet
+	verdictOf             map[string]bool          // trajectory ids with a verdict (the first counts)
+	byStep                map[int64]int            // step -> index in Reports (the folded one)
+	folded                int                      // Reports[:folded] are in pool
+	lin                   replay.Lineage
+	outside               []string // per report: why it is not in the ledger ("" when it is)
+	refold                bool     // a rewind undid folded reports: fold again from the start
 }
 
 // NewLedger is an empty ledger; k = 0 takes K from the first report.
 func NewLedger(k int) *Ledger {
-	return &Ledger{K: k, Scored: map[string]*wire.Scored{}, byStep: map[int64]int{}, lin: replay.NewLineage(), Rules: PaperRules()}
+	return &Ledger{K: k, Scored: map[string]*wire.Scored{}, byStep: map[int64]int{}, lin: replay.NewLineage(), Rules: PaperRules(),
+		BySeq: map[uint64]*wire.Scored{}, waiting: map[uint64]*wire.Verdict{}, verdictOf: map[string]bool{}}
 }
 
 // Load reads the whole run once.
@@ -92,10 +105,12 @@ func (s *Source) Load(ctx context.Context) (*Ledger, error) {
 	return l, nil
 }
 
-// Update reads the CONTROL and SCORED messages added since the last Update
-// and folds the new reports. CONTROL is read first: the learner gathered a
-// report's trajectories from SCORED before publishing it, so reading SCORED
-// afterwards finds every trajectory the new reports name.
+// Update reads the CONTROL, SCORED and ROLLOUTS messages added since the
+// last Update and folds the new reports. CONTROL is read first, then SCORED,
+// then ROLLOUTS: the learner joined a report's verdicts before publishing it,
+// and the verifier graded a trajectory after it was stored, so each read
+// finds what the previous one names. A verdict naming a trajectory read by
+// an earlier Update (before its verdict existed) gets it by sequence.
 func (l *Ledger) Update(ctx context.Context, s *Source) error {
 	var err error
 	l.ctrlSeq, err = s.read(ctx, bus.Control, l.ctrlSeq+1, func(m raw) {
@@ -121,19 +136,77 @@ func (l *Ledger) Update(ctx context.Context, s *Source) error {
 		return err
 	}
 	l.scSeq, err = s.read(ctx, bus.Scored, l.scSeq+1, func(m raw) {
-		sc := new(wire.Scored)
-		if wire.Decode(m.data, sc) != nil {
+		v := new(wire.Verdict)
+		if wire.Decode(m.data, v) != nil || v.ID == "" || v.Seq == 0 {
+			// (A run written before trajectories were stored once holds
+			// wire.Scored here, which names no ROLLOUTS sequence.)
 			l.Undecodable++
 			return
 		}
-		if _, dup := l.Scored[sc.Traj.ID]; !dup { // a redelivered rollout: the first one counts
-			l.Scored[sc.Traj.ID] = sc
+		if !l.verdictOf[v.ID] { // a regraded rollout: the first verdict counts
+			l.verdictOf[v.ID] = true
+			l.waiting[v.Seq] = v
 		}
 	})
 	if err != nil {
 		return err
 	}
+	l.roSeq, err = s.read(ctx, bus.Rollouts, l.roSeq+1, func(m raw) {
+		if v, ok := l.waiting[m.seq]; ok {
+			delete(l.waiting, m.seq)
+			l.join(v, m.seq, m.data)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if err := l.fetchWaiting(ctx, s); err != nil {
+		return err
+	}
 	return l.foldNew()
+}
+
+// join files a trajectory (ROLLOUTS seq, its bytes) with its verdict.
+func (l *Ledger) join(v *wire.Verdict, seq uint64, data []byte) {
+	var t wire.Trajectory
+	if wire.Decode(data, &t) != nil || t.ID != v.ID {
+		l.Undecodable++ // the verifier would not have graded it
+		return
+	}
+	sc := &wire.Scored{Traj: t, Reward: v.Reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
+	l.BySeq[seq] = sc
+	if _, dup := l.Scored[t.ID]; !dup {
+		l.Scored[t.ID] = sc
+	}
+}
+
+// fetchWaiting gets by sequence the trajectories of the waiting verdicts
+// that ROLLOUTS was read past; the ones it no longer holds are counted.
+func (l *Ledger) fetchWaiting(ctx context.Context, s *Source) error {
+	var st jetstream.Stream
+	for seq, v := range l.waiting {
+		if seq > l.roSeq {
+			continue // its trajectory comes with the next read
+		}
+		if st == nil {
+			var err error
+			if st, err = s.JS.Stream(ctx, s.Names.Stream(bus.Rollouts)); err != nil {
+				return fmt.Errorf("inspect: stream %s: %w", s.Names.Stream(bus.Rollouts), err)
+			}
+		}
+		m, err := st.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			delete(l.waiting, seq)
+			l.Gone++
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("inspect: read %s seq %d: %w", s.Names.Stream(bus.Rollouts), seq, err)
+		}
+		delete(l.waiting, seq)
+		l.join(v, seq, m.Data)
+	}
+	return nil
 }
 
 // record applies one lineage record: a rewind takes the reports after its
@@ -155,10 +228,18 @@ func (l *Ledger) record(rec wire.Lineage) {
 // InLedger says whether Reports[i] is part of the run's ledger, and if not why.
 func (l *Ledger) InLedger(i int) (bool, string) { return l.outside[i] == "", l.outside[i] }
 
-// lookup finds a scored trajectory by id.
-func (l *Ledger) lookup(id string) (*wire.Scored, bool) {
+// lookup finds a scored trajectory by ROLLOUTS sequence (by id for a
+// report that gives none).
+func (l *Ledger) lookup(id string, seq uint64) (*wire.Trajectory, bool) {
 	sc, ok := l.Scored[id]
-	return sc, ok
+	if seq != 0 {
+		sc, ok = l.BySeq[seq]
+		ok = ok && sc.Traj.ID == id
+	}
+	if !ok {
+		return nil, false
+	}
+	return &sc.Traj, true
 }
 
 // poolConfig is the pool inspect folds into: the run's K; every stored
@@ -236,7 +317,7 @@ func (l *Ledger) foldNew() error {
 // apply folds one report into p as the replay service does (stream order;
 // a repeated step or a refused report leaves the pool as it was) and returns
 // the point after it; ok says it was folded.
-func apply(p *replay.Pool, rep *wire.StepReport, lookup func(string) (*wire.Scored, bool)) (Point, bool) {
+func apply(p *replay.Pool, rep *wire.StepReport, lookup func(string, uint64) (*wire.Trajectory, bool)) (Point, bool) {
 	r, missing := rsvc.Assemble(rep, lookup)
 	err := p.Apply(r)
 	pt := point(p, rep)

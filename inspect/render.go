@@ -59,7 +59,7 @@ func (v BucketsView) table(w io.Writer) error {
 	fmt.Fprintf(t, "trajectories stored\t%d\n", v.Trajectories)
 	fmt.Fprintf(t, "response tokens stored\t%d\n", v.Tokens)
 	if v.Missing > 0 {
-		fmt.Fprintf(t, "trajectories missing from SCORED\t%d\n", v.Missing)
+		fmt.Fprintf(t, "trajectories missing from ROLLOUTS\t%d\n", v.Missing)
 	}
 	return t.Flush()
 }

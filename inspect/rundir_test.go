@@ -36,7 +36,7 @@ func TestRunDirectoryMatchesReplaySnapshot(t *testing.T) {
 	}
 	cfg := replay.DefaultConfig()
 	cfg.K, cfg.Mu = l.K, float64(l.K)/2
-	snap, _, err := rsvc.ReadSnapshot(ctx, &bus.Bus{Names: s.Names, JS: s.JS}, cfg)
+	snap, err := rsvc.ReadSnapshot(ctx, &bus.Bus{Names: s.Names, JS: s.JS}, cfg)
 	if err != nil || snap == nil {
 		t.Fatalf("replay snapshot: %v (present %v)", err, snap != nil)
 	}

@@ -34,8 +34,8 @@ type BucketsView struct {
 	Trajectories int      `json:"trajectories"`
 	Tokens       int64    `json:"tokens"` // response tokens stored
 	Reports      int      `json:"reports"`
-	// Missing counts trajectories the folded reports named that SCORED no
-	// longer holds.
+	// Missing counts trajectories the folded reports named for the pool
+	// that ROLLOUTS no longer holds (or SCORED has no verdict for).
 	Missing int `json:"missing_trajectories"`
 	// Epochs is how many learner processes the run had (wire.Lineage);
 	// Superseded counts the reports a restarted learner took out of the
@@ -210,7 +210,8 @@ func mean(xs []float32) float64 {
 }
 
 // experienceTexts returns the decoded text of the given trajectories: from
-// SCORED, else from the question's EXPERIENCE subject (one ordered read).
+// the scored trajectories, else from the question's EXPERIENCE subject (one
+// ordered read).
 func (l *Ledger) experienceTexts(ctx context.Context, s *Source, id string, cands []replay.Trajectory) map[string]string {
 	out := make(map[string]string, len(cands))
 	need := false
@@ -279,7 +280,8 @@ type Rollout struct {
 	Reward    float32 `json:"reward"`
 	Advantage float32 `json:"advantage"`
 	Reason    string  `json:"reason"`
-	// Found: SCORED still holds it (then Tokens, Version and Text are set).
+	// Found: ROLLOUTS still holds it and SCORED its verdict (then Tokens,
+	// Version and Text are set).
 	Found   bool   `json:"found"`
 	Tokens  int    `json:"tokens"`
 	Version int64  `json:"version"`
@@ -356,7 +358,7 @@ type TrajectoryView struct {
 func (l *Ledger) Trajectory(id string) (TrajectoryView, error) {
 	sc, ok := l.Scored[id]
 	if !ok {
-		return TrajectoryView{}, fmt.Errorf("%w: trajectory %q is not on SCORED (never scored, or dropped by its byte limit)", ErrNotFound, id)
+		return TrajectoryView{}, fmt.Errorf("%w: trajectory %q is not scored (no verdict on SCORED, or ROLLOUTS dropped it by its byte limit)", ErrNotFound, id)
 	}
 	t := &sc.Traj
 	return TrajectoryView{ID: t.ID, Question: t.QuestionID, Step: t.Step, PolicyVersion: t.PolicyVersion, Actor: t.ActorID,

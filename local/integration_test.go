@@ -77,7 +77,7 @@ func itLearnerConfig(steps int64) lsvc.Config {
 func itReplayConfig() rsvc.Config {
 	c := rsvc.DefaultConfig()
 	c.Pool.K, c.Pool.Mu = itK, itK/2
-	c.AckWait, c.FlushInterval, c.ReportWait = 3*time.Second, 300*time.Millisecond, 30*time.Second
+	c.AckWait, c.ReportWait = 3*time.Second, 30*time.Second
 	return c
 }
 
@@ -235,14 +235,21 @@ func (c *cluster) runLearner(cfg lsvc.Config, model policy.Checkpoint, onStep fu
 }
 
 // ledger reads what the streams say happened: every step report (CONTROL)
-// and every scored trajectory (SCORED), by id.
+// and every scored trajectory (a ROLLOUTS trajectory joined with its SCORED
+// verdict by sequence), by id.
 type ledger struct {
 	reports []wire.StepReport
 	scored  map[string]*wire.Scored
-	dups    []string // scored trajectory ids seen twice
+	seqs    map[string]uint64 // ROLLOUTS sequence of each scored trajectory
+	dups    []string          // trajectory ids graded twice
 }
 
 func readAll(t *testing.T, b *bus.Bus, k bus.Kind, fn func(data []byte)) {
+	t.Helper()
+	readAllMsgs(t, b, k, func(m jetstream.Msg) { fn(m.Data()) })
+}
+
+func readAllMsgs(t *testing.T, b *bus.Bus, k bus.Kind, fn func(m jetstream.Msg)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -266,7 +273,7 @@ func readAll(t *testing.T, b *bus.Bus, k bus.Kind, fn func(data []byte)) {
 			if m.Subject() == b.Names.LineageSubject() {
 				continue // lineage records, not step reports (see wire.Lineage)
 			}
-			fn(m.Data())
+			fn(m)
 		}
 		if n == 0 {
 			t.Fatalf("stream %s: %d messages announced but not delivered", k, left)
@@ -284,15 +291,34 @@ func (c *cluster) ledger(t *testing.T) ledger {
 			l.reports = append(l.reports, r)
 		}
 	})
+	l.seqs = map[string]uint64{}
+	verdicts := map[uint64]*wire.Verdict{}
 	readAll(t, b, bus.Scored, func(d []byte) {
-		var s wire.Scored
-		if err := wire.Decode(d, &s); err != nil {
+		v := new(wire.Verdict)
+		if err := wire.Decode(d, v); err != nil {
 			return
 		}
-		if _, dup := l.scored[s.Traj.ID]; dup {
-			l.dups = append(l.dups, s.Traj.ID)
+		if _, dup := l.seqs[v.ID]; dup {
+			l.dups = append(l.dups, v.ID)
 		}
-		l.scored[s.Traj.ID] = &s
+		l.seqs[v.ID] = v.Seq
+		verdicts[v.Seq] = v
+	})
+	readAllMsgs(t, b, bus.Rollouts, func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		v, ok := verdicts[md.Sequence.Stream]
+		if !ok {
+			return // not graded (dead-lettered)
+		}
+		var tr wire.Trajectory
+		if err := wire.Decode(m.Data(), &tr); err != nil || tr.ID != v.ID {
+			t.Errorf("ROLLOUTS seq %d: %v, id %q; its verdict names %q", md.Sequence.Stream, err, tr.ID, v.ID)
+			return
+		}
+		l.scored[tr.ID] = &wire.Scored{Traj: tr, Reward: v.Reward, Reason: v.Reason, Extracted: v.Extracted}
 	})
 	return l
 }
@@ -326,7 +352,7 @@ func (l ledger) fold(t *testing.T, cfg replay.Config) *replay.Pool {
 }
 
 // checkLedger: every step is reported once, with B groups of K distinct
-// trajectories, each fresh one scored exactly once in SCORED (nothing lost,
+// trajectories, each fresh one stored on ROLLOUTS and graded exactly once on SCORED (nothing lost,
 // nothing counted twice) and each replayed one a correct trajectory of an
 // earlier step.
 func (l ledger) check(t *testing.T, steps int) (replayed int) {
@@ -364,11 +390,14 @@ func (l ledger) check(t *testing.T, steps int) (replayed int) {
 				trained[id] = r.Step
 				s, ok := l.scored[id]
 				if !ok {
-					t.Errorf("step %d trained %s, which SCORED does not hold", r.Step, id)
+					t.Errorf("step %d trained %s, which ROLLOUTS and SCORED do not hold", r.Step, id)
 					continue
 				}
 				if s.Reward != g.Rewards[j] {
 					t.Errorf("trajectory %s: reward %v in SCORED, %v in the report", id, s.Reward, g.Rewards[j])
+				}
+				if j >= len(g.Seqs) || g.Seqs[j] != l.seqs[id] {
+					t.Errorf("trajectory %s: the report names ROLLOUTS sequences %v, its verdict %d", id, g.Seqs, l.seqs[id])
 				}
 			}
 		}
@@ -452,9 +481,8 @@ func TestMalformedMessagesGoToDead(t *testing.T) {
 	l := c.ledger(t)
 	l.check(t, steps)
 	// Each poisoned message is dead-lettered by a reader of its stream: the
-	// actors (TASKS), the verifier (ROLLOUTS), the learner or the replay
-	// service (SCORED: both read it, and their letters share a message id,
-	// so DEAD keeps one), the replay service (CONTROL).
+	// actors (TASKS), the verifier (ROLLOUTS), the learner (SCORED: the
+	// verdicts), the replay service (CONTROL).
 	want := map[string]bool{"TASKS": true, "ROLLOUTS": true, "SCORED": true, "CONTROL": true}
 	var got map[string]bool
 	deadline := time.Now().Add(30 * time.Second)

@@ -144,7 +144,7 @@ func learnerKilledAndResumed(t *testing.T, trainer string, trainerArgs ...string
 	}
 	var got *replay.Pool
 	bustest.Eventually(t, 30*time.Second, "the replay service folds the last step", func() bool {
-		p, _, err := rsvc.ReadSnapshot(ctx, b, cfg.Replay.Pool)
+		p, err := rsvc.ReadSnapshot(ctx, b, cfg.Replay.Pool)
 		if err != nil || p == nil {
 			return false
 		}

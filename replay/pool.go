@@ -47,7 +47,7 @@ type Group struct {
 }
 
 // Report is one training step as the fold consumes it. The replay service
-// builds it from the learner's step report and the scored trajectories it names.
+// builds it from the learner's step report and the trajectories it names.
 type Report struct {
 	Step int64 // strictly increasing from report to report
 	// Mixed says the step trained in mixed mode. Before the delayed start

@@ -6,7 +6,8 @@
 //
 // The record is the run's ledger (docs/ALGORITHM.md "Learner restarts"):
 // the step reports of its final lineage on CONTROL, folded through
-// replay.Lineage, and the scored trajectories on SCORED that they name.
+// replay.Lineage, and the trajectories they name (stored once on ROLLOUTS,
+// joined with their verdicts on SCORED).
 // Each report lists, per group, the trajectories the learner trained on in
 // order (the replayed one first), their rewards and whether the group was
 // replayed; Train rebuilds exactly those groups (learner.NewGroup, so the
@@ -55,23 +56,27 @@ import (
 )
 
 // ErrRecord marks a record that cannot be retrained as it stands (a gap in
-// the ledger, a trajectory missing from SCORED, a group of the wrong size).
+// the ledger, a trajectory missing from ROLLOUTS or SCORED, a group of the
+// wrong size).
 var ErrRecord = errors.New("retrain: unusable record")
 
 // ErrConfig marks objective settings that would change the data.
 var ErrConfig = errors.New("retrain: invalid config")
 
 // Record is a run's recorded experience: the step reports of its final
-// lineage in step order, and every scored trajectory by id.
+// lineage in step order, and every scored trajectory by id (and by ROLLOUTS
+// sequence, which a report gives for each fresh trajectory; BySeq may be
+// nil).
 type Record struct {
 	Reports []*wire.StepReport
 	Scored  map[string]*wire.Scored
+	BySeq   map[uint64]*wire.Scored
 }
 
 // FromLedger takes the reports in the run's ledger (inspect.Ledger.InLedger,
 // which folds CONTROL through replay.Lineage) and the scored trajectories.
 func FromLedger(l *inspect.Ledger) *Record {
-	r := &Record{Scored: l.Scored}
+	r := &Record{Scored: l.Scored, BySeq: l.BySeq}
 	for i := range l.Reports {
 		if ok, _ := l.InLedger(i); ok {
 			r.Reports = append(r.Reports, &l.Reports[i].Report)
@@ -208,7 +213,8 @@ func Train(ctx context.Context, cfg learner.Config, base *policy.Model, rec *Rec
 }
 
 // Groups rebuilds the groups one report trained on, in its order: each
-// group's trajectories from SCORED in the report's order (the replayed one
+// group's trajectories (the copy at the ROLLOUTS sequence the report names,
+// else by id) in the report's order (the replayed one
 // first, E8), with the report's rewards.
 func Groups(rec *Record, rep *wire.StepReport, k int) ([]learner.Group, error) {
 	out := make([]learner.Group, 0, len(rep.Groups))
@@ -221,8 +227,13 @@ func Groups(rec *Record, rep *wire.StepReport, k int) ([]learner.Group, error) {
 		fresh := make([]learner.Rollout, 0, k)
 		for i, id := range g.TrajectoryIDs {
 			sc, ok := rec.Scored[id]
+			if i < len(g.Seqs) && g.Seqs[i] != 0 {
+				if at, found := rec.BySeq[g.Seqs[i]]; found && at.Traj.ID == id {
+					sc, ok = at, true
+				}
+			}
 			if !ok {
-				return nil, fmt.Errorf("%w: step %d question %s: trajectory %s is not on SCORED (its byte limit dropped it?)", ErrRecord, rep.Step, g.QuestionID, id)
+				return nil, fmt.Errorf("%w: step %d question %s: trajectory %s is not scored (no verdict on SCORED, or ROLLOUTS' byte limit dropped it)", ErrRecord, rep.Step, g.QuestionID, id)
 			}
 			t := &sc.Traj
 			r := learner.Rollout{ID: t.ID, PromptTokens: t.PromptTokens, Tokens: t.Tokens, LogProbs: t.LogProbs,

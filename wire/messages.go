@@ -25,8 +25,9 @@ type Task struct {
 	PromptTokens Int32s `msgpack:"pt,omitempty"`
 }
 
-// Trajectory is one sampled completion (ROLLOUTS stream, work queue). ID is
-// "<TaskID>/<index>" and is the publish message id.
+// Trajectory is one sampled completion (ROLLOUTS stream: the one store of a
+// trajectory, read by the verifiers, the learner and the replay service). ID
+// is "<TaskID>/<index>" and is the publish message id.
 type Trajectory struct {
 	V             uint16   `msgpack:"v"`
 	RunID         string   `msgpack:"run"`
@@ -69,8 +70,28 @@ const (
 	EntropyTopKUpper = "topk-upper"
 )
 
-// Scored is a trajectory with its reward (SCORED stream). The verifier writes
-// it with the trajectory's ID as message id.
+// Verdict is a verifier's grading of one trajectory (SCORED stream). The
+// trajectory itself stays where the actor stored it, on ROLLOUTS: Seq is its
+// ROLLOUTS stream sequence, so a reader joins the two by sequence (or fetches
+// the trajectory by it). The verifier writes it with the trajectory's ID as
+// message id.
+type Verdict struct {
+	V            uint16  `msgpack:"v"`
+	RunID        string  `msgpack:"run"`
+	ID           string  `msgpack:"id"`   // trajectory id
+	TaskID       string  `msgpack:"task"` // the trajectory's task (its epoch and step, see ParseTaskID)
+	Seq          uint64  `msgpack:"seq"`  // ROLLOUTS stream sequence of the message graded
+	Size         int     `msgpack:"size"` // bytes of that message
+	Reward       float32 `msgpack:"r"`    // 0 or 1
+	Reason       string  `msgpack:"why"`  // "correct", "wrong_value", "timeout", ...
+	Extracted    string  `msgpack:"ans"`  // the answer the verifier extracted, if any
+	VerifyMicros int64   `msgpack:"vus"`
+}
+
+// Scored is a trajectory joined with its verdict: what the learner trains on
+// and what inspection and retraining read. It is no longer a stream's
+// message (SCORED holds Verdicts); it keeps its encoding for the records
+// that store it whole.
 type Scored struct {
 	V            uint16     `msgpack:"v"`
 	Traj         Trajectory `msgpack:"traj"`
@@ -82,15 +103,20 @@ type Scored struct {
 
 // GroupReport is one question's group in a step (ALGORITHM.md E8, E9).
 type GroupReport struct {
-	QuestionID    string    `msgpack:"q"`
-	Size          int       `msgpack:"n"` // K
-	Correct       int       `msgpack:"k"` // correct rollouts, the replayed one included
-	Replayed      bool      `msgpack:"rep"`
-	ReplayedID    string    `msgpack:"repid"` // trajectory id of the replayed experience, if any
-	TrajectoryIDs []string  `msgpack:"ids"`   // all K, replayed first when present
-	Rewards       []float32 `msgpack:"r"`
-	Advantages    []float32 `msgpack:"a"`
-	Reasons       []string  `msgpack:"why"`
+	QuestionID    string   `msgpack:"q"`
+	Size          int      `msgpack:"n"` // K
+	Correct       int      `msgpack:"k"` // correct rollouts, the replayed one included
+	Replayed      bool     `msgpack:"rep"`
+	ReplayedID    string   `msgpack:"repid"` // trajectory id of the replayed experience, if any
+	TrajectoryIDs []string `msgpack:"ids"`   // all K, replayed first when present
+	// Seqs are the ROLLOUTS stream sequences of TrajectoryIDs (0 for the
+	// replayed one, which EXPERIENCE holds): where the replay service and
+	// inspection fetch the trajectories the pool stores. Empty in reports
+	// written before trajectories were stored once.
+	Seqs       []uint64  `msgpack:"seqs,omitempty"`
+	Rewards    []float32 `msgpack:"r"`
+	Advantages []float32 `msgpack:"a"`
+	Reasons    []string  `msgpack:"why"`
 	// Candidates ranks the replayed question's stored trajectories by mean
 	// token entropy under the current policy (ALGORITHM.md E7), lowest first.
 	Candidates []Candidate `msgpack:"cand,omitempty"`
@@ -105,7 +131,7 @@ type Candidate struct {
 // StepReport is the learner's ledger entry for one step (CONTROL stream,
 // subject exgrpo.<run>.control, message id "e<epoch>/step/<n>"). The replay
 // state is a deterministic fold of the reports of the run's lineage (see
-// Lineage) plus the scored trajectories they name.
+// Lineage) plus the trajectories they name (ROLLOUTS, by GroupReport.Seqs).
 type StepReport struct {
 	V             uint16        `msgpack:"v"`
 	RunID         string        `msgpack:"run"`
@@ -209,6 +235,7 @@ func (m *Task) schema() (string, uint16, uint16)       { return "task", TaskSche
 func (m *Probe) schema() (string, uint16, uint16)      { return "probe", ProbeSchema, m.V }
 func (m *Trajectory) schema() (string, uint16, uint16) { return "trajectory", TrajectorySchema, m.V }
 func (m *Scored) schema() (string, uint16, uint16)     { return "scored", ScoredSchema, m.V }
+func (m *Verdict) schema() (string, uint16, uint16)    { return "verdict", VerdictSchema, m.V }
 func (m *StepReport) schema() (string, uint16, uint16) { return "step report", StepReportSchema, m.V }
 func (m *Experience) schema() (string, uint16, uint16) { return "experience", ExperienceSchema, m.V }
 func (m *SampleRequest) schema() (string, uint16, uint16) {
@@ -231,6 +258,8 @@ func Stamp(m Message) {
 	case *Scored:
 		x.V = ScoredSchema
 		x.Traj.V = TrajectorySchema
+	case *Verdict:
+		x.V = VerdictSchema
 	case *StepReport:
 		x.V = StepReportSchema
 	case *Experience:

@@ -10,12 +10,10 @@ import (
 )
 
 // A verifier grades a trajectory by its text, gold answer and kind, and
-// forwards the whole trajectory inside a Scored message. Decoding the token,
-// log-prob and entropy blobs only to encode them again cost more than the
-// grading; the helpers here let it forward the trajectory's original bytes
-// instead. The resulting Scored message is the same wire format: Decode
-// reads it into a Scored as before, and for a trajectory that Encode wrote,
-// AppendScored's output is byte for byte what Encode(&Scored{...}) writes.
+// publishes only its verdict (the trajectory stays on ROLLOUTS). Decoding
+// the token, log-prob and entropy blobs would cost more than the grading;
+// DecodeRawTrajectory checks the whole message as Decode would and decodes
+// only the head fields.
 
 // TrajectoryHead holds the fields of a Trajectory a verifier needs: ids,
 // text, gold answer and kind. The blobs are validated but not decoded.
@@ -31,7 +29,7 @@ type TrajectoryHead struct {
 }
 
 // RawTrajectory is an encoded trajectory that passed DecodeRawTrajectory:
-// its head fields decoded and its bytes kept for AppendScored.
+// its head fields decoded and its bytes kept.
 type RawTrajectory struct {
 	Head TrajectoryHead
 	raw  []byte // exactly one encoded trajectory, aliasing the input
@@ -189,78 +187,4 @@ func DecodeRawTrajectory(b []byte, t *RawTrajectory) (err error) {
 		Text: s.Text, Answer: s.Answer, Kind: s.Kind, Tokens: s.Tokens.n}
 	t.raw = b[:h.r.pos]
 	return nil
-}
-
-// ScoredHeader is a Scored message without its trajectory: what the
-// verifier adds.
-type ScoredHeader struct {
-	Reward       float32
-	Reason       string
-	Extracted    string
-	VerifyMicros int64
-}
-
-// scoredSplice mirrors Scored (same names and order; a test checks) with
-// the trajectory as already-encoded bytes.
-type scoredSplice struct {
-	V            uint16             `msgpack:"v"`
-	Traj         msgpack.RawMessage `msgpack:"traj"`
-	Reward       float32            `msgpack:"r"`
-	Reason       string             `msgpack:"why"`
-	Extracted    string             `msgpack:"ans"`
-	VerifyMicros int64              `msgpack:"vus"`
-}
-
-// appendWriter is the msgpack writer behind AppendScored: it appends to a
-// caller's slice.
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
-func (w *appendWriter) WriteByte(c byte) error      { w.b = append(w.b, c); return nil }
-func (w *appendWriter) WriteString(s string) (int, error) {
-	w.b = append(w.b, s...)
-	return len(s), nil
-}
-
-type spliceEncoder struct {
-	w   appendWriter
-	enc *msgpack.Encoder
-}
-
-var spliceEncoders = sync.Pool{New: func() any {
-	e := &spliceEncoder{}
-	e.enc = msgpack.NewEncoder(&e.w)
-	e.enc.UseCompactInts(true) // as Encode
-	return e
-}}
-
-// AppendScored appends to dst the Scored message made of h and the
-// trajectory t (which DecodeRawTrajectory accepted), without decoding or
-// re-encoding the trajectory. Decode reads the result into a Scored whose
-// Traj equals Decode of t's bytes; it fails with ErrTooLarge, leaving dst's
-// contents as they were, when the message would exceed MaxMessageBytes.
-func AppendScored(dst []byte, h *ScoredHeader, t *RawTrajectory) ([]byte, error) {
-	if len(t.raw) == 0 {
-		return dst, fmt.Errorf("wire: AppendScored: trajectory not decoded with DecodeRawTrajectory")
-	}
-	e := spliceEncoders.Get().(*spliceEncoder)
-	defer func() {
-		e.w.b = nil
-		spliceEncoders.Put(e)
-	}()
-	start := len(dst)
-	if cap(dst)-start < len(t.raw)+64+len(h.Reason)+len(h.Extracted) {
-		dst = append(make([]byte, 0, start+len(t.raw)+64+len(h.Reason)+len(h.Extracted)), dst...)
-	}
-	e.w.b = dst
-	s := scoredSplice{V: ScoredSchema, Traj: t.raw, Reward: h.Reward, Reason: h.Reason,
-		Extracted: h.Extracted, VerifyMicros: h.VerifyMicros}
-	if err := e.enc.Encode(&s); err != nil {
-		return dst[:start], fmt.Errorf("wire: encode scored: %w", err)
-	}
-	out := e.w.b
-	if n := len(out) - start; n > MaxMessageBytes {
-		return out[:start], fmt.Errorf("%w: scored of %d bytes (cap %d)", ErrTooLarge, n, MaxMessageBytes)
-	}
-	return out, nil
 }

@@ -10,9 +10,9 @@ import (
 )
 
 // The shadow types must list the same msgpack fields, in the same order and
-// (but for the spliced parts) of the same Go types as the messages they
-// stand for; a field added to Trajectory or Scored fails this until the
-// shadow follows.
+// (but for the blobs, whose lengths only are read) of the same Go types as
+// the message they stand for; a field added to Trajectory fails this until
+// the shadow follows.
 func TestShadowsMirrorMessages(t *testing.T) {
 	cases := []struct {
 		msg, shadow any
@@ -20,7 +20,6 @@ func TestShadowsMirrorMessages(t *testing.T) {
 	}{
 		{Trajectory{}, trajectoryShadow{}, map[string]reflect.Type{"pt": reflect.TypeFor[blobLen](),
 			"tok": reflect.TypeFor[blobLen](), "lp": reflect.TypeFor[blobLen](), "ent": reflect.TypeFor[blobLen]()}},
-		{Scored{}, scoredSplice{}, map[string]reflect.Type{"traj": reflect.TypeFor[msgpack.RawMessage]()}},
 	}
 	for _, c := range cases {
 		m, s := reflect.TypeOf(c.msg), reflect.TypeOf(c.shadow)
@@ -57,57 +56,25 @@ func spliceTrajectories() map[string]*Trajectory {
 	}
 }
 
-var spliceHeaders = []ScoredHeader{
-	{},
-	{Reward: 1, Reason: "correct", Extracted: "42", VerifyMicros: 17},
-	{Reward: 0, Reason: "timeout", VerifyMicros: 2_000_000},
-}
-
-// Golden: for a trajectory that Encode wrote, the spliced Scored is byte
-// for byte Encode's Scored, and Decode reads both to the same message.
-func TestAppendScoredMatchesEncode(t *testing.T) {
+// For a trajectory that Encode wrote, the head holds its fields and Bytes
+// its whole encoding.
+func TestDecodeRawTrajectoryHead(t *testing.T) {
 	for name, tr := range spliceTrajectories() {
-		for _, h := range spliceHeaders {
-			raw, err := Encode(tr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var rt RawTrajectory
-			if err := DecodeRawTrajectory(raw, &rt); err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			if hd := rt.Head; hd.ID != tr.ID || hd.TaskID != tr.TaskID || hd.RunID != tr.RunID ||
-				hd.QuestionID != tr.QuestionID || hd.Text != tr.Text || hd.Answer != tr.Answer ||
-				hd.Kind != tr.Kind || hd.Tokens != len(tr.Tokens) {
-				t.Fatalf("%s: head %+v does not match the trajectory", name, hd)
-			}
-			prefix := []byte("prefix")
-			got, err := AppendScored(prefix, &h, &rt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got[:len(prefix)], []byte("prefix")) {
-				t.Fatalf("%s: AppendScored changed dst's contents", name)
-			}
-			got = got[len(prefix):]
-			full := &Scored{Traj: *tr, Reward: h.Reward, Reason: h.Reason, Extracted: h.Extracted, VerifyMicros: h.VerifyMicros}
-			want, err := Encode(full)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Fatalf("%s %+v: spliced Scored differs from Encode's:\n got % x\nwant % x", name, h, head(got), head(want))
-			}
-			var a, b Scored
-			if err := Decode(got, &a); err != nil {
-				t.Fatal(err)
-			}
-			if err := Decode(want, &b); err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(a, b) || !reflect.DeepEqual(&a, full) {
-				t.Fatalf("%s: decoded spliced %+v, want %+v", name, a, b)
-			}
+		raw, err := Encode(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rt RawTrajectory
+		if err := DecodeRawTrajectory(raw, &rt); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if hd := rt.Head; hd.ID != tr.ID || hd.TaskID != tr.TaskID || hd.RunID != tr.RunID ||
+			hd.QuestionID != tr.QuestionID || hd.Text != tr.Text || hd.Answer != tr.Answer ||
+			hd.Kind != tr.Kind || hd.Tokens != len(tr.Tokens) {
+			t.Fatalf("%s: head %+v does not match the trajectory", name, hd)
+		}
+		if !bytes.Equal(rt.Bytes(), raw) {
+			t.Fatalf("%s: kept % x, want % x", name, head(rt.Bytes()), head(raw))
 		}
 	}
 }
@@ -115,9 +82,9 @@ func TestAppendScoredMatchesEncode(t *testing.T) {
 func head(b []byte) []byte { return b[:min(len(b), 64)] }
 
 // Trajectory bytes that Encode did not write (keys reordered, an unknown
-// key, the struct as an array, bytes after the trajectory) still decode,
-// inside the spliced Scored, to what Decode reads from them alone.
-func TestAppendScoredNonCanonical(t *testing.T) {
+// key, the struct as an array, bytes after the trajectory) give the head
+// fields Decode reads from them.
+func TestDecodeRawTrajectoryNonCanonical(t *testing.T) {
 	tr := spliceTrajectories()["every field"]
 	tr.V = TrajectorySchema
 	reordered := map[string]any{"kind": tr.Kind, "gold": tr.Answer, "text": tr.Text, "id": tr.ID, "v": 1,
@@ -150,17 +117,9 @@ func TestAppendScoredNonCanonical(t *testing.T) {
 		if name == "trailing bytes" && len(rt.Bytes()) != len(canonical) {
 			t.Fatalf("kept %d bytes, want the trajectory's %d", len(rt.Bytes()), len(canonical))
 		}
-		h := ScoredHeader{Reward: 1, Reason: "correct"}
-		b, err := AppendScored(nil, &h, &rt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got Scored
-		if err := Decode(b, &got); err != nil {
-			t.Fatalf("%s: spliced Scored does not decode: %v", name, err)
-		}
-		if !reflect.DeepEqual(got.Traj, want) || got.Reward != 1 || got.Reason != "correct" {
-			t.Fatalf("%s: spliced Scored decoded to %+v, want trajectory %+v", name, got, want)
+		if hd := rt.Head; hd.ID != want.ID || hd.Text != want.Text || hd.Answer != want.Answer || hd.Kind != want.Kind ||
+			hd.Tokens != len(want.Tokens) {
+			t.Fatalf("%s: head %+v, trajectory %+v", name, hd, want)
 		}
 	}
 }
@@ -208,36 +167,13 @@ func TestDecodeRawTrajectoryRejects(t *testing.T) {
 			if rt.Bytes() != nil {
 				t.Fatal("a refused trajectory kept its bytes")
 			}
-			if _, err := AppendScored(nil, &ScoredHeader{}, &rt); err == nil {
-				t.Fatal("AppendScored accepted a refused trajectory")
-			}
 		})
 	}
 }
 
-func TestAppendScoredTooLarge(t *testing.T) {
-	tr := &Trajectory{Tokens: make(Int32s, (MaxMessageBytes-512)/4)}
-	raw, err := Encode(tr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rt RawTrajectory
-	if err := DecodeRawTrajectory(raw, &rt); err != nil {
-		t.Fatal(err)
-	}
-	dst := []byte("keep")
-	out, err := AppendScored(dst, &ScoredHeader{Reason: string(make([]byte, 1000))}, &rt)
-	if !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("AppendScored: %v, want ErrTooLarge", err)
-	}
-	if string(out) != "keep" {
-		t.Fatalf("dst after a refusal: %q", head(out))
-	}
-}
-
 // For any input: DecodeRawTrajectory accepts exactly what Decode accepts
-// into a Trajectory, with the same error class, and a spliced Scored of an
-// accepted one decodes to the trajectory Decode reads.
+// into a Trajectory, with the same error class, and the head of an accepted
+// one holds the fields Decode reads.
 func FuzzDecodeRawTrajectory(f *testing.F) {
 	for _, tr := range spliceTrajectories() {
 		b, _ := Encode(tr)
@@ -269,46 +205,30 @@ func FuzzDecodeRawTrajectory(f *testing.F) {
 			rt.Head.Kind != full.Kind || rt.Head.Tokens != len(full.Tokens) {
 			t.Fatalf("head %+v, trajectory %+v", rt.Head, full)
 		}
-		b, err := AppendScored(nil, &ScoredHeader{Reward: 1, Reason: "r"}, &rt)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var sc Scored
-		if err := Decode(b, &sc); err != nil {
-			t.Fatalf("spliced Scored does not decode: %v", err)
-		}
-		// Compare encodings: blobs may hold NaNs, which DeepEqual never equates.
-		got, err1 := Encode(&sc.Traj)
-		want, err2 := Encode(&full)
-		if err1 != nil || err2 != nil || !bytes.Equal(got, want) {
-			t.Fatalf("spliced trajectory decodes to %+v, want %+v (%v, %v)", sc.Traj, full, err1, err2)
+		var again Trajectory
+		if err := Decode(rt.Bytes(), &again); err != nil {
+			t.Fatalf("the kept bytes do not decode: %v", err)
 		}
 	})
 }
 
-func BenchmarkScoredReencode(b *testing.B) {
+// What the verifier reads of a 1,024-token trajectory (its head) against a
+// full decode (what the learner does).
+func BenchmarkTrajectoryDecode(b *testing.B) {
 	data := benchEncoded(b)
 	for b.Loop() {
 		var tr Trajectory
 		if err := Decode(data, &tr); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := Encode(&Scored{Traj: tr, Reward: 1, Reason: "correct"}); err != nil {
-			b.Fatal(err)
-		}
 	}
 }
 
-func BenchmarkScoredSplice(b *testing.B) {
+func BenchmarkTrajectoryHead(b *testing.B) {
 	data := benchEncoded(b)
-	buf := make([]byte, 0, 2*len(data))
 	for b.Loop() {
 		var rt RawTrajectory
 		if err := DecodeRawTrajectory(data, &rt); err != nil {
-			b.Fatal(err)
-		}
-		var err error
-		if buf, err = AppendScored(buf[:0], &ScoredHeader{Reward: 1, Reason: "correct"}, &rt); err != nil {
 			b.Fatal(err)
 		}
 	}

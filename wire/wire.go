@@ -36,6 +36,7 @@ const (
 	TaskSchema          = 1
 	TrajectorySchema    = 1
 	ScoredSchema        = 1
+	VerdictSchema       = 1
 	StepReportSchema    = 1
 	ExperienceSchema    = 1
 	SampleRequestSchema = 1

@@ -463,7 +463,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		last := led.Reports[n-1].Step
 		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		for wctx.Err() == nil {
-			p, _, err := rsvc.ReadSnapshot(wctx, b, pool)
+			p, err := rsvc.ReadSnapshot(wctx, b, pool)
 			if err == nil && p != nil {
 				if s, ok := p.LastStep(); ok && s >= last {
 					rep.PoolEqual = bytes.Equal(p.Snapshot(), want.Snapshot())

@@ -13,21 +13,24 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Ledger is CONTROL and SCORED as an auditor reads them: the run's final
-// lineage (wire.Lineage, folded by replay.Lineage) and every scored
-// trajectory by id.
+// Ledger is CONTROL, SCORED and ROLLOUTS as an auditor reads them: the
+// run's final lineage (wire.Lineage, folded by replay.Lineage) and every
+// scored trajectory (a ROLLOUTS trajectory joined with its SCORED verdict by
+// sequence) by id.
 type Ledger struct {
 	Reports []*wire.StepReport // the final lineage, in step order
 	Epochs  []int64            // epochs of the epoch records, in stream order
 	Rewinds int                // epoch records that took reports out of the ledger
 	Scored  map[string]*wire.Scored
-	// Conflicts are trajectory ids stored on SCORED with different contents.
+	// Conflicts are trajectory ids stored on ROLLOUTS with different
+	// contents, or graded on SCORED with different rewards.
 	Conflicts []string
-	// Undecodable counts CONTROL and SCORED messages that did not decode.
+	// Undecodable counts CONTROL, SCORED and ROLLOUTS messages that did not
+	// decode.
 	Undecodable int
 }
 
-// ReadLedger reads the whole of CONTROL and SCORED of b's run.
+// ReadLedger reads the whole of CONTROL, SCORED and ROLLOUTS of b's run.
 func ReadLedger(ctx context.Context, b *bus.Bus) (*Ledger, error) {
 	l := &Ledger{Scored: map[string]*wire.Scored{}}
 	lin := replay.NewLineage()
@@ -68,21 +71,46 @@ func ReadLedger(ctx context.Context, b *bus.Bus) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("endurance: read CONTROL: %w", err)
 	}
-	raw := map[string][]byte{}
+	verdicts := map[uint64]*wire.Verdict{} // by ROLLOUTS sequence
+	reward := map[string]float32{}
 	err = bus.ReadSubjects(rctx, b, bus.Scored, all(bus.Scored), func(m jetstream.Msg) {
-		sc := new(wire.Scored)
-		if wire.Decode(m.Data(), sc) != nil {
+		v := new(wire.Verdict)
+		if wire.Decode(m.Data(), v) != nil {
 			l.Undecodable++
 			return
 		}
-		if prev, ok := raw[sc.Traj.ID]; ok && !bytes.Equal(prev, m.Data()) {
-			l.Conflicts = append(l.Conflicts, sc.Traj.ID)
+		if r, ok := reward[v.ID]; ok && r != v.Reward {
+			l.Conflicts = append(l.Conflicts, v.ID)
 		}
-		raw[sc.Traj.ID] = bytes.Clone(m.Data())
-		l.Scored[sc.Traj.ID] = sc
+		reward[v.ID] = v.Reward
+		verdicts[v.Seq] = v
 	})
 	if err != nil {
 		return nil, fmt.Errorf("endurance: read SCORED: %w", err)
+	}
+	raw := map[string][]byte{}
+	err = bus.ReadSubjects(rctx, b, bus.Rollouts, all(bus.Rollouts), func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		t := new(wire.Trajectory)
+		if wire.Decode(m.Data(), t) != nil {
+			l.Undecodable++
+			return
+		}
+		if prev, ok := raw[t.ID]; ok && !bytes.Equal(prev, m.Data()) {
+			l.Conflicts = append(l.Conflicts, t.ID)
+		}
+		raw[t.ID] = bytes.Clone(m.Data())
+		v, ok := verdicts[md.Sequence.Stream]
+		if !ok || v.ID != t.ID {
+			return // never graded (dead-lettered, or of a superseded epoch)
+		}
+		l.Scored[t.ID] = &wire.Scored{Traj: *t, Reward: v.Reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("endurance: read ROLLOUTS: %w", err)
 	}
 	return l, nil
 }
@@ -93,7 +121,7 @@ type Audit struct {
 	StepGaps         []int64  // steps 0..last missing from the lineage
 	StepRepeats      []int64  // steps in it more than once
 	Named            int      // fresh trajectories the lineage names
-	Missing          []string // named but not on SCORED (lost)
+	Missing          []string // named but not scored (no verdict, or not on ROLLOUTS: lost)
 	NamedTwice       []string // named by two reports (counted twice)
 	Conflicts        []string // one id, two contents
 	PoolQuestions    int
@@ -141,7 +169,13 @@ func (l *Ledger) Check(cfg replay.Config) (Audit, *replay.Pool, error) {
 		return a, nil, err
 	}
 	for _, r := range l.Reports {
-		rep, _ := rsvc.Assemble(r, func(id string) (*wire.Scored, bool) { sc, ok := l.Scored[id]; return sc, ok })
+		rep, _ := rsvc.Assemble(r, func(id string, _ uint64) (*wire.Trajectory, bool) {
+			sc, ok := l.Scored[id]
+			if !ok {
+				return nil, false
+			}
+			return &sc.Traj, true
+		})
 		if err := pool.Apply(rep); err != nil {
 			return a, nil, fmt.Errorf("endurance: fold step %d: %w", r.Step, err)
 		}

@@ -26,7 +26,7 @@ type benchTarget struct {
 
 var benchTargets = map[string]benchTarget{
 	"endurance": {"roles as processes under repeated kill -9 for --duration: ledger, pool, memory, streams, step rate (not in bench all)", benchEndurance},
-	"dataplane": {"trajectories/s through actor -> verifier -> SCORED -> learner+replay vs bare JetStream", benchDataplane},
+	"dataplane": {"trajectories/s through actor -> ROLLOUTS -> verifier -> SCORED verdicts -> learner join -> replay fetch vs bare JetStream", benchDataplane},
 	"learner":   {"step-time overhead of experience management: ExGRPO step / on-policy step at equal batch (paper: +19%)", benchLearner},
 	"policy":    {"policy training and sampling tokens/s, matmul GFLOP/s vs SGEMM peak, vs PyTorch CPU", benchPolicy},
 	"replay":    {"experience pool: sample 64 questions (goal 100 us), fold a 128x8x1024 report (goal 5 ms), snapshot MB/s", benchReplay},

@@ -10,7 +10,7 @@ import (
 )
 
 func init() {
-	register("verifier", "a verifier worker: grades ROLLOUTS into SCORED (run any number)", runVerifierRole)
+	register("verifier", "a verifier worker: grades ROLLOUTS, publishing verdicts to SCORED (run any number)", runVerifierRole)
 }
 
 func runVerifierRole(ctx context.Context, args []string) error {

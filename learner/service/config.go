@@ -9,8 +9,9 @@
 //  3. draws the fresh questions (learner.FreshSampler, retired ones skipped
 //     from the next epoch on, E4) and publishes TASKS: K samples per fresh
 //     question, K-1 per replayed one (E8), at the current policy version,
-//  4. gathers the step's scored rollouts from SCORED (its own durable),
-//     dropping those older than the staleness bound S,
+//  4. gathers the step's rollouts: the trajectories from ROLLOUTS joined
+//     with their verdicts from SCORED (both followed from the epoch's
+//     start, see join.go), dropping those older than the staleness bound S,
 //  5. trains (learner.Learner.Step: E9-E14), publishes the new weights and
 //     the step report on CONTROL, which the replay service folds (E2-E5).
 //
@@ -23,7 +24,6 @@ package service
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/exgrpo/exgrpo/learner"
@@ -46,8 +46,6 @@ type Config struct {
 	Temperature float32
 	// Seed seeds question draws, E7 tie-breaking and the tasks' sampling seeds.
 	Seed int64
-	// Durable names the learner's consumer on SCORED. Default "learner".
-	Durable string
 	// SampleTimeout bounds one replay sample request; it is retried until
 	// ReplayWait. Default 10s.
 	SampleTimeout time.Duration
@@ -86,7 +84,7 @@ type Config struct {
 // DefaultConfig returns the built-in task's settings.
 func DefaultConfig() Config {
 	return Config{Learner: learner.DefaultConfig(), MaxNew: learner.DefaultLMax, Temperature: 1,
-		Seed: 1, Durable: "learner", SampleTimeout: 10 * time.Second, ReplayWait: 5 * time.Minute,
+		Seed: 1, SampleTimeout: 10 * time.Second, ReplayWait: 5 * time.Minute,
 		GatherTimeout: 10 * time.Minute, ConnLoss: 2 * time.Minute, PublishTimeout: 3 * time.Minute, CheckpointEvery: 0, EvalEvery: 0, WatchDead: true}
 }
 
@@ -104,8 +102,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: MaxNew %d exceeds LMax %d, the Dr.GRPO normaliser (E12); raise LMax", ErrConfig, c.MaxNew, c.Learner.LMax)
 	case !(c.Temperature > 0):
 		return fmt.Errorf("%w: Temperature %v must be > 0", ErrConfig, c.Temperature)
-	case c.Durable == "" || strings.ContainsAny(c.Durable, ". *>"):
-		return fmt.Errorf("%w: Durable %q must be a non-empty name without dots, spaces or wildcards", ErrConfig, c.Durable)
 	case c.SampleTimeout <= 0 || c.ReplayWait <= 0 || c.GatherTimeout <= 0 || c.ConnLoss <= 0 || c.PublishTimeout <= 0:
 		return fmt.Errorf("%w: SampleTimeout, ReplayWait, GatherTimeout, ConnLoss and PublishTimeout must be positive (start from DefaultConfig)", ErrConfig)
 	case c.CheckpointEvery < 0 || c.EvalEvery < 0:

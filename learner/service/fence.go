@@ -11,12 +11,11 @@ import (
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/task"
 	"github.com/exgrpo/exgrpo/wire"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 )
 
-// The learner's fence: what comes off SCORED was written by actors and
-// verifiers the learner cannot vouch for, so every rollout is checked before
+// The learner's fence: what comes off ROLLOUTS and SCORED was written by
+// actors and verifiers the learner cannot vouch for, so every rollout is checked before
 // it can reach a forward pass, a group or (through the step report) the
 // replay pool. Trusted: nothing but the ids the learner made itself (task id,
 // step, question) to find the rollout's place; checked: the arrays against
@@ -76,32 +75,27 @@ func clip(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// receive handles one SCORED message: decode, keep it only when it belongs
-// to this epoch, fence it, file it under its step.
-func (s *Service) receive(ctx context.Context, m jetstream.Msg) {
-	sc := new(wire.Scored)
-	if err := wire.Decode(m.Data(), sc); err != nil {
-		s.dead(ctx, m, err)
-		return
-	}
+// admit handles one joined rollout (a trajectory from ROLLOUTS with its
+// verdict from SCORED, see join.go): keep it only when it belongs to this
+// epoch, fence it, file it under its step. A refused one goes to DEAD (the
+// ROLLOUTS message, with the reason) and is asked for again.
+func (s *Service) admit(ctx context.Context, sc *wire.Scored, r *heldRollout) {
 	if e, _ := wire.TaskEpoch(sc.Traj.TaskID); e != s.epoch {
-		_ = m.Ack() // another learner epoch's rollout (after a restart): never trained on
-		s.met.Ignored.Inc()
+		s.met.Ignored.Inc() // another learner epoch's rollout (after a restart): never trained on
 		return
 	}
 	if horizon := s.step + int64(s.cfg.Learner.Staleness); sc.Traj.Step > horizon {
 		// No task of this epoch asked for it: forged, or a broken actor.
-		s.dead(ctx, m, fmt.Errorf("%w: trajectory %s: step %d is not in flight (the learner has asked for steps up to %d)",
+		s.deadRollout(ctx, r, fmt.Errorf("%w: trajectory %s: step %d is not in flight (the learner has asked for steps up to %d)",
 			wire.ErrInvalid, sc.Traj.ID, sc.Traj.Step, horizon))
 		return
 	}
 	if err := s.validate(sc); err != nil {
-		s.dead(ctx, m, err)
+		s.deadRollout(ctx, r, err)
 		s.retry(ctx, sc, err)
 		return
 	}
-	_ = m.Ack() // the learner's buffer is transient by design: a restart resumes at its checkpoint
-	s.accept(sc)
+	s.accept(sc, r.seq)
 }
 
 // locate finds the planned task and the group index a rollout fills.

@@ -22,9 +22,12 @@ type Metrics struct {
 	Retried           prometheus.Counter
 	ReplayUnavailable prometheus.Counter
 	Dead              prometheus.Counter
-	StepSeconds       prometheus.Histogram
-	GatherSeconds     prometheus.Histogram
-	TrainSeconds      prometheus.Histogram
+	// RolloutsGone counts verdicts whose trajectory ROLLOUTS no longer held
+	// (its byte limit discarded it first): each is asked for again.
+	RolloutsGone  prometheus.Counter
+	StepSeconds   prometheus.Histogram
+	GatherSeconds prometheus.Histogram
+	TrainSeconds  prometheus.Histogram
 }
 
 // NewMetrics creates the series and registers them on reg (nil: not registered).
@@ -54,10 +57,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Tokens:            c("tokens_total", "Response tokens trained on."),
 		Stale:             c("stale_dropped_total", "Fresh rollouts dropped for staleness."),
 		DroppedGroups:     c("dropped_groups_total", "Groups left incomplete at the gather deadline."),
-		Ignored:           c("ignored_rollouts_total", "Scored rollouts of no current step (leftovers, or of another learner epoch)."),
+		Ignored:           c("ignored_rollouts_total", "Rollouts or verdicts of no current step (leftovers, or of another learner epoch)."),
 		Retried:           c("retried_rollouts_total", "Rollouts asked for again after the fence refused one (it went to DEAD)."),
 		ReplayUnavailable: c("replay_unavailable_total", "Steps that went on without the replay service."),
 		Dead:              c("dead_total", "Messages sent to DEAD."),
+		RolloutsGone:      c("rollouts_gone_total", "Verdicts whose trajectory ROLLOUTS no longer held (byte limit); asked for again."),
 		StepSeconds:       h("step_seconds", "Wall time of a step, from its tasks to its report."),
 		GatherSeconds:     h("gather_seconds", "Time waiting for a step's rollouts."),
 		TrainSeconds:      h("train_seconds", "Time in the update."),
@@ -65,7 +69,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.Steps, m.Step, m.Version, m.Reward, m.HeldOut, m.Entropy, m.Loss, m.GradNorm, m.Replayed,
 			m.Mixed, m.Rollouts, m.Tokens, m.Stale, m.DroppedGroups, m.Ignored, m.Retried, m.ReplayUnavailable, m.Dead,
-			m.StepSeconds, m.GatherSeconds, m.TrainSeconds)
+			m.RolloutsGone, m.StepSeconds, m.GatherSeconds, m.TrainSeconds)
 	}
 	return m
 }

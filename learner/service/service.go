@@ -109,9 +109,18 @@ type Service struct {
 	retired  []string
 	rollouts int64
 
-	plans   map[int64]*plan
-	scoredC chan jetstream.Msg
-	early   map[int64][]*wire.Scored // rollouts of steps not yet planned (after a restart)
+	plans    map[int64]*plan
+	scoredC  chan jetstream.Msg // verdicts (SCORED)
+	rollC    chan jetstream.Msg // trajectories (ROLLOUTS, followed from the epoch's start)
+	rolls    map[uint64]*heldRollout
+	verdicts map[uint64]*heldVerdict
+	early    map[int64][]earlyRollout // rollouts of steps not yet planned (after a restart)
+}
+
+// earlyRollout is a fenced rollout of a step not planned yet.
+type earlyRollout struct {
+	sc  *wire.Scored
+	seq uint64
 }
 
 type plan struct {
@@ -133,7 +142,8 @@ type planned struct {
 	replayed *learner.Rollout
 	ranking  []learner.Ranked
 	got      map[int]*wire.Scored
-	retried  map[int]int // index -> times asked for again
+	seqs     map[int]uint64 // index -> ROLLOUTS sequence of got[index] (named in the step report)
+	retried  map[int]int    // index -> times asked for again
 }
 
 // New builds the service; with Config.Resume it loads the latest checkpoint.
@@ -156,7 +166,8 @@ func New(cfg Config, d Deps) (*Service, error) {
 		d.Metrics = NewMetrics(nil)
 	}
 	s := &Service{cfg: cfg, d: d, log: d.Log, met: d.Metrics, problems: make(map[string]task.Problem, len(d.Problems)),
-		checkers: map[string]verifier.Checker{}, plans: map[int64]*plan{}, early: map[int64][]*wire.Scored{}}
+		checkers: map[string]verifier.Checker{}, plans: map[int64]*plan{}, early: map[int64][]earlyRollout{},
+		rolls: map[uint64]*heldRollout{}, verdicts: map[uint64]*heldVerdict{}}
 	ids := make([]string, 0, len(d.Problems))
 	for _, p := range d.Problems {
 		if _, dup := s.problems[p.ID]; dup {
@@ -270,25 +281,36 @@ func (s *Service) run(ctx context.Context) error {
 	if s.cfg.Steps > 0 && s.step >= s.cfg.Steps {
 		return nil
 	}
-	cons, err := s.d.Bus.Reader(ctx, bus.Scored, s.cfg.Durable, bus.ReaderOptions{MaxAckPending: 1 << 16})
-	if err != nil {
-		return fmt.Errorf("learner service: %w", err)
-	}
+	// The verdicts and the trajectories, from now on, with ordered
+	// consumers (no acks: the streams keep the messages). This epoch's
+	// tasks are published below, so every rollout and verdict of this epoch
+	// comes after this point; a restarted learner is a new epoch.
 	s.scoredC = make(chan jetstream.Msg, 4096)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
+	vc, err := s.d.Bus.Follow(ctx, bus.Scored, func(m jetstream.Msg) {
 		select {
 		case s.scoredC <- m:
 		case <-ctx.Done():
 		}
-	}, jetstream.PullMaxMessages(1024), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+	}, func(err error) {
 		// Missed heartbeats and leader changes after a node loss land
-		// here; the client re-pulls by itself. Logged for the record.
-		s.log.Warn("scored consumer", zap.Error(err))
-	}))
+		// here; the ordered consumer resumes after its last message.
+		s.log.Warn("verdicts reader", zap.Error(err))
+	})
 	if err != nil {
-		return fmt.Errorf("learner service: consume scored: %w", err)
+		return fmt.Errorf("learner service: %w", err)
 	}
-	defer cc.Stop()
+	defer vc.Stop()
+	s.rollC = make(chan jetstream.Msg, 4096)
+	rc, err := s.d.Bus.Follow(ctx, bus.Rollouts, func(m jetstream.Msg) {
+		select {
+		case s.rollC <- m:
+		case <-ctx.Done():
+		}
+	}, func(err error) { s.log.Warn("rollouts reader", zap.Error(err)) })
+	if err != nil {
+		return fmt.Errorf("learner service: %w", err)
+	}
+	defer rc.Stop()
 
 	if s.cfg.WatchDead {
 		w, err := s.d.Bus.NewDeadWatcher(ctx, "learner")
@@ -337,6 +359,7 @@ func (s *Service) run(ctx context.Context) error {
 			return quiet(ctx, err)
 		}
 		s.step = t + 1
+		s.prune()
 		if next := t + S + 1; s.within(next) {
 			if err := s.prepare(ctx, next); err != nil {
 				return quiet(ctx, err)
@@ -413,8 +436,8 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 		return fmt.Errorf("learner service: publish tasks of step %d: %w", t, err)
 	}
 	s.plans[t] = p
-	for _, sc := range s.early[t] {
-		s.accept(sc)
+	for _, e := range s.early[t] {
+		s.accept(e.sc, e.seq)
 	}
 	delete(s.early, t)
 	return nil
@@ -422,7 +445,7 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 
 func (p *plan) add(pt *planned) {
 	id := wire.TaskID(p.epoch, p.step, pt.problem.ID)
-	pt.got = map[int]*wire.Scored{}
+	pt.got, pt.seqs = map[int]*wire.Scored{}, map[int]uint64{}
 	p.tasks[id] = pt
 	p.order = append(p.order, id)
 }
@@ -612,15 +635,16 @@ func (s *Service) fetchExperience(ctx context.Context, qs []wire.SampledQuestion
 	return out, nil
 }
 
-// accept files one fenced rollout of this epoch under its step's plan.
-func (s *Service) accept(sc *wire.Scored) {
+// accept files one fenced rollout of this epoch (ROLLOUTS sequence seq)
+// under its step's plan.
+func (s *Service) accept(sc *wire.Scored, seq uint64) {
 	if _, ok := s.plans[sc.Traj.Step]; !ok {
 		// receive refused steps beyond the ones in flight.
 		if sc.Traj.Step < s.step {
 			s.met.Ignored.Inc() // a step already trained (a late redelivery)
 			return
 		}
-		s.early[sc.Traj.Step] = append(s.early[sc.Traj.Step], sc)
+		s.early[sc.Traj.Step] = append(s.early[sc.Traj.Step], earlyRollout{sc: sc, seq: seq})
 		return
 	}
 	p, pt, i, ok := s.locate(&sc.Traj)
@@ -631,7 +655,7 @@ func (s *Service) accept(sc *wire.Scored) {
 	if _, dup := pt.got[i]; dup {
 		return
 	}
-	pt.got[i] = sc
+	pt.got[i], pt.seqs[i] = sc, seq
 	p.missing--
 }
 
@@ -643,6 +667,8 @@ func (s *Service) gather(ctx context.Context, p *plan) error {
 	defer timer.Stop()
 	tick := time.NewTicker(waitLogEvery)
 	defer tick.Stop()
+	fetch := time.NewTicker(joinWait / 3)
+	defer fetch.Stop()
 	for p.missing > 0 {
 		select {
 		case <-ctx.Done():
@@ -654,8 +680,12 @@ func (s *Service) gather(ctx context.Context, p *plan) error {
 			return nil
 		case <-tick.C:
 			s.logWait(p, start)
+		case <-fetch.C:
+			s.fetchWaiting(ctx)
+		case m := <-s.rollC:
+			s.onRollout(ctx, m)
 		case m := <-s.scoredC:
-			s.receive(ctx, m)
+			s.onVerdict(ctx, m)
 			if p.missing <= p.expected/2 {
 				faultpoint.Hit("learner.gather", p.step) // crash tests: half the step's rollouts in
 			}
@@ -676,6 +706,7 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 	res.Gather = time.Since(gstart)
 	cfg := s.cfg.Learner
 	var groups []learner.Group
+	seqs := map[string]uint64{} // trajectory id -> ROLLOUTS sequence, for the report
 	stale := 0
 	for _, id := range p.order {
 		pt := p.tasks[id]
@@ -686,6 +717,7 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 				continue
 			}
 			tr := &sc.Traj
+			seqs[tr.ID] = pt.seqs[i]
 			fresh = append(fresh, learner.Rollout{ID: tr.ID, PromptTokens: tr.PromptTokens, Tokens: tr.Tokens,
 				LogProbs: tr.LogProbs, Version: tr.PolicyVersion, Reward: sc.Reward, Reason: sc.Reason})
 		}
@@ -734,7 +766,7 @@ func (s *Service) train(ctx context.Context, t int64) (StepResult, error) {
 		}
 	}
 	s.mixed = sum.NextMixed
-	rep := report(s.d.Bus.Names.Run, sum, s.version, time.Since(p.started))
+	rep := report(s.d.Bus.Names.Run, sum, s.version, time.Since(p.started), seqs)
 	rep.Epoch = s.epoch
 	data, err := wire.Encode(&rep)
 	if err != nil {
@@ -782,15 +814,22 @@ func PublishWeights(ctx context.Context, b *bus.Bus, version int64, m *policy.Mo
 	return b.PublishWeights(ctx, version, buf.Bytes())
 }
 
-// report turns a step summary into the wire step report (CONTROL).
-func report(run string, sum learner.StepSummary, newVersion int64, took time.Duration) wire.StepReport {
+// report turns a step summary into the wire step report (CONTROL); seqs
+// gives the ROLLOUTS sequence of each fresh trajectory, which the report
+// names beside its id (the replay service fetches the ones it stores by it).
+func report(run string, sum learner.StepSummary, newVersion int64, took time.Duration, seqs map[string]uint64) wire.StepReport {
 	r := wire.StepReport{RunID: run, Step: sum.Step, PolicyVersion: sum.PolicyVersion, NewVersion: newVersion,
 		Pass1: sum.Pass1, Mixed: sum.Mixed, Loss: sum.Loss, GradNorm: sum.GradNorm, Skipped: sum.Skipped > 0,
 		Entropy: sum.Entropy, StaleDropped: sum.StaleDropped, StepMicros: took.Microseconds(), UnixMs: time.Now().UnixMilli()}
 	for _, g := range sum.Groups {
 		gr := wire.GroupReport{QuestionID: g.QuestionID, Size: g.Size, Correct: g.Correct, Replayed: g.Replayed,
 			ReplayedID: g.ReplayedID, TrajectoryIDs: g.TrajectoryIDs, Rewards: g.Rewards, Advantages: g.Advantages,
-			Reasons: g.Reasons}
+			Reasons: g.Reasons, Seqs: make([]uint64, len(g.TrajectoryIDs))}
+		for j, id := range g.TrajectoryIDs {
+			if !(g.Replayed && id == g.ReplayedID) {
+				gr.Seqs[j] = seqs[id]
+			}
+		}
 		for _, c := range g.Candidates {
 			gr.Candidates = append(gr.Candidates, wire.Candidate{ID: c.ID, Entropy: float32(c.Entropy)})
 		}
@@ -832,14 +871,6 @@ func (s *Service) checkpoint(ctx context.Context, t int64) error {
 		return fmt.Errorf("learner service: checkpoint: %w", err)
 	}
 	return nil
-}
-
-func (s *Service) dead(ctx context.Context, m jetstream.Msg, reason error) {
-	s.met.Dead.Inc()
-	s.log.Warn("message to DEAD", zap.String("stream", string(bus.Scored)), zap.Error(reason))
-	if err := s.d.Bus.DeadLetter(ctx, "learner", m, reason.Error()); err != nil {
-		s.log.Error("dead letter", zap.Error(err)) // not acknowledged: redelivered, and retried then
-	}
 }
 
 func (s *Service) observe(r StepResult, stale int) {

@@ -42,8 +42,9 @@ func lucky(id string) bool {
 
 // rollouts is a stand-in for the actor and verifier roles (their own tests
 // cover them): it takes tasks from TASKS, samples with the announced policy
-// version it fetched from the Object Store, rewards with lucky and publishes
-// SCORED, acking each task afterwards.
+// version it fetched from the Object Store, stores each trajectory on
+// ROLLOUTS and publishes its verdict (lucky's reward) on SCORED, acking each
+// task afterwards.
 //
 // forge, when set, stands for a misbehaving actor or verifier: it gets each
 // scored rollout and returns what is published instead.
@@ -118,11 +119,7 @@ func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.T
 					out = forge[0](sc)
 				}
 				for _, sc := range out {
-					data, err := wire.Encode(&sc)
-					if err != nil {
-						return err
-					}
-					if _, err := pub.Publish(ctx, b.Names.Subject(bus.Scored), sc.Traj.ID, data); err != nil {
+					if err := publishScored(ctx, b, pub, &sc); err != nil {
 						return err
 					}
 				}
@@ -132,6 +129,46 @@ func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.T
 	}
 	return nil
 }
+
+// publishScored publishes sc as the actor and the verifier would: the
+// trajectory on ROLLOUTS, then its verdict, naming the ROLLOUTS sequence, on
+// SCORED (both with the trajectory id as message id).
+//
+// A rollout whose ActorID is lostActor stands for one ROLLOUTS discarded
+// before the learner read it: the verdict names the sequence of a message
+// that was stored and deleted at once.
+func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire.Scored) error {
+	data, err := wire.Encode(&sc.Traj)
+	if err != nil {
+		return err
+	}
+	if sc.Traj.ActorID == lostActor {
+		data = []byte("discarded")
+	}
+	ack, err := pub.Publish(ctx, b.Names.Subject(bus.Rollouts), sc.Traj.ID, data)
+	if err != nil {
+		return err
+	}
+	if sc.Traj.ActorID == lostActor {
+		st, err := b.Stream(ctx, bus.Rollouts)
+		if err != nil {
+			return err
+		}
+		if err := st.DeleteMsg(ctx, ack.Sequence); err != nil {
+			return err
+		}
+	}
+	v := wire.Verdict{RunID: sc.Traj.RunID, ID: sc.Traj.ID, TaskID: sc.Traj.TaskID, Seq: ack.Sequence, Size: len(data),
+		Reward: sc.Reward, Reason: sc.Reason}
+	if data, err = wire.Encode(&v); err != nil {
+		return err
+	}
+	_, err = pub.Publish(ctx, b.Names.Subject(bus.Scored), sc.Traj.ID, data)
+	return err
+}
+
+// lostActor marks a forged rollout that publishScored loses (see there).
+const lostActor = "lost"
 
 type env struct {
 	srv     *bus.Server
@@ -198,10 +235,16 @@ func testConfig(steps int64) Config {
 // the learner returns.
 func (e *env) runAll(t *testing.T, cfg Config) (*Service, []StepResult) {
 	t.Helper()
+	return e.runAllWith(t, cfg, nil)
+}
+
+// runAllWith is runAll with the learner's metrics (nil: its own).
+func (e *env) runAllWith(t *testing.T, cfg Config, met *Metrics) (*Service, []StepResult) {
+	t.Helper()
 	cfg.CheckpointDir = e.ckpt
 	var results []StepResult
 	svc, err := New(cfg, Deps{Bus: e.b, Model: e.base, Tokenizer: task.BuiltinTokenizer(), Problems: e.train,
-		Check: allCorrect, OnStep: func(r StepResult) { results = append(results, r) }, Log: zap.NewNop()})
+		Check: allCorrect, OnStep: func(r StepResult) { results = append(results, r) }, Metrics: met, Log: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,7 @@ var ErrNoRewind = errors.New("replay service: cannot return the pool to the lear
 // (every report before it is folded): an epoch record may rewind the pool,
 // a checkpoint record keeps the pool as of that step and carries out the
 // purges that no resume can undo any more.
-func (s *Service) onLineage(ctx context.Context, pr pendingReport) error {
+func (s *Service) onLineage(ctx context.Context, pr *pendingReport) error {
 	rec := pr.rec
 	d := s.lin.Record(rec)
 	switch {
@@ -41,7 +41,6 @@ func (s *Service) onLineage(ctx context.Context, pr pendingReport) error {
 		s.log.Info("lineage record left out", zap.String("why", d.Why))
 	case rec.Kind == wire.LineageEpoch:
 		s.log.Info("learner epoch", zap.Int64("epoch", rec.Epoch), zap.Int64("start_step", rec.Step))
-		s.dropBuffered(rec.Epoch)
 	case rec.Kind == wire.LineageCheckpoint:
 		if err := s.keepCheckpoint(ctx, rec.Step); err != nil {
 			return err
@@ -55,16 +54,6 @@ func (s *Service) onLineage(ctx context.Context, pr pendingReport) error {
 	}
 	s.observe()
 	return nil
-}
-
-// dropBuffered forgets buffered trajectories of epochs before epoch.
-func (s *Service) dropBuffered(epoch int64) {
-	for id, sc := range s.buffer {
-		if e, _ := wire.TaskEpoch(sc.Traj.TaskID); e < epoch {
-			delete(s.buffer, id)
-			s.met.Discarded.Inc()
-		}
-	}
 }
 
 // keepCheckpoint stores the pool as of checkpoint step c, drops the stored
@@ -172,7 +161,6 @@ func (s *Service) rewind(ctx context.Context, to, epoch int64) error {
 		s.touched = slices.DeleteFunc(s.touched, func(t touchedStep) bool { return t.Step > to })
 	}
 	s.pool, s.lastStep = pool, to
-	s.dropBuffered(epoch)
 	return nil
 }
 

@@ -42,10 +42,7 @@ func (h *harness) lineage(kind string, epoch, step int64) {
 }
 
 func (h *harness) publishEpochStep(sc script, t int) {
-	for i := range sc.scored[t] {
-		s := &sc.scored[t][i]
-		h.publish(h.b.Names.Subject(bus.Scored), s.Traj.ID, s)
-	}
+	h.publishScored(sc, t)
 	h.publish(h.b.Names.Subject(bus.Control), wire.ReportMsgID(sc.reports[t].Epoch, int64(t)), &sc.reports[t])
 }
 
@@ -57,9 +54,9 @@ func (h *harness) publishEpochStep(sc script, t int) {
 // restarted afterwards must come back to the same pool. Also run with the
 // service restarted between the crash and the resume.
 //
-// scoredFirst publishes the new epoch's rollouts before its epoch record,
-// as happens when SCORED is read ahead of CONTROL: they must not be taken
-// for rollouts of steps already folded.
+// scoredFirst publishes the new epoch's rollouts before its epoch record, as
+// happens when the new learner's rollouts are stored before the replay
+// service reads its record: they are fetched when their reports come.
 func TestRewindToCheckpoint(t *testing.T) {
 	for _, tc := range []struct{ restartMid, scoredFirst bool }{{false, false}, {true, false}, {false, true}} {
 		restartMid, scoredFirst := tc.restartMid, tc.scoredFirst
@@ -81,9 +78,7 @@ func TestRewindToCheckpoint(t *testing.T) {
 			}
 			if scoredFirst {
 				for s := 3; s < 9; s++ {
-					for i := range b.scored[s] {
-						h.publish(h.b.Names.Subject(bus.Scored), b.scored[s][i].Traj.ID, &b.scored[s][i])
-					}
+					h.publishScored(b, s)
 				}
 				// Let the service read them before the record.
 				time.Sleep(300 * time.Millisecond)

@@ -11,7 +11,7 @@ type Metrics struct {
 	PoolTrajectories    prometheus.Gauge
 	Retired             prometheus.Gauge
 	LastStep            prometheus.Gauge
-	Buffered            prometheus.Gauge
+	Fetched             prometheus.Counter // trajectories read from ROLLOUTS by sequence
 	Bucket              *prometheus.GaugeVec
 	SampleRequests      prometheus.Counter
 	SampleExpired       prometheus.Counter
@@ -20,7 +20,6 @@ type Metrics struct {
 	SnapshotBytes       prometheus.Gauge
 	Skipped             prometheus.Counter // CONTROL messages left out of the ledger (see replay.Lineage)
 	Rewinds             prometheus.Counter
-	Discarded           prometheus.Counter // SCORED messages not buffered (invalid, old epoch, step not in flight)
 }
 
 // NewMetrics creates the series and registers them on reg (nil: not registered).
@@ -33,25 +32,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		PoolTrajectories: prometheus.NewGauge(prometheus.GaugeOpts{Name: "exgrpo_replay_pool_trajectories", Help: "Stored trajectories."}),
 		Retired:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "exgrpo_replay_retired_questions", Help: "Retired questions (ALGORITHM.md E4)."}),
 		LastStep:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "exgrpo_replay_last_step", Help: "Last folded step."}),
-		Buffered:         prometheus.NewGauge(prometheus.GaugeOpts{Name: "exgrpo_replay_buffered_trajectories", Help: "Scored trajectories waiting for their step report."}),
+		Fetched:          prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_trajectories_fetched_total", Help: "Trajectories read from ROLLOUTS by sequence (the ones a report names for the pool)."}),
 		Bucket:           prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "exgrpo_replay_bucket_questions", Help: "Questions per bucket k (ALGORITHM.md E3)."}, []string{"k"}),
 		SampleRequests:   prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_sample_requests_total", Help: "Sample requests received."}),
 		SampleExpired:    prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_sample_expired_total", Help: "Sample requests dropped while waiting for their step."}),
 		MissingTrajectories: prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_missing_trajectories_total",
-			Help: "Trajectories named by a report that never arrived on SCORED."}),
+			Help: "Trajectories a report names for the pool that ROLLOUTS no longer held (byte limit) or did not serve within ReportWait."}),
 		Dead:          prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_dead_total", Help: "Messages sent to DEAD."}),
 		SnapshotBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "exgrpo_replay_snapshot_bytes", Help: "Size of the last snapshot."}),
 		Skipped: prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_control_skipped_total",
 			Help: "Step reports and lineage records left out of the ledger (repeated, or of a superseded learner epoch)."}),
 		Rewinds: prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_rewinds_total",
 			Help: "Returns of the pool to a learner checkpoint after a learner restart."}),
-		Discarded: prometheus.NewCounter(prometheus.CounterOpts{Name: "exgrpo_replay_scored_discarded_total",
-			Help: "Scored trajectories not buffered: invalid, over the size cap, of a superseded epoch or of a step not in flight."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Folded, m.Added, m.FoldSeconds, m.PoolQuestions, m.PoolTrajectories, m.Retired,
-			m.LastStep, m.Buffered, m.Bucket, m.SampleRequests, m.SampleExpired, m.MissingTrajectories, m.Dead, m.SnapshotBytes,
-			m.Skipped, m.Rewinds, m.Discarded)
+			m.LastStep, m.Fetched, m.Bucket, m.SampleRequests, m.SampleExpired, m.MissingTrajectories, m.Dead, m.SnapshotBytes,
+			m.Skipped, m.Rewinds)
 	}
 	return m
 }

@@ -1,21 +1,25 @@
 // Package service is the replay role: it drives the pure experience pool
 // (package replay) from JetStream.
 //
-// It reads the learner's step reports from CONTROL and the scored
-// trajectories they name from SCORED (one durable consumer on each, both
-// named Config.Durable), folds each report into the pool in stream order,
+// It reads the learner's step reports from CONTROL (one durable consumer,
+// named Config.Durable), fetches from ROLLOUTS, by the sequences the report
+// names, only the trajectories the pool can store (a mixed-mode step's
+// correct fresh rollouts), folds each report into the pool in stream order,
 // writes newly stored trajectories to EXPERIENCE (one subject per question),
 // purges a retired question's subject, and answers the learner's sample
 // requests on exgrpo.<run>.replay.sample once the fold has reached the step
 // the request names (ALGORITHM.md E1-E7).
 //
-// Durability: the pool is a deterministic fold of the reports, so after each
-// report the service writes a snapshot (the pool plus the scored trajectories
-// it holds for later reports) to its own Object Store bucket, and only then
-// acknowledges the messages folded into it. A restarted service restores the
-// snapshot and continues with the unacknowledged messages; a redelivered
+// Durability: the pool is a deterministic fold of the reports and of the
+// trajectories ROLLOUTS stores once, so after each report the service writes
+// a snapshot (the pool and its lineage) to its own Object Store bucket, and
+// only then acknowledges the report. A restarted service restores the
+// snapshot and continues with the unacknowledged report; a redelivered
 // report the snapshot already holds is skipped (replay.ErrStaleReport). The
-// state after a restart is therefore the state of the uninterrupted fold.
+// state after a restart is therefore the state of the uninterrupted fold. A
+// trajectory ROLLOUTS no longer holds when its report is folded (discarded
+// by the stream's byte limit, see bus.Config.RolloutsMaxBytes) is left out,
+// counted (missing_trajectories_total) and logged.
 package service
 
 import (
@@ -44,23 +48,17 @@ type Config struct {
 	// Pool is the experience pool's configuration (K, mu, sigma, selection,
 	// candidates per question). K must equal the learner's K.
 	Pool replay.Config
-	// Durable names the service's consumers on CONTROL and SCORED. Default "replay".
+	// Durable names the service's consumer on CONTROL. Default "replay".
 	Durable string
-	// AckWait of those consumers; it must exceed FlushInterval plus a fold.
-	// After a crash, what the old process held unacknowledged comes back
-	// after it. Default 30s.
+	// AckWait of that consumer; it must exceed a fold. After a crash, the
+	// report the old process held unacknowledged comes back after it.
+	// Default 30s.
 	AckWait time.Duration
-	// FlushInterval: scored trajectories waiting for their report are made
-	// durable (snapshot) and acknowledged at least this often. Default 5s.
-	FlushInterval time.Duration
-	// MaxBuffered bounds the scored trajectories held for reports not yet
-	// folded; beyond it the SCORED consumer waits (back-pressure). Default 65536.
-	MaxBuffered int
-	// ReportWait bounds how long a report waits for a trajectory it names;
-	// after it the report is folded without the missing ones (counted in
-	// the metrics and logged). It must exceed AckWait, so that a restarted
-	// service gets its predecessor's unacknowledged trajectories back first.
-	// Default 3m.
+	// ReportWait bounds how long a report waits for a trajectory it names
+	// that ROLLOUTS cannot serve yet (a replica behind its leader, a leader
+	// election); after it the report is folded without the missing ones
+	// (counted in the metrics and logged). One ROLLOUTS no longer holds is
+	// left out at once. Default 3m.
 	ReportWait time.Duration
 	// SampleTimeout drops a sample request still waiting for its step after
 	// this long (the learner has given up and retried). Default 2m.
@@ -68,23 +66,16 @@ type Config struct {
 	// Snapshots turns the per-report snapshot on (default true through
 	// DefaultConfig). Without it a restart folds CONTROL from its start.
 	Snapshots bool
-	// MaxTrajectoryTokens caps prompt + response tokens of a scored
-	// trajectory the service buffers; larger ones are discarded (the learner,
-	// which knows the model, dead-letters them). Default 65536.
+	// MaxTrajectoryTokens caps prompt + response tokens of a trajectory the
+	// service stores; a report naming a larger one is folded without it (the
+	// learner, which knows the model, refuses such rollouts). Default 65536.
 	MaxTrajectoryTokens int
-	// MaxAhead: scored trajectories for steps more than this far beyond the
-	// last folded step are not in flight and are discarded, so that a
-	// rollout for a step that never comes cannot sit in the buffer (and in
-	// every snapshot) for ever. It must exceed the learner's staleness S + 1.
-	// Default 16.
-	MaxAhead int
 }
 
 // DefaultConfig returns the defaults above with the paper's pool.
 func DefaultConfig() Config {
 	return Config{Pool: replay.DefaultConfig(), Durable: "replay", AckWait: 30 * time.Second,
-		FlushInterval: 5 * time.Second, MaxBuffered: 1 << 16, ReportWait: 3 * time.Minute,
-		SampleTimeout: 2 * time.Minute, Snapshots: true, MaxTrajectoryTokens: 1 << 16, MaxAhead: 16}
+		ReportWait: 3 * time.Minute, SampleTimeout: 2 * time.Minute, Snapshots: true, MaxTrajectoryTokens: 1 << 16}
 }
 
 // Validate reports the first invalid field.
@@ -95,16 +86,10 @@ func (c Config) Validate() error {
 	switch {
 	case c.Durable == "" || strings.ContainsAny(c.Durable, ". *>"):
 		return fmt.Errorf("%w: Durable %q must be a non-empty name without dots, spaces or wildcards", ErrConfig, c.Durable)
-	case c.AckWait <= 0 || c.FlushInterval <= 0 || c.ReportWait <= 0 || c.SampleTimeout <= 0:
-		return fmt.Errorf("%w: AckWait, FlushInterval, ReportWait and SampleTimeout must be positive (start from DefaultConfig)", ErrConfig)
-	case c.FlushInterval >= c.AckWait:
-		return fmt.Errorf("%w: FlushInterval %v must be below AckWait %v, or buffered messages are redelivered before they are acknowledged", ErrConfig, c.FlushInterval, c.AckWait)
-	case c.ReportWait <= c.AckWait:
-		return fmt.Errorf("%w: ReportWait %v must exceed AckWait %v, or a restarted service folds reports before their trajectories are redelivered", ErrConfig, c.ReportWait, c.AckWait)
-	case c.MaxBuffered < 1:
-		return fmt.Errorf("%w: MaxBuffered %d must be >= 1", ErrConfig, c.MaxBuffered)
-	case c.MaxTrajectoryTokens < 1 || c.MaxAhead < 1:
-		return fmt.Errorf("%w: MaxTrajectoryTokens %d and MaxAhead %d must be >= 1 (start from DefaultConfig)", ErrConfig, c.MaxTrajectoryTokens, c.MaxAhead)
+	case c.AckWait <= 0 || c.ReportWait <= 0 || c.SampleTimeout <= 0:
+		return fmt.Errorf("%w: AckWait, ReportWait and SampleTimeout must be positive (start from DefaultConfig)", ErrConfig)
+	case c.MaxTrajectoryTokens < 1:
+		return fmt.Errorf("%w: MaxTrajectoryTokens %d must be >= 1 (start from DefaultConfig)", ErrConfig, c.MaxTrajectoryTokens)
 	}
 	return nil
 }
@@ -119,13 +104,15 @@ const snapshotObject = "replay.snapshot"
 // restarted learner can resume after).
 func checkpointObject(n int64) string { return fmt.Sprintf("replay.at.%d", n) }
 
-// durableState is what a snapshot holds: the pool, the trajectories it
-// holds for reports not yet folded (their messages are acknowledged once the
-// snapshot is written), the lineage, and what a rewind would have to undo.
+// durableState is what a snapshot holds: the pool, the lineage, and what a
+// rewind would have to undo.
 type durableState struct {
-	V       uint16         `msgpack:"v"`
-	Pool    []byte         `msgpack:"pool"`
-	Pending []wire.Scored  `msgpack:"pending"`
+	V    uint16 `msgpack:"v"`
+	Pool []byte `msgpack:"pool"`
+	// Pending were the scored trajectories held for reports not yet folded,
+	// when SCORED carried them (versions 1 and 2); read and ignored: the
+	// reports fetch their trajectories from ROLLOUTS.
+	Pending []wire.Scored  `msgpack:"pending,omitempty"`
 	Lineage replay.Lineage `msgpack:"lineage"`
 	// Deferred are purges of retired questions' experience not yet safe to
 	// carry out (a resumed learner could return to before the retirement).
@@ -145,9 +132,10 @@ type touchedStep struct {
 	Questions []string `msgpack:"qs"`
 }
 
-// durableStateVersion 2 added the lineage; version 1 snapshots (one learner
-// epoch, no records) are still read.
-const durableStateVersion = 2
+// durableStateVersion 2 added the lineage; version 3 dropped the pending
+// trajectories. Versions 1 (one learner epoch, no records) and 2 are still
+// read.
+const durableStateVersion = 3
 
 // Service is the replay role. Build with New, run with Run (once).
 type Service struct {
@@ -162,12 +150,9 @@ type Service struct {
 	lin        replay.Lineage
 	deferred   []deferredPurge
 	touched    []touchedStep
-	buffer     map[string]*wire.Scored // scored trajectories awaiting their report, by id
-	unacked    []jetstream.Msg         // SCORED messages buffered but not yet in a snapshot
-	reports    []pendingReport         // CONTROL messages in stream order, not yet handled
+	reports    []*pendingReport // CONTROL messages in stream order, not yet handled
 	samples    []pendingSample
 	queries    chan query
-	dirtyAt    time.Time // when the first unacked message arrived
 	lastStep   int64     // last folded step, -1 before any
 	waitLogged time.Time // when a waiting report was last logged
 }
@@ -176,12 +161,16 @@ type Service struct {
 const waitLogEvery = 15 * time.Second
 
 // pendingReport is one CONTROL message: a step report, or a lineage record
-// (rec set).
+// (rec set). A report's trajectories are fetched from ROLLOUTS when it is
+// next to fold.
 type pendingReport struct {
 	msg     jetstream.Msg
 	rep     wire.StepReport
 	rec     *wire.Lineage
 	arrived time.Time
+	trajs   map[uint64]*wire.Trajectory // fetched, by ROLLOUTS sequence
+	gone    map[uint64]string           // never to be found, with the reason
+	later   error                       // why the last fetch left some for later
 }
 
 type pendingSample struct {
@@ -212,7 +201,7 @@ func New(cfg Config, b *bus.Bus, metrics *Metrics, log *zap.Logger) (*Service, e
 		return nil, fmt.Errorf("replay service: %w", err)
 	}
 	return &Service{cfg: cfg, bus: b, log: log, met: metrics, pool: pool,
-		buffer: map[string]*wire.Scored{}, queries: make(chan query), lastStep: -1, lin: replay.NewLineage()}, nil
+		queries: make(chan query), lastStep: -1, lin: replay.NewLineage()}, nil
 }
 
 // Inspect runs fn on the pool inside the service loop, with the last folded
@@ -245,8 +234,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	s.log.Info("replay service starting", zap.Int64("last_step", s.lastStep), zap.Int("pool", s.pool.Len()),
-		zap.Int("buffered", len(s.buffer)))
+	s.log.Info("replay service starting", zap.Int64("last_step", s.lastStep), zap.Int("pool", s.pool.Len()))
 	s.observe()
 
 	// Reports are folded strictly in stream order, so at most one is out
@@ -259,13 +247,8 @@ func (s *Service) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("replay service: %w", err)
 	}
-	scoredCons, err := s.bus.Reader(ctx, bus.Scored, s.cfg.Durable, bus.ReaderOptions{AckWait: s.cfg.AckWait, MaxAckPending: s.cfg.MaxBuffered})
-	if err != nil {
-		return fmt.Errorf("replay service: %w", err)
-	}
 
 	ctrlCh := make(chan jetstream.Msg, 64)
-	scoredCh := make(chan jetstream.Msg, 1024)
 	sampleCh := make(chan *nats.Msg, 64)
 	forward := func(ch chan jetstream.Msg) jetstream.MessageHandler {
 		return func(m jetstream.Msg) {
@@ -280,11 +263,6 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("replay service: consume control: %w", err)
 	}
 	defer cc.Stop()
-	sc, err := scoredCons.Consume(forward(scoredCh), jetstream.PullMaxMessages(512))
-	if err != nil {
-		return fmt.Errorf("replay service: consume scored: %w", err)
-	}
-	defer sc.Stop()
 	sub, err := s.bus.NC.Subscribe(s.bus.Names.SampleSubject(), func(m *nats.Msg) {
 		select {
 		case sampleCh <- m:
@@ -296,22 +274,15 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	defer sub.Unsubscribe()
 
-	tick := time.NewTicker(min(time.Second, s.cfg.FlushInterval/2))
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		// Stop reading SCORED while the buffer is full; reports still flow.
-		in := scoredCh
-		if len(s.buffer) >= s.cfg.MaxBuffered {
-			in = nil
-		}
 		select {
 		case <-ctx.Done():
-			s.release(cc, sc)
+			s.release(cc)
 			return nil
 		case m := <-ctrlCh:
 			s.onReport(ctx, m)
-		case m := <-in:
-			s.onScored(ctx, m)
 		case m := <-sampleCh:
 			s.onSample(m)
 		case q := <-s.queries:
@@ -322,7 +293,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		if err := s.advance(ctx); err != nil {
 			if ctx.Err() != nil {
-				s.release(cc, sc)
+				s.release(cc)
 				return nil
 			}
 			return err
@@ -331,10 +302,9 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // release hands back, on the way out, what this process holds but has not
-// made durable: the waiting reports and the buffered trajectories not yet in a
-// snapshot are negatively acknowledged, so a restarted service gets them at
-// once instead of after AckWait. The readers stop first, so that nothing is
-// redelivered to them on the way out.
+// made durable: the waiting reports are negatively acknowledged, so a
+// restarted service gets them at once instead of after AckWait. The readers
+// stop first, so that nothing is redelivered to them on the way out.
 func (s *Service) release(readers ...jetstream.ConsumeContext) {
 	for _, r := range readers {
 		r.Stop()
@@ -342,10 +312,7 @@ func (s *Service) release(readers ...jetstream.ConsumeContext) {
 	for _, pr := range s.reports {
 		_ = pr.msg.Nak()
 	}
-	for _, m := range s.unacked {
-		_ = m.Nak()
-	}
-	s.reports, s.unacked = nil, nil
+	s.reports = nil
 }
 
 // onReport queues a step report or a lineage record in stream order.
@@ -360,7 +327,7 @@ func (s *Service) onReport(ctx context.Context, m jetstream.Msg) {
 			s.dead(ctx, bus.Control, m, err)
 			return
 		}
-		s.reports = append(s.reports, pendingReport{msg: m, rec: rec, arrived: time.Now()})
+		s.reports = append(s.reports, &pendingReport{msg: m, rec: rec, arrived: time.Now()})
 		return
 	}
 	var rep wire.StepReport
@@ -368,60 +335,7 @@ func (s *Service) onReport(ctx context.Context, m jetstream.Msg) {
 		s.dead(ctx, bus.Control, m, err)
 		return
 	}
-	s.reports = append(s.reports, pendingReport{msg: m, rep: rep, arrived: time.Now()})
-}
-
-// onScored buffers a scored trajectory until the report that names it.
-func (s *Service) onScored(ctx context.Context, m jetstream.Msg) {
-	var sc wire.Scored
-	if err := wire.Decode(m.Data(), &sc); err != nil {
-		s.dead(ctx, bus.Scored, m, err)
-		return
-	}
-	if _, ok := s.buffer[sc.Traj.ID]; ok || s.folded(&sc) {
-		// Already durable in the snapshot, or for a step already folded
-		// (a stale or unused rollout): nothing to keep.
-		_ = m.Ack()
-		return
-	}
-	if why := s.unwanted(&sc); why != "" {
-		// Not in flight or not possible: the pool can never store it (the
-		// learner, which knows the model, dead-letters what is invalid).
-		s.met.Discarded.Inc()
-		s.log.Debug("scored trajectory not buffered", zap.String("id", sc.Traj.ID), zap.String("why", why))
-		_ = m.Ack()
-		return
-	}
-	s.buffer[sc.Traj.ID] = &sc
-	if len(s.unacked) == 0 {
-		s.dirtyAt = time.Now()
-	}
-	s.unacked = append(s.unacked, m)
-	s.met.Buffered.Set(float64(len(s.buffer)))
-}
-
-// folded says a scored trajectory can no longer be named by a report to
-// come: its step is folded in its own epoch, or its epoch is superseded.
-// A trajectory of a newer epoch than the last record folded is kept: the
-// new learner's rollouts can arrive on SCORED before its epoch record is
-// read from CONTROL, and its steps restart below the last folded one.
-func (s *Service) folded(sc *wire.Scored) bool {
-	e, _ := wire.TaskEpoch(sc.Traj.TaskID)
-	return e < s.lin.Epoch || (e == s.lin.Epoch && sc.Traj.Step <= s.lastStep)
-}
-
-// unwanted says why a scored trajectory is not buffered ("" to buffer it).
-func (s *Service) unwanted(sc *wire.Scored) string {
-	if err := sc.Traj.Check(wire.Limits{MaxTokens: s.cfg.MaxTrajectoryTokens}); err != nil {
-		return err.Error()
-	}
-	if sc.Traj.Step > s.lastStep+int64(s.cfg.MaxAhead) {
-		return fmt.Sprintf("step %d is more than %d steps beyond the last folded step %d", sc.Traj.Step, s.cfg.MaxAhead, s.lastStep)
-	}
-	if e, _ := wire.TaskEpoch(sc.Traj.TaskID); e < s.lin.Epoch {
-		return fmt.Sprintf("task of learner epoch %d, superseded by epoch %d", e, s.lin.Epoch)
-	}
-	return ""
+	s.reports = append(s.reports, &pendingReport{msg: m, rep: rep, arrived: time.Now()})
 }
 
 func (s *Service) onSample(m *nats.Msg) {
@@ -434,8 +348,9 @@ func (s *Service) onSample(m *nats.Msg) {
 	s.samples = append(s.samples, pendingSample{req: req, msg: m, arrived: time.Now()})
 }
 
-// advance folds every report whose trajectories are all here, answers the
-// sample requests that became answerable, and flushes buffered acks.
+// advance folds every report whose trajectories are all here (fetched from
+// ROLLOUTS, or gone from it for good), and answers the sample requests that
+// became answerable.
 func (s *Service) advance(ctx context.Context) error {
 	for len(s.reports) > 0 {
 		pr := s.reports[0]
@@ -454,20 +369,37 @@ func (s *Service) advance(ctx context.Context) error {
 			s.reports = s.reports[1:]
 			continue
 		}
-		r, missing := s.assemble(&pr.rep)
+		if err := s.fetch(ctx, pr); err != nil {
+			return err
+		}
+		r, missing := s.assemble(pr)
 		if len(missing) > 0 {
-			if time.Since(pr.arrived) < s.cfg.ReportWait {
+			waiting := 0
+			for _, n := range missing {
+				if _, gone := pr.gone[n.Seq]; !gone {
+					waiting++
+				}
+			}
+			if waiting > 0 && time.Since(pr.arrived) < s.cfg.ReportWait {
 				if time.Since(s.waitLogged) >= waitLogEvery {
 					s.waitLogged = time.Now()
 					s.log.Info("step report waiting for trajectories it names", zap.Int64("step", pr.rep.Step),
-						zap.Int("missing", len(missing)), zap.String("first", missing[0]),
+						zap.Int("missing", waiting), zap.String("first", missing[0].ID), zap.NamedError("last_error", pr.later),
 						zap.Duration("waited", time.Since(pr.arrived).Round(time.Second)), zap.Duration("deadline", s.cfg.ReportWait))
 				}
 				break
 			}
 			s.met.MissingTrajectories.Add(float64(len(missing)))
+			why := make([]string, 0, len(missing))
+			for _, n := range missing {
+				reason, ok := pr.gone[n.Seq]
+				if !ok {
+					reason = fmt.Sprintf("not served within %v: %v", s.cfg.ReportWait, pr.later)
+				}
+				why = append(why, fmt.Sprintf("%s (ROLLOUTS seq %d): %s", n.ID, n.Seq, reason))
+			}
 			s.log.Warn("folding a step report without trajectories it names",
-				zap.Int64("step", pr.rep.Step), zap.Strings("missing", missing))
+				zap.Int64("step", pr.rep.Step), zap.Strings("missing", why))
 		}
 		s.lin = next
 		if err := s.fold(ctx, pr, r); err != nil {
@@ -476,31 +408,115 @@ func (s *Service) advance(ctx context.Context) error {
 		s.reports = s.reports[1:]
 	}
 	s.answer()
-	if len(s.unacked) > 0 && time.Since(s.dirtyAt) >= s.cfg.FlushInterval {
-		if err := s.persist(ctx); err != nil {
-			return err
+	return nil
+}
+
+// fetch gets from ROLLOUTS the trajectories of pr that the pool can store
+// and that are neither fetched nor gone yet. A trajectory that is not the
+// one named (another id at that sequence) or that no pool could hold is
+// gone, with the reason.
+func (s *Service) fetch(ctx context.Context, pr *pendingReport) error {
+	if pr.trajs == nil {
+		pr.trajs, pr.gone = map[uint64]*wire.Trajectory{}, map[uint64]string{}
+	}
+	var seqs []uint64
+	names := map[uint64]string{}
+	for _, n := range Named(&pr.rep) {
+		if _, ok := pr.trajs[n.Seq]; ok {
+			continue
 		}
+		if _, ok := pr.gone[n.Seq]; ok {
+			continue
+		}
+		if n.Seq == 0 {
+			pr.gone[0] = "the report names no ROLLOUTS sequence for it (a report written before trajectories were stored once)"
+			continue
+		}
+		seqs = append(seqs, n.Seq)
+		names[n.Seq] = n.ID
+	}
+	if len(seqs) == 0 {
+		return nil
+	}
+	got, err := s.bus.GetRollouts(ctx, seqs)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		pr.later = err // the stream could not be looked up: ask again at the next tick
+		return nil
+	}
+	pr.later = got.Err
+	s.met.Fetched.Add(float64(len(got.Msgs)))
+	for seq, m := range got.Msgs {
+		t := new(wire.Trajectory)
+		if err := wire.Decode(m.Data, t); err != nil {
+			pr.gone[seq] = fmt.Sprintf("ROLLOUTS seq %d does not decode: %v", seq, err)
+			continue
+		}
+		if t.ID != names[seq] {
+			pr.gone[seq] = fmt.Sprintf("ROLLOUTS seq %d holds trajectory %s", seq, t.ID)
+			continue
+		}
+		if err := t.Check(wire.Limits{MaxTokens: s.cfg.MaxTrajectoryTokens}); err != nil {
+			pr.gone[seq] = err.Error()
+			continue
+		}
+		pr.trajs[seq] = t
+	}
+	for _, seq := range got.Gone {
+		pr.gone[seq] = fmt.Sprintf("no longer on ROLLOUTS: discarded by its byte limit (%d bytes) or deleted",
+			s.bus.StreamConfig(bus.Rollouts).MaxBytes)
 	}
 	return nil
 }
 
-// assemble builds the pool's view of a report from the buffered trajectories.
-func (s *Service) assemble(rep *wire.StepReport) (replay.Report, []string) {
-	return Assemble(rep, func(id string) (*wire.Scored, bool) {
-		sc, ok := s.buffer[id]
-		return sc, ok
+// assemble builds the pool's view of a report from the fetched trajectories.
+func (s *Service) assemble(pr *pendingReport) (replay.Report, []NamedTrajectory) {
+	return Assemble(&pr.rep, func(id string, seq uint64) (*wire.Trajectory, bool) {
+		t, ok := pr.trajs[seq]
+		return t, ok
 	})
 }
 
+// NamedTrajectory is a trajectory a step report names: its id and ROLLOUTS
+// sequence (0 when the report gives none).
+type NamedTrajectory struct {
+	ID  string
+	Seq uint64
+}
+
+// Named lists the trajectories of a report that the pool can store: only a
+// mixed-mode report's correct fresh rollouts (ALGORITHM.md E1, E2, E5); the
+// replayed trajectory is already in the pool. These, and no others, are what
+// the replay service reads from ROLLOUTS.
+func Named(rep *wire.StepReport) []NamedTrajectory {
+	if !rep.Mixed {
+		return nil
+	}
+	var out []NamedTrajectory
+	for _, g := range rep.Groups {
+		for i, id := range g.TrajectoryIDs {
+			if i >= len(g.Rewards) || g.Rewards[i] != 1 || (g.Replayed && id == g.ReplayedID) {
+				continue
+			}
+			n := NamedTrajectory{ID: id}
+			if i < len(g.Seqs) {
+				n.Seq = g.Seqs[i]
+			}
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // Assemble builds the pool's view (replay.Report) of a step report, looking
-// the trajectories it names up with scored; it returns the ids it could not
-// find. Only a mixed-mode report's correct fresh rollouts can be stored
-// (ALGORITHM.md E1, E2, E5), so only those are looked up; the replayed
-// trajectory is already in the pool. The service and inspection share it, so
-// that a fold outside the service gives the service's pool.
-func Assemble(rep *wire.StepReport, scored func(id string) (*wire.Scored, bool)) (replay.Report, []string) {
+// up the trajectories Named lists with lookup (by id and ROLLOUTS sequence);
+// it returns the ones it could not find. The service and inspection share
+// it, so that a fold outside the service gives the service's pool.
+func Assemble(rep *wire.StepReport, lookup func(id string, seq uint64) (*wire.Trajectory, bool)) (replay.Report, []NamedTrajectory) {
 	r := replay.Report{Step: rep.Step, Mixed: rep.Mixed, Groups: make([]replay.Group, 0, len(rep.Groups))}
-	var missing []string
+	var missing []NamedTrajectory
 	for _, g := range rep.Groups {
 		rg := replay.Group{QuestionID: g.QuestionID, Size: g.Size, Correct: g.Correct, Replayed: g.Replayed}
 		if rep.Mixed {
@@ -508,12 +524,15 @@ func Assemble(rep *wire.StepReport, scored func(id string) (*wire.Scored, bool))
 				if i >= len(g.Rewards) || g.Rewards[i] != 1 || (g.Replayed && id == g.ReplayedID) {
 					continue
 				}
-				sc, ok := scored(id)
+				var seq uint64
+				if i < len(g.Seqs) {
+					seq = g.Seqs[i]
+				}
+				t, ok := lookup(id, seq)
 				if !ok {
-					missing = append(missing, id)
+					missing = append(missing, NamedTrajectory{ID: id, Seq: seq})
 					continue
 				}
-				t := &sc.Traj
 				rg.Successes = append(rg.Successes, replay.Trajectory{ID: t.ID, PolicyVersion: t.PolicyVersion,
 					Step: rep.Step, PromptTokens: t.PromptTokens, Tokens: t.Tokens, LogProbs: t.LogProbs})
 			}
@@ -526,7 +545,7 @@ func Assemble(rep *wire.StepReport, scored func(id string) (*wire.Scored, bool))
 // fold applies one report, publishes its new experience, purges retired
 // questions, persists, then acknowledges (ARCHITECTURE.md: ack only after
 // the effect is durable).
-func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) error {
+func (s *Service) fold(ctx context.Context, pr *pendingReport, r replay.Report) error {
 	start := time.Now()
 	wasRetired := make(map[string]bool, len(r.Groups))
 	for _, g := range r.Groups {
@@ -541,6 +560,10 @@ func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) e
 		return nil
 	}
 	s.lastStep = r.Step
+	texts := make(map[string]string, len(pr.trajs))
+	for _, t := range pr.trajs {
+		texts[t.ID] = t.Text
+	}
 	batch := s.pub.Batch()
 	added := 0
 	for _, g := range r.Groups {
@@ -555,10 +578,9 @@ func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) e
 			if !stored[t.ID] {
 				continue // a duplicate of a stored token sequence (E2)
 			}
-			sc := s.buffer[t.ID]
 			exp := wire.Experience{RunID: s.bus.Names.Run, QuestionID: g.QuestionID, TrajectoryID: t.ID,
 				Step: r.Step, PolicyVersion: t.PolicyVersion, PromptTokens: t.PromptTokens,
-				Tokens: t.Tokens, LogProbs: t.LogProbs, Text: sc.Traj.Text}
+				Tokens: t.Tokens, LogProbs: t.LogProbs, Text: texts[t.ID]}
 			data, err := wire.Encode(&exp)
 			if err != nil {
 				return fmt.Errorf("replay service: %w", err)
@@ -594,11 +616,6 @@ func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) e
 	if len(touched) > 0 && r.Step > s.lin.Floor() {
 		s.touched = append(s.touched, touchedStep{Step: r.Step, Questions: touched})
 	}
-	for id, sc := range s.buffer {
-		if s.folded(sc) {
-			delete(s.buffer, id)
-		}
-	}
 	if err := s.persist(ctx); err != nil {
 		return err
 	}
@@ -614,17 +631,11 @@ func (s *Service) fold(ctx context.Context, pr pendingReport, r replay.Report) e
 	return nil
 }
 
-// persist writes the snapshot (when enabled) and acknowledges the buffered
-// SCORED messages it now holds.
+// persist writes the snapshot (when enabled).
 func (s *Service) persist(ctx context.Context) error {
 	if s.cfg.Snapshots {
-		st := durableState{V: durableStateVersion, Pool: s.pool.Snapshot(), Pending: make([]wire.Scored, 0, len(s.buffer)),
+		st := durableState{V: durableStateVersion, Pool: s.pool.Snapshot(),
 			Lineage: s.lin, Deferred: s.deferred, Touched: s.touched}
-		for _, sc := range s.buffer {
-			st.Pending = append(st.Pending, *sc)
-		}
-		// Deterministic bytes: pending trajectories in id order.
-		sortScored(st.Pending)
 		data, err := msgpack.Marshal(&st)
 		if err != nil {
 			return fmt.Errorf("replay service: encode snapshot: %w", err)
@@ -634,10 +645,6 @@ func (s *Service) persist(ctx context.Context) error {
 		}
 		s.met.SnapshotBytes.Set(float64(len(data)))
 	}
-	for _, m := range s.unacked {
-		_ = m.Ack()
-	}
-	s.unacked = s.unacked[:0]
 	return nil
 }
 
@@ -683,14 +690,11 @@ func (s *Service) putSnapshot(ctx context.Context, data []byte) error {
 	return nil
 }
 
-// ReadSnapshot returns the pool and pending trajectories of the last snapshot
-// written for b's run (nil pool, nil error when there is none).
-func ReadSnapshot(ctx context.Context, b *bus.Bus, cfg replay.Config) (*replay.Pool, []wire.Scored, error) {
-	pool, st, err := readState(ctx, b, cfg)
-	if err != nil || pool == nil {
-		return nil, nil, err
-	}
-	return pool, st.Pending, nil
+// ReadSnapshot returns the pool of the last snapshot written for b's run
+// (nil pool, nil error when there is none).
+func ReadSnapshot(ctx context.Context, b *bus.Bus, cfg replay.Config) (*replay.Pool, error) {
+	pool, _, err := readState(ctx, b, cfg)
+	return pool, err
 }
 
 // readState reads the last snapshot: the pool and the rest of the state.
@@ -728,8 +732,8 @@ func readState(ctx context.Context, b *bus.Bus, cfg replay.Config) (*replay.Pool
 	if err := msgpack.Unmarshal(buf.Bytes(), &st); err != nil {
 		return nil, nil, fmt.Errorf("replay service: decode snapshot: %w", err)
 	}
-	if st.V != 1 && st.V != durableStateVersion {
-		return nil, nil, fmt.Errorf("replay service: snapshot version %d, this build reads 1 and %d", st.V, durableStateVersion)
+	if st.V < 1 || st.V > durableStateVersion {
+		return nil, nil, fmt.Errorf("replay service: snapshot version %d, this build reads 1 to %d", st.V, durableStateVersion)
 	}
 	pool, err := replay.Restore(cfg, st.Pool)
 	if err != nil {
@@ -753,9 +757,6 @@ func (s *Service) restore(ctx context.Context) error {
 	s.lastStep = -1
 	if ps := pool.Stats(); ps.HasStep {
 		s.lastStep = ps.Step
-	}
-	for i := range st.Pending {
-		s.buffer[st.Pending[i].Traj.ID] = &st.Pending[i]
 	}
 	return nil
 }
@@ -826,7 +827,6 @@ func (s *Service) observe() {
 	s.met.PoolTrajectories.Set(float64(st.Trajectories))
 	s.met.Retired.Set(float64(st.Retired))
 	s.met.LastStep.Set(float64(s.lastStep))
-	s.met.Buffered.Set(float64(len(s.buffer)))
 	for k := 1; k < len(st.Buckets); k++ {
 		s.met.Bucket.WithLabelValues(fmt.Sprint(k)).Set(float64(st.Buckets[k]))
 	}

@@ -120,11 +120,40 @@ func makeScript(steps, questions int, seed uint64) script {
 
 // publishStep publishes one step's trajectories, then its report.
 func (h *harness) publishStep(sc script, t int) {
+	h.publishScored(sc, t)
+	h.publish(h.b.Names.Subject(bus.Control), fmt.Sprintf("step/%d", t), &sc.reports[t])
+}
+
+// publishScored publishes step t's trajectories as the actors and the
+// verifier do (each on ROLLOUTS, its verdict on SCORED) and writes their
+// ROLLOUTS sequences into the step's report, as the learner does. Publishing
+// again is deduplicated by id and gives the same sequences.
+func (h *harness) publishScored(sc script, t int) {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	seqs := map[string]uint64{}
 	for i := range sc.scored[t] {
 		s := &sc.scored[t][i]
-		h.publish(h.b.Names.Subject(bus.Scored), s.Traj.ID, s)
+		data, err := wire.Encode(&s.Traj)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		ack, err := h.pub.Publish(ctx, h.b.Names.Subject(bus.Rollouts), s.Traj.ID, data)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		seqs[s.Traj.ID] = ack.Sequence
+		h.publish(h.b.Names.Subject(bus.Scored), s.Traj.ID, &wire.Verdict{RunID: "rt", ID: s.Traj.ID, TaskID: s.Traj.TaskID,
+			Seq: ack.Sequence, Size: len(data), Reward: s.Reward, Reason: s.Reason})
 	}
-	h.publish(h.b.Names.Subject(bus.Control), fmt.Sprintf("step/%d", t), &sc.reports[t])
+	for g := range sc.reports[t].Groups {
+		gr := &sc.reports[t].Groups[g]
+		gr.Seqs = make([]uint64, len(gr.TrajectoryIDs))
+		for i, id := range gr.TrajectoryIDs {
+			gr.Seqs[i] = seqs[id]
+		}
+	}
 }
 
 // reference folds the script's first n steps with the pure pool, as the
@@ -164,7 +193,6 @@ func reference(t *testing.T, cfg replay.Config, sc script, n int) *replay.Pool {
 func testConfig() Config {
 	c := DefaultConfig()
 	c.Pool.K, c.Pool.Mu = testK, testK/2
-	c.FlushInterval = 200 * time.Millisecond
 	c.AckWait = 2 * time.Second // a restart gets unacknowledged messages back quickly
 	return c
 }
@@ -331,15 +359,15 @@ func requireFold(t *testing.T, got []byte, sc script, n int) {
 
 // TestRestartRebuildsSameState: the service stopped mid-run and restarted
 // ends with the same pool, byte for byte, as the uninterrupted pure fold,
-// whether the trajectories waiting for their report were already in a
-// snapshot when it stopped or still unacknowledged (then redelivered).
+// with the trajectories of the report that comes after the restart stored
+// on ROLLOUTS while it was up (it fetches them when the report comes).
 func TestRestartRebuildsSameState(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		pause time.Duration // between the last trajectories and the stop
 	}{
-		{"stopped before the flush", 0},
-		{"stopped after the flush", 3 * testConfig().FlushInterval},
+		{"stopped at once", 0},
+		{"stopped after a second", time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
@@ -347,10 +375,7 @@ func TestRestartRebuildsSameState(t *testing.T) {
 			r := runSteps(t, h, sc, 5)
 			// Trajectories of step 5 arrive while the service is up; its
 			// report only after the restart.
-			for i := range sc.scored[5] {
-				s := &sc.scored[5][i]
-				h.publish(h.b.Names.Subject(bus.Scored), s.Traj.ID, s)
-			}
+			h.publishScored(sc, 5)
 			time.Sleep(tc.pause)
 			r.stop(t)
 			h.publish(h.b.Names.Subject(bus.Control), "step/5", &sc.reports[5])
@@ -466,15 +491,17 @@ func TestSampleWaitsForStep(t *testing.T) {
 	}
 }
 
-// TestMalformedToDead: undecodable messages on CONTROL and SCORED land in
-// DEAD with a reason, and the fold goes on.
+// TestMalformedToDead: undecodable messages on CONTROL land in DEAD with a
+// reason, and the fold goes on; garbage on ROLLOUTS that no report names is
+// never read (the verifiers dead-letter it).
 func TestMalformedToDead(t *testing.T) {
 	h := newHarness(t)
 	sc := makeScript(3, 8, 5)
 	r := start(t, h)
 	h.publishStep(sc, 0)
 	h.raw(h.b.Names.Subject(bus.Control), "garbage-1", []byte("\xc1not msgpack"))
-	h.raw(h.b.Names.Subject(bus.Scored), "garbage-2", []byte{0x81, 0xa1, 'v', 0x63}) // schema version 99
+	h.raw(h.b.Names.Subject(bus.Control), "garbage-2", []byte{0x81, 0xa1, 'v', 0x63}) // schema version 99
+	h.raw(h.b.Names.Subject(bus.Rollouts), "garbage-3", []byte{0x81, 0xa1, 'v', 0x63})
 	h.publishStep(sc, 1)
 	h.publishStep(sc, 2)
 	got := r.waitStep(t, 2)
@@ -504,7 +531,75 @@ func decodeErr(d wire.DeadLetter) error {
 	if d.Stream == "EXGRPO_RT_CONTROL" {
 		return wire.Decode(d.Data, &wire.StepReport{})
 	}
-	return wire.Decode(d.Data, &wire.Scored{})
+	return wire.Decode(d.Data, &wire.Trajectory{})
+}
+
+// TestDiscardedTrajectoryFoldedWithout: a report naming trajectories that
+// ROLLOUTS no longer holds (its byte limit discarded them; a purge here) is
+// folded at once without them, not after ReportWait, and they are counted;
+// the pool is the fold without them.
+func TestDiscardedTrajectoryFoldedWithout(t *testing.T) {
+	h := newHarness(t)
+	sc := makeScript(3, 8, 5)
+	cfg := testConfig()
+	cfg.ReportWait = 10 * time.Minute // a wait would fail the test
+	met := NewMetrics(nil)
+	svc, err := New(cfg, h.b, met, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	r := &running{svc: svc, cancel: cancel, done: done}
+	h.publishStep(sc, 0)
+	r.waitStep(t, 0)
+	h.publishScored(sc, 1)
+	pctx, pcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer pcancel()
+	st, err := h.b.Stream(pctx, bus.Rollouts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Purge(pctx); err != nil {
+		t.Fatal(err)
+	}
+	h.publish(h.b.Names.Subject(bus.Control), "step/1", &sc.reports[1])
+	h.publishStep(sc, 2)
+	got := r.waitStep(t, 2)
+	named := len(Named(&sc.reports[1]))
+	if named == 0 {
+		t.Fatal("the script's step 1 names no trajectory for the pool")
+	}
+	if n := counterValue(t, met.MissingTrajectories); n != float64(named) {
+		t.Errorf("missing trajectories %v, want the %d of step 1", n, named)
+	}
+	// The independent fold without step 1's trajectories: its successes
+	// are left out, its counts (Correct) stay.
+	ref, err := replay.New(cfg.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := range 3 {
+		rr, _ := Assemble(&sc.reports[s], func(id string, seq uint64) (*wire.Trajectory, bool) {
+			if s == 1 {
+				return nil, false
+			}
+			for i := range sc.scored[s] {
+				if sc.scored[s][i].Traj.ID == id {
+					return &sc.scored[s][i].Traj, true
+				}
+			}
+			return nil, false
+		})
+		if err := ref.Apply(rr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(got, ref.Snapshot()) {
+		t.Fatalf("pool differs from the fold without the discarded trajectories: %+v vs %+v", statsOf(t, got), ref.Stats())
+	}
 }
 
 func readDead(t *testing.T, h *harness) []wire.DeadLetter {

@@ -1,8 +1,9 @@
-// Package worker is the verifier role: it pulls trajectories from the
-// ROLLOUTS work queue (shared durable consumer "verifiers"), grades each with
-// the pure checker of its kind (verifier.Lookup) under a per-item time bound,
-// publishes a wire.Scored to SCORED with the trajectory id as message id, and
-// acks only after that publish is acked. Undecodable input goes to DEAD with
+// Package worker is the verifier role: it pulls trajectories from ROLLOUTS
+// (shared durable consumer "verifiers"), grades each with the pure checker of
+// its kind (verifier.Lookup) under a per-item time bound, publishes a
+// wire.Verdict to SCORED (the reward, and the trajectory's ROLLOUTS sequence;
+// the trajectory stays where it is, stored once) with the trajectory id as
+// message id, and acks only after that publish is acked. Undecodable input goes to DEAD with
 // its reason; the worker carries on. Any number of workers may run.
 package worker
 
@@ -32,13 +33,13 @@ type Config struct {
 	// per CPU core.
 	Concurrency int
 	// MaxInFlight bounds the trajectories held at once (pulled, being graded,
-	// or waiting for their SCORED publish ack); default 256. Publishing is
+	// or waiting for their verdict's publish ack); default 256. Publishing is
 	// I/O, so many more items wait on acks than are graded.
 	MaxInFlight int
 	// ItemTimeout bounds one grading; past it the trajectory scores 0 with
 	// reason "timeout". Default 2s.
 	ItemTimeout time.Duration
-	// RetryDelay is the NAK delay after a transient failure (SCORED publish
+	// RetryDelay is the NAK delay after a transient failure (verdict publish
 	// refused); default 1s.
 	RetryDelay time.Duration
 	// LagEvery is how often the consumer backlog gauges refresh; default 5s.
@@ -176,13 +177,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// scoredBufs recycles the buffers SCORED messages are built in (a 1,024-token
-// trajectory's is ~14 KB); one is reused only after its publish was acked.
-var scoredBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
-
-// maxPooledScored keeps the rare huge buffer out of the pool.
-const maxPooledScored = 1 << 20
-
 func sleep(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
@@ -213,8 +207,8 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
 		w.m.Redelivered.Inc()
 	}
-	// The trajectory is graded from its head fields and forwarded as the
-	// bytes it arrived in: its blobs are checked, never decoded or encoded.
+	// The trajectory is graded from its head fields: its blobs are checked,
+	// never decoded.
 	var traj wire.RawTrajectory
 	if err := wire.DecodeRawTrajectory(msg.Data(), &traj); err != nil {
 		w.dead(ctx, msg, err.Error())
@@ -223,6 +217,11 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 	id := traj.Head.ID
 	if id == "" {
 		w.dead(ctx, msg, "trajectory without id")
+		return
+	}
+	md, err := msg.Metadata()
+	if err != nil {
+		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: no stream sequence: %v", id, err))
 		return
 	}
 	chk, err := w.checker(traj.Head.Kind)
@@ -234,16 +233,14 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 		faultpoint.Hit("verifier.grade", step) // crash tests: holding an ungraded rollout
 	}
 	v, us := w.grade(chk, traj.Head.Answer, traj.Head.Text)
-	reward := float32(0)
+	verdict := wire.Verdict{RunID: traj.Head.RunID, ID: id, TaskID: traj.Head.TaskID, Seq: md.Sequence.Stream,
+		Size: len(msg.Data()), Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: us}
 	if v.Correct {
-		reward = 1
+		verdict.Reward = 1
 	}
-	buf := scoredBufs.Get().(*[]byte)
-	data, err := wire.AppendScored((*buf)[:0], &wire.ScoredHeader{Reward: reward, Reason: v.Reason,
-		Extracted: v.Extracted, VerifyMicros: us}, &traj)
+	data, err := wire.Encode(&verdict)
 	if err != nil {
-		scoredBufs.Put(buf)
-		w.dead(ctx, msg, fmt.Sprintf("scored %s does not encode: %v", id, err))
+		w.dead(ctx, msg, fmt.Sprintf("verdict of %s does not encode: %v", id, err))
 		return
 	}
 	batch := pub.Batch()
@@ -252,18 +249,12 @@ func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.M
 		err = batch.Wait(ctx)
 	}
 	if err != nil {
-		// data is not recycled: a publish given up on may still be in flight.
 		if ctx.Err() == nil {
-			w.log.Warn("publish scored", zap.String("id", id), zap.Error(err))
+			w.log.Warn("publish verdict", zap.String("id", id), zap.Error(err))
 			w.m.Errors.Inc()
 			_ = msg.NakWithDelay(w.cfg.RetryDelay)
 		}
 		return
-	}
-	// Acked: neither the client nor the publisher's retries read data any more.
-	if cap(data) <= maxPooledScored {
-		*buf = data
-		scoredBufs.Put(buf)
 	}
 	w.m.Published.Inc()
 	if err := msg.Ack(); err != nil {

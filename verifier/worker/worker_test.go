@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -105,28 +106,24 @@ func TestGradesAndDeadLettersMalformed(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Concurrency = 3
 	startWorker(t, b, cfg, nil)
-	got := drain[wire.Scored](t, ctx, b, bus.Scored, "check", n)
-	for _, sc := range got {
-		r, ok := want[sc.Traj.ID]
+	got := drain[wire.Verdict](t, ctx, b, bus.Scored, "check", n)
+	for _, v := range got {
+		r, ok := want[v.ID]
 		if !ok {
-			t.Fatalf("unexpected or duplicate scored %s", sc.Traj.ID)
+			t.Fatalf("unexpected or duplicate verdict %s", v.ID)
 		}
-		if sc.Reward != r {
-			t.Errorf("%s: reward %v (%s), want %v", sc.Traj.ID, sc.Reward, sc.Reason, r)
+		if v.Reward != r {
+			t.Errorf("%s: reward %v (%s), want %v", v.ID, v.Reward, v.Reason, r)
 		}
-		delete(want, sc.Traj.ID)
+		delete(want, v.ID)
 	}
 	dl := drain[wire.DeadLetter](t, ctx, b, bus.Dead, "check", 1)[0]
 	if !strings.Contains(dl.Reason, "malformed") || dl.Role != Role {
 		t.Fatalf("dead letter %+v", dl)
 	}
-	bustest.Eventually(t, 10*time.Second, "ROLLOUTS drained", func() bool {
-		st, err := b.Stream(ctx, bus.Rollouts)
-		if err != nil {
-			return false
-		}
-		info, err := st.Info(ctx)
-		return err == nil && info.State.Msgs == 0
+	bustest.Eventually(t, 10*time.Second, "every rollout acknowledged", func() bool {
+		lag, err := b.ConsumerLag(ctx, bus.Rollouts, bus.VerifiersConsumer)
+		return err == nil && lag.Pending == 0 && lag.AckPending == 0
 	})
 }
 
@@ -151,16 +148,17 @@ func TestTimeoutScoresZero(t *testing.T) {
 	if _, err := b.JS.Publish(ctx, b.Names.Subject(bus.Rollouts), data); err != nil {
 		t.Fatal(err)
 	}
-	sc := drain[wire.Scored](t, ctx, b, bus.Scored, "check", 1)[0]
-	if sc.Reward != 0 || sc.Reason != verifier.ReasonTimeout {
-		t.Fatalf("slow checker: reward %v reason %q, want 0 %q", sc.Reward, sc.Reason, verifier.ReasonTimeout)
+	v := drain[wire.Verdict](t, ctx, b, bus.Scored, "check", 1)[0]
+	if v.Reward != 0 || v.Reason != verifier.ReasonTimeout {
+		t.Fatalf("slow checker: reward %v reason %q, want 0 %q", v.Reward, v.Reason, verifier.ReasonTimeout)
 	}
 }
 
-// The scored message carries the trajectory exactly as the actor sent it
-// (blobs included), and every kind of bad trajectory goes to DEAD with the
-// decoder's reason instead of being forwarded.
-func TestForwardsTrajectoryAndDeadLettersBadBytes(t *testing.T) {
+// The verdict names the trajectory's ROLLOUTS sequence and size, the
+// trajectory stays on ROLLOUTS as the actor sent it (stored once, never
+// copied), and every kind of bad trajectory goes to DEAD with the decoder's
+// reason instead of being graded.
+func TestVerdictNamesTrajectoryAndDeadLettersBadBytes(t *testing.T) {
 	s := bustest.Server(t)
 	b := bustest.Open(t, s, bus.DefaultConfig("w3"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -174,8 +172,11 @@ func TestForwardsTrajectoryAndDeadLettersBadBytes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Bytes after an encoded trajectory are not part of it and are dropped.
-	if _, err := b.JS.Publish(ctx, subj, append(data, 0xc1, 0xc1)); err != nil {
+	// Bytes after an encoded trajectory are not part of it (the readers'
+	// decoder stops at its end).
+	sent := append(data, 0xc1, 0xc1)
+	ack, err := b.JS.Publish(ctx, subj, sent)
+	if err != nil {
 		t.Fatal(err)
 	}
 	bad := map[string]string{ // payload -> what the dead letter's reason must say
@@ -191,12 +192,22 @@ func TestForwardsTrajectoryAndDeadLettersBadBytes(t *testing.T) {
 		}
 	}
 	startWorker(t, b, DefaultConfig(), nil)
-	sc := drain[wire.Scored](t, ctx, b, bus.Scored, "check", 1)[0]
-	want := wire.Scored{V: wire.ScoredSchema, Traj: good, Reward: 1, Reason: verifier.ReasonCorrect, Extracted: sc.Extracted,
-		VerifyMicros: sc.VerifyMicros}
-	want.Traj.V = wire.TrajectorySchema
-	if !reflect.DeepEqual(sc, want) {
-		t.Fatalf("scored %+v\nwant %+v", sc, want)
+	v := drain[wire.Verdict](t, ctx, b, bus.Scored, "check", 1)[0]
+	want := wire.Verdict{V: wire.VerdictSchema, RunID: "w3", ID: good.ID, TaskID: good.TaskID, Seq: ack.Sequence, Size: len(sent),
+		Reward: 1, Reason: verifier.ReasonCorrect, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
+	if !reflect.DeepEqual(v, want) {
+		t.Fatalf("verdict %+v\nwant %+v", v, want)
+	}
+	st, err := b.Stream(ctx, bus.Rollouts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := st.GetMsg(ctx, v.Seq)
+	if err != nil {
+		t.Fatalf("ROLLOUTS seq %d: %v", v.Seq, err)
+	}
+	if !bytes.Equal(m.Data, sent) {
+		t.Fatalf("ROLLOUTS seq %d holds %d bytes, want the %d bytes sent", v.Seq, len(m.Data), len(sent))
 	}
 	for _, dl := range drain[wire.DeadLetter](t, ctx, b, bus.Dead, "check", len(bad)) {
 		reason, ok := bad[string(dl.Data)]
