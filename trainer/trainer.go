@@ -47,6 +47,11 @@ type Info struct {
 	// gradient (the worker's memory budget); 0 = no bound. The learner
 	// splits mini-batches accordingly (a longer single sequence goes alone).
 	MicroBatchTokens int
+	// Model is the resolved path the backend loaded its model from (the
+	// PyTorch worker reports it); "" when the model lives in process. It
+	// lets a learner check that a worker started by someone else (torchrun)
+	// holds the weights it means to train, e.g. a checkpoint's on resume.
+	Model string
 }
 
 // Trainer is a policy under training. Calls are not safe for concurrent

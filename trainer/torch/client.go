@@ -356,7 +356,7 @@ func (c *Client) hello(ctx context.Context, adam policy.AdamWConfig) error {
 		return fmt.Errorf("%w: protocol version mismatch: this learner speaks %d, the worker %d", trainer.ErrBackend, ProtocolVersion, v)
 	}
 	c.info = trainer.Info{Backend: "torch", Arch: asString(r["arch"]), Device: asString(r["device"]), Params: asInt(r["params"]),
-		Vocab: asInt(r["vocab"]), Context: asInt(r["context"]), MicroBatchTokens: asInt(r["micro_batch_tokens"])}
+		Vocab: asInt(r["vocab"]), Context: asInt(r["context"]), MicroBatchTokens: asInt(r["micro_batch_tokens"]), Model: asString(r["model"])}
 	if adam.Schedule != nil {
 		return fmt.Errorf("%w: the torch worker runs a constant learning rate; AdamW schedules are not sent over the protocol", trainer.ErrInput)
 	}

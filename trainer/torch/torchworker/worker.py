@@ -77,6 +77,9 @@ class Worker:
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
         if not os.path.exists(model_path):
             raise FileNotFoundError("model %s does not exist" % model_path)
+        # Reported in hello, so a learner can check what a worker it did
+        # not start (torchrun) holds.
+        self.model_path = os.path.realpath(model_path)
         if os.path.isdir(model_path) and os.path.isfile(os.path.join(model_path, builtin.FORMAT_FILE)):
             model_path = os.path.join(model_path, builtin.FORMAT_FILE)
         if os.path.isfile(model_path):
@@ -156,7 +159,7 @@ class Worker:
         n = sum(p.numel() for _, p in self.model.named_layout_params())
         return {"backend": "torch", "arch": self.arch, "device": str(self.device), "params": n, "vocab": self.vocab,
                 "context": self.context, "micro_batch_tokens": self.micro_batch_tokens,
-                "torch": torch.__version__, "world": self.comm.world}
+                "model": self.model_path, "torch": torch.__version__, "world": self.comm.world}
 
     def op_hello(self, msg):
         v = msg.get("version")

@@ -65,6 +65,9 @@ class WorkerTest(unittest.TestCase):
         c = self.client(mb=64)
         r = c.call(op="hello", version=PROTOCOL_VERSION, adam=ADAM)
         self.assertEqual((r["arch"], r["vocab"], r["context"], r["micro_batch_tokens"]), ("builtin", 19, 24, 64))
+        # The resolved path it loaded, so a learner can check what a worker
+        # it did not start holds.
+        self.assertEqual(r["model"], os.path.realpath(self.path))
 
     def test_score_equals_forward_and_split_batches(self):
         """Score at T=0.5 equals Forward's values, and scoring in micro-batches
