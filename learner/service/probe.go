@@ -73,3 +73,33 @@ func promptTokens(tok *policy.Tokenizer, p task.Problem) wire.Int32s {
 	}
 	return ids
 }
+
+// tokenizePrompts fills the prompt token ids of p's tasks: task.EncodePrompt
+// with the built-in tokenizer for the built-in architecture, the trainer's
+// own chat template (Trainer.Tokenize) for another one, so that the actors
+// generate from exactly the ids the learner trains on (an HF model's ids
+// are not the built-in tokenizer's).
+func (s *Service) tokenizePrompts(ctx context.Context, p *plan) error {
+	if s.builtin {
+		for _, id := range p.order {
+			pt := p.tasks[id]
+			pt.prompt = promptTokens(s.d.Tokenizer, pt.problem)
+		}
+		return nil
+	}
+	texts := make([]string, len(p.order))
+	for i, id := range p.order {
+		texts[i] = p.tasks[id].problem.Prompt
+	}
+	ids, err := s.core.Trainer().Tokenize(ctx, texts)
+	if err != nil {
+		return fmt.Errorf("tokenize prompts: %w", err)
+	}
+	if len(ids) != len(texts) {
+		return fmt.Errorf("tokenize prompts: %d token lists for %d prompts", len(ids), len(texts))
+	}
+	for i, id := range p.order {
+		p.tasks[id].prompt = ids[i]
+	}
+	return nil
+}
