@@ -110,6 +110,15 @@ type Trainer interface {
 	Close() error
 }
 
+// MasterWeightsSaver is implemented by trainers whose SaveWeights rounds
+// the weights they train (fp32 master weights) to the model's serving
+// dtype (bf16 for an HF model, what engines load): SaveMasterWeights
+// writes the same files at full precision, which a checkpoint needs for a
+// resumed learner to continue from exactly the weights it stopped at.
+type MasterWeightsSaver interface {
+	SaveMasterWeights(ctx context.Context, dir string) error
+}
+
 // GradientReader is implemented by trainers that can report the
 // accumulated gradients in the built-in layout (policy.Model.Grads), for
 // cross-checks between backends.

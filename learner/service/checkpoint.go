@@ -180,7 +180,8 @@ func (s *Service) restoreMeta(meta map[string]string) (map[string]int, error) {
 
 // checkpointDir writes step t's FormatDir checkpoint. The order makes it
 // crash-safe as the file format is:
-//  1. the trainer writes the weights and the optimiser state, and the
+//  1. the trainer writes the weights (at full precision where it keeps
+//     master weights: trainer.MasterWeightsSaver) and the optimiser state, and the
 //     learner meta.json, into step-<t>.partial/; then the directory is
 //     renamed to step-<t>/ (a crash before leaves only a .partial
 //     directory, which the next checkpoint of step t removes and nothing
@@ -208,7 +209,11 @@ func (s *Service) checkpointDir(ctx context.Context, t int64) error {
 	if err := os.MkdirAll(part, 0o755); err != nil {
 		return fail(err)
 	}
-	if err := tr.SaveWeights(ctx, filepath.Join(part, dirWeights)); err != nil {
+	save := tr.SaveWeights
+	if ms, ok := tr.(trainer.MasterWeightsSaver); ok {
+		save = ms.SaveMasterWeights // resume from the weights trained, not their bf16 rounding
+	}
+	if err := save(ctx, filepath.Join(part, dirWeights)); err != nil {
 		return quiet(ctx, fail(err))
 	}
 	if err := tr.SaveOptimizer(ctx, filepath.Join(part, dirOptimizer)); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -124,12 +125,37 @@ func (o *hfStandIn) Info() trainer.Info {
 	return in
 }
 
-func (o *hfStandIn) Weights(context.Context) (*policy.Model, error) { return nil, trainer.ErrNotBuiltin }
+func (o *hfStandIn) Weights(context.Context) (*policy.Model, error) {
+	return nil, trainer.ErrNotBuiltin
+}
 
-func (o *hfStandIn) Optimizer(context.Context) (*policy.AdamW, error) { return nil, trainer.ErrNotBuiltin }
+func (o *hfStandIn) Optimizer(context.Context) (*policy.AdamW, error) {
+	return nil, trainer.ErrNotBuiltin
+}
 
 func (o *hfStandIn) Restore(context.Context, *policy.Model, *policy.AdamW) error {
 	return trainer.ErrNotBuiltin
+}
+
+// SaveWeights rounds the weights to bf16, as an HF model's SaveWeights
+// does for the engines; SaveMasterWeights keeps them.
+func (o *hfStandIn) SaveWeights(ctx context.Context, dir string) error {
+	m, err := o.Builtin.Weights(ctx)
+	if err != nil {
+		return err
+	}
+	r := m.Clone()
+	for i, x := range r.Params {
+		r.Params[i] = math.Float32frombits(math.Float32bits(x) &^ 0xffff)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return policy.SaveFile(filepath.Join(dir, trainer.BuiltinWeightsFile), policy.Checkpoint{Model: r, Tokenizer: task.BuiltinTokenizer()})
+}
+
+func (o *hfStandIn) SaveMasterWeights(ctx context.Context, dir string) error {
+	return o.Builtin.SaveWeights(ctx, dir)
 }
 
 func (o *hfStandIn) Tokenize(ctx context.Context, prompts []string) ([][]int32, error) {
@@ -142,7 +168,7 @@ func (o *hfStandIn) Tokenize(ctx context.Context, prompts []string) ([][]int32, 
 
 // TestOtherArchitecture: a trainer that is not the built-in architecture
 // goes through the learner: checkpoints as directories (the file format
-// is refused for it), publishes through PublishVersion only, skips the
+// is refused for it) holding its master weights, not their bf16 rounding, publishes through PublishVersion only, skips the
 // in-process evaluation instead of handing it a nil model, sends prompt ids
 // from the trainer's own tokenizer, and resumes when started on the
 // checkpoint's weights (and refuses a trainer holding other weights).

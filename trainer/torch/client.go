@@ -698,6 +698,18 @@ func (c *Client) SaveWeights(ctx context.Context, dir string) error {
 	return err
 }
 
+// SaveMasterWeights implements trainer.MasterWeightsSaver: SaveWeights with
+// the fp32 master weights kept (an HF model's SaveWeights rounds them to
+// the model's dtype, bf16, for the engines).
+func (c *Client) SaveMasterWeights(ctx context.Context, dir string) error {
+	d, err := absPath(dir)
+	if err != nil {
+		return err
+	}
+	_, err = c.call(ctx, "save_weights", map[string]any{"dir": d, "master": true})
+	return err
+}
+
 // SaveOptimizer implements trainer.Trainer.
 func (c *Client) SaveOptimizer(ctx context.Context, path string) error {
 	p, err := absPath(path)

@@ -68,15 +68,16 @@ class HFModel:
             return list(ids)
         return self.tok(text)["input_ids"]
 
-    def save(self, dir, full_state_dict=None, max_shard_bytes=5 << 30):
+    def save(self, dir, full_state_dict=None, max_shard_bytes=5 << 30, master=False):
         """HF shards + index + config + tokenizer files (what vLLM and SGLang
         load). full_state_dict: name -> tensor (rank 0's gathered state under
-        FSDP); default the model's own."""
+        FSDP); default the model's own. master: keep the fp32 master weights
+        (a checkpoint to resume from) instead of the model's own dtype."""
         sd = full_state_dict if full_state_dict is not None else self.model.state_dict()
         # The master weights are fp32; engines load the model's own dtype
         # (bf16 for the models this is for).
         want = getattr(self.model.config, "torch_dtype", None) or getattr(self.model.config, "dtype", None)
-        cast = torch.bfloat16 if want in (torch.bfloat16, "bfloat16") else None
+        cast = torch.bfloat16 if want in (torch.bfloat16, "bfloat16") and not master else None
         ts = []
         seen = set()
         for n, t in sd.items():

@@ -301,6 +301,9 @@ class Worker:
         return {}
 
     def op_save_weights(self, msg):
+        """"master": true keeps the fp32 master weights (a checkpoint to
+        resume from); otherwise an HF model's shards are in its own dtype
+        (bf16: what the engines load)."""
         d = msg.get("dir")
         if not d:
             raise RequestError("save_weights needs a directory")
@@ -308,7 +311,7 @@ class Worker:
         if self.arch == "builtin":
             stfile.write_atomic(os.path.join(d, builtin.FORMAT_FILE), builtin.encode_checkpoint(self.model))
         else:
-            self.model.save(d, max_shard_bytes=int(msg.get("max_shard_bytes") or (5 << 30)))
+            self.model.save(d, max_shard_bytes=int(msg.get("max_shard_bytes") or (5 << 30)), master=bool(msg.get("master")))
         return {}
 
     def op_save_optimizer(self, msg):

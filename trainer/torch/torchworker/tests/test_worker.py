@@ -251,5 +251,51 @@ class ShardLayoutTest(unittest.TestCase):
             self.assertEqual(json.load(fh), index)
 
 
+class HFSaveTest(unittest.TestCase):
+    """hf.HFModel.save without transformers: a stand-in module with a bf16
+    config. The engines get bf16 shards; a checkpoint (master=True) keeps
+    the fp32 master weights exactly."""
+
+    def model(self):
+        from torchworker import hf
+
+        class Config:
+            torch_dtype = "bfloat16"
+            tie_word_embeddings = False
+
+            def save_pretrained(self, d):
+                with open(os.path.join(d, "config.json"), "w") as fh:
+                    fh.write("{}")
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(3, 2)
+                self.config = Config()
+                self.generation_config = None
+
+        m = hf.HFModel.__new__(hf.HFModel)
+        m.model, m.tok = Net(), None
+        with torch.no_grad():
+            m.model.lin.weight.fill_(1 + 2 ** -12)  # not a bf16 number
+        return m
+
+    def saved(self, master):
+        d = tempfile.mkdtemp()
+        self.model().save(d, master=master)
+        tensors, _ = stfile.read(os.path.join(d, "model-00001-of-00001.safetensors"))
+        self.assertTrue(os.path.isfile(os.path.join(d, "config.json")))
+        return tensors["lin.weight"]
+
+    def test_serving_weights_are_bf16(self):
+        dt, _, _ = self.saved(False)
+        self.assertEqual(dt, "BF16")
+
+    def test_master_weights_are_exact(self):
+        dt, shape, arr = self.saved(True)
+        self.assertEqual((dt, list(shape)), ("F32", [2, 3]))
+        np.testing.assert_array_equal(np.array(arr), np.full((2, 3), 1 + 2 ** -12, dtype=np.float32))
+
+
 if __name__ == "__main__":
     unittest.main()
