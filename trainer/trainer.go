@@ -110,6 +110,13 @@ type Trainer interface {
 	Close() error
 }
 
+// ChatTokenizer is implemented by trainers whose chat template takes a
+// system prompt (task.Problem.System): TokenizeChat is Tokenize with
+// systems[i] ("" = none) as prompts[i]'s system message.
+type ChatTokenizer interface {
+	TokenizeChat(ctx context.Context, systems, prompts []string) ([][]int32, error)
+}
+
 // MasterWeightsSaver is implemented by trainers whose SaveWeights rounds
 // the weights they train (fp32 master weights) to the model's serving
 // dtype (bf16 for an HF model, what engines load): SaveMasterWeights

@@ -158,6 +158,18 @@ func (o *hfStandIn) SaveMasterWeights(ctx context.Context, dir string) error {
 	return o.Builtin.SaveWeights(ctx, dir)
 }
 
+// TokenizeChat is Tokenize with one more BOS per byte of the system
+// prompt, so tasks show that the system prompt reached the trainer.
+func (o *hfStandIn) TokenizeChat(ctx context.Context, systems, prompts []string) ([][]int32, error) {
+	ids, err := o.Tokenize(ctx, prompts)
+	for i := range ids {
+		for range len(systems[i]) {
+			ids[i] = append([]int32{task.BuiltinTokenizer().BOS()}, ids[i]...)
+		}
+	}
+	return ids, err
+}
+
 func (o *hfStandIn) Tokenize(ctx context.Context, prompts []string) ([][]int32, error) {
 	ids, err := o.Builtin.Tokenize(ctx, prompts)
 	for i := range ids {
@@ -221,10 +233,11 @@ func TestOtherArchitecture(t *testing.T) {
 		t.Error("no task seen")
 	}
 	for _, tk := range e.tasks {
-		if len(tk.PromptTokens) < 2 || tk.PromptTokens[0] != bos || tk.PromptTokens[1] != bos {
+		if len(tk.PromptTokens) < 2 || tk.PromptTokens[0] != bos || tk.PromptTokens[1] != bos || tk.PromptTokens[2] == bos {
 			t.Fatalf("task %s prompt ids %v: not the trainer's tokenization", tk.TaskID, tk.PromptTokens)
 		}
 	}
+	e.tasks = nil
 	e.tasksMu.Unlock()
 	ck, err := LatestDir(e.ckpt)
 	if err != nil {
@@ -233,6 +246,27 @@ func TestOtherArchitecture(t *testing.T) {
 	if ck.Meta[MetaArch] != "hf" {
 		t.Errorf("meta.json arch %q", ck.Meta[MetaArch])
 	}
+	// The problems' system prompts reach the trainer's chat template.
+	withSys := testConfig(3)
+	withSys.Resume, withSys.CheckpointDir = false, t.TempDir()
+	sd := deps(newTrainer(e.base.Clone(), ""))
+	sd.Problems = slices.Clone(e.train)
+	for i := range sd.Problems {
+		sd.Problems[i].System = "sys"
+	}
+	sp := &plan{tasks: map[string]*planned{}}
+	sp.add(&planned{problem: sd.Problems[0], samples: 1})
+	ssvc, err := New(withSys, sd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ssvc.tokenizePrompts(t.Context(), sp); err != nil {
+		t.Fatal(err)
+	}
+	if got := sp.tasks[sp.order[0]].prompt; len(got) < 6 || !slices.Equal(got[:5], []int32{bos, bos, bos, bos, bos}) || got[5] == bos {
+		t.Errorf("prompt ids with a system prompt %v: want the trainer's chat tokenization with it", got)
+	}
+
 	wantW, _ := tr.Builtin.Weights(t.Context())
 	wantO, _ := tr.Builtin.Optimizer(t.Context())
 	wantP, wantM, wantT := slices.Clone(wantW.Params), slices.Clone(wantO.M), wantO.T

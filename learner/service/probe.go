@@ -7,6 +7,7 @@ import (
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/trainer"
 	"github.com/exgrpo/exgrpo/wire"
 )
 
@@ -76,9 +77,10 @@ func promptTokens(tok *policy.Tokenizer, p task.Problem) wire.Int32s {
 
 // tokenizePrompts fills the prompt token ids of p's tasks: task.EncodePrompt
 // with the built-in tokenizer for the built-in architecture, the trainer's
-// own chat template (Trainer.Tokenize) for another one, so that the actors
-// generate from exactly the ids the learner trains on (an HF model's ids
-// are not the built-in tokenizer's).
+// own chat template (Trainer.Tokenize, or trainer.ChatTokenizer with the
+// problems' system prompts) for another one, so that the actors generate
+// from exactly the ids the learner trains on (an HF model's ids are not
+// the built-in tokenizer's).
 func (s *Service) tokenizePrompts(ctx context.Context, p *plan) error {
 	if s.builtin {
 		for _, id := range p.order {
@@ -88,10 +90,23 @@ func (s *Service) tokenizePrompts(ctx context.Context, p *plan) error {
 		return nil
 	}
 	texts := make([]string, len(p.order))
+	systems := make([]string, len(p.order))
+	withSystem := false
 	for i, id := range p.order {
-		texts[i] = p.tasks[id].problem.Prompt
+		pr := p.tasks[id].problem
+		texts[i], systems[i] = pr.Prompt, pr.System
+		withSystem = withSystem || pr.System != ""
 	}
-	ids, err := s.core.Trainer().Tokenize(ctx, texts)
+	var ids [][]int32
+	var err error
+	tr := s.core.Trainer()
+	if ct, ok := tr.(trainer.ChatTokenizer); ok && withSystem {
+		ids, err = ct.TokenizeChat(ctx, systems, texts)
+	} else if withSystem {
+		return fmt.Errorf("%w: the problems have system prompts and the %s trainer's tokenizer takes none", ErrConfig, tr.Info().Backend)
+	} else {
+		ids, err = tr.Tokenize(ctx, texts)
+	}
 	if err != nil {
 		return fmt.Errorf("tokenize prompts: %w", err)
 	}

@@ -734,6 +734,20 @@ func (c *Client) LoadOptimizer(ctx context.Context, path string) error {
 // is task.EncodePrompt's (the separator is appended here; the worker adds
 // BOS); an HF model's is its tokenizer's.
 func (c *Client) Tokenize(ctx context.Context, prompts []string) ([][]int32, error) {
+	return c.tokenize(ctx, nil, prompts)
+}
+
+// TokenizeChat implements trainer.ChatTokenizer: an HF model's chat
+// template puts systems[i] (when not "") first as the system message; the
+// built-in format has no system prompt and ignores them.
+func (c *Client) TokenizeChat(ctx context.Context, systems, prompts []string) ([][]int32, error) {
+	if len(systems) != len(prompts) {
+		return nil, fmt.Errorf("%w: %d system prompts for %d prompts", trainer.ErrInput, len(systems), len(prompts))
+	}
+	return c.tokenize(ctx, systems, prompts)
+}
+
+func (c *Client) tokenize(ctx context.Context, systems, prompts []string) ([][]int32, error) {
 	texts := make([]string, len(prompts))
 	for i, p := range prompts {
 		texts[i] = p
@@ -741,7 +755,11 @@ func (c *Client) Tokenize(ctx context.Context, prompts []string) ([][]int32, err
 			texts[i] = p + task.PromptSeparator
 		}
 	}
-	r, err := c.call(ctx, "tokenize", map[string]any{"texts": texts})
+	args := map[string]any{"texts": texts}
+	if systems != nil {
+		args["systems"] = systems
+	}
+	r, err := c.call(ctx, "tokenize", args)
 	if err != nil {
 		return nil, err
 	}

@@ -57,16 +57,20 @@ class HFModel:
         out = self.model.base_model(input_ids=tokens, attention_mask=mask, use_cache=False)
         return out.last_hidden_state
 
-    def tokenize(self, text):
+    def tokenize(self, text, system=""):
+        """The prompt as the chat template makes it (system message first
+        when given, add_generation_prompt); without a template, the plain
+        encoding of the system prompt and the text separated by a blank
+        line."""
         if self.tok is None:
             raise ValueError("the model directory has no tokenizer (%s)" % self.tok_error)
-        msgs = [{"role": "user", "content": text}]
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         if getattr(self.tok, "chat_template", None):
             ids = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             return list(ids)
-        return self.tok(text)["input_ids"]
+        return self.tok(system + "\n\n" + text if system else text)["input_ids"]
 
     def save(self, dir, full_state_dict=None, max_shard_bytes=5 << 30, master=False):
         """HF shards + index + config + tokenizer files (what vLLM and SGLang

@@ -350,10 +350,20 @@ class Worker:
         return {}
 
     def op_tokenize(self, msg):
+        """"systems" (optional, one per text, "" = none): the system prompt
+        an HF chat template puts first; the built-in format has none (as
+        task.EncodePrompt) and ignores it."""
+        texts = msg.get("texts") or []
+        systems = msg.get("systems")
+        if systems is not None and len(systems) != len(texts):
+            raise RequestError("%d system prompts for %d texts" % (len(systems), len(texts)))
         out, lens = [], []
-        for i, text in enumerate(msg.get("texts") or []):
+        for i, text in enumerate(texts):
             try:
-                ids = self.model.tokenize(text)
+                if self.arch == "builtin" or not systems:
+                    ids = self.model.tokenize(text)
+                else:
+                    ids = self.model.tokenize(text, systems[i] or "")
             except ValueError as e:
                 raise RequestError("prompt %d: %s" % (i, e))
             out.extend(ids)

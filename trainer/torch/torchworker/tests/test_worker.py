@@ -145,6 +145,13 @@ class WorkerTest(unittest.TestCase):
         self.assertTrue(r["ok"], r)
         self.assertEqual(list(i32(r["lens"])), [4, 2])
         self.assertEqual(list(i32(r["tokens"])), [1, 4, 13, 5, 1, 6])
+        # The built-in format has no system prompt: given ones are ignored.
+        r2 = c.call(op="tokenize", texts=["1+2", "3"], systems=["think", ""])
+        self.assertTrue(r2["ok"], r2)
+        self.assertEqual((r2["tokens"], r2["lens"]), (r["tokens"], r["lens"]))
+        r3 = c.call(op="tokenize", texts=["1+2", "3"], systems=["think"])
+        self.assertFalse(r3["ok"])
+        self.assertIn("1 system prompts for 2 texts", r3["error"])
 
     def test_save_weights_round_trip(self):
         c = self.client()
@@ -295,6 +302,31 @@ class HFSaveTest(unittest.TestCase):
         dt, shape, arr = self.saved(True)
         self.assertEqual((dt, list(shape)), ("F32", [2, 3]))
         np.testing.assert_array_equal(np.array(arr), np.full((2, 3), 1 + 2 ** -12, dtype=np.float32))
+
+
+class HFTokenizeTest(unittest.TestCase):
+    """hf.HFModel.tokenize without transformers: a stand-in tokenizer that
+    records the chat messages. The system prompt is the first message when
+    given; none otherwise; add_generation_prompt always."""
+
+    def test_system_prompt_in_the_chat_template(self):
+        from torchworker import hf
+
+        seen = []
+
+        class Tok:
+            chat_template = "stand-in"
+
+            def apply_chat_template(self, msgs, add_generation_prompt, tokenize):
+                seen.append((msgs, add_generation_prompt, tokenize))
+                return list(range(len(msgs)))
+
+        m = hf.HFModel.__new__(hf.HFModel)
+        m.tok = Tok()
+        self.assertEqual(m.tokenize("q", "think first"), [0, 1])
+        self.assertEqual(m.tokenize("q"), [0])
+        self.assertEqual(seen[0], ([{"role": "system", "content": "think first"}, {"role": "user", "content": "q"}], True, True))
+        self.assertEqual(seen[1], ([{"role": "user", "content": "q"}], True, True))
 
 
 if __name__ == "__main__":
