@@ -88,6 +88,10 @@ type TorchOptions struct {
 	Threads          int    `json:"threads"`            // torch (and BLAS) threads; 0 = torch's default; default 1
 	MicroBatchTokens int    `json:"micro_batch_tokens"` // tokens per forward with gradient; 0 = whole mini-batches
 	Socket           string `json:"socket"`             // connect to a worker already listening here (torchrun) instead of starting one
+	// Model is the model the worker trains instead of the base: an HF
+	// model directory, or a built-in checkpoint (StartTrainer); with Socket,
+	// the model the worker was launched with, which StartTrainer checks.
+	Model string `json:"model"`
 }
 
 // DefaultConfig is `exgrpo run` without flags: ExGRPO on the built-in task,
@@ -164,6 +168,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: Algo %q: want %q or %q", ErrConfig, c.Algo, AlgoExGRPO, AlgoOnPolicy)
 	case c.Trainer != TrainerGo && c.Trainer != TrainerTorch:
 		return fmt.Errorf("%w: Trainer %q: want %q or %q (--trainer)", ErrConfig, c.Trainer, TrainerGo, TrainerTorch)
+	case c.Torch.Model != "" && c.Trainer != TrainerTorch:
+		return fmt.Errorf("%w: a model directory (%s) is trained by the PyTorch worker: it needs Trainer %q (--trainer torch)", ErrConfig, c.Torch.Model, TrainerTorch)
 	case c.Learner.Steps < 1:
 		return fmt.Errorf("%w: Steps %d: a run needs at least 1 step (--steps)", ErrConfig, c.Learner.Steps)
 	case c.Engine != "" && c.Engine != "vllm" && c.Engine != "sglang":

@@ -20,6 +20,7 @@ import (
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/bus/bustest"
 	"github.com/exgrpo/exgrpo/internal/faultpoint"
+	lsvc "github.com/exgrpo/exgrpo/learner/service"
 	"github.com/exgrpo/exgrpo/replay"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"go.uber.org/zap"
@@ -47,6 +48,13 @@ func TestLearnerKilledAndResumed(t *testing.T) {
 	t.Run("torch", func(t *testing.T) {
 		needTorch(t)
 		learnerKilledAndResumed(t, "torch", "--python", "/usr/bin/python3", "--torch-threads", "1")
+	})
+	// The directory format (what an HF model checkpoints as) on the
+	// built-in model: each resumed learner starts its worker on the
+	// checkpoint's weights directory and loads the optimiser file.
+	t.Run("torch-dir", func(t *testing.T) {
+		needTorch(t)
+		learnerKilledAndResumed(t, "torch", "--python", "/usr/bin/python3", "--torch-threads", "1", "--checkpoint-format", "dir")
 	})
 }
 
@@ -157,6 +165,21 @@ func learnerKilledAndResumed(t *testing.T, trainer string, trainerArgs ...string
 	}
 	if st := want.Stats(); st.Questions == 0 {
 		t.Errorf("the lineage stored nothing: %+v", st)
+	}
+	if slices.Contains(trainerArgs, "dir") {
+		ckpt := filepath.Join(dir, "ckpt")
+		if _, err := os.Stat(filepath.Join(ckpt, lsvc.LatestFile)); err == nil {
+			t.Errorf("--checkpoint-format dir wrote %s", lsvc.LatestFile)
+		}
+		ck, err := lsvc.LatestDir(ckpt)
+		if err != nil || ck.Meta[lsvc.MetaStep] != strconv.Itoa(steps-1) {
+			t.Errorf("latest directory checkpoint %s %v: %v; want step %d", ck.Path, ck.Meta, err, steps-1)
+		}
+		for i := 2; i <= len(faults)+1; i++ {
+			if log := procs.log(fmt.Sprintf("learner-%d", i)); !strings.Contains(log, `"format":"dir"`) || !strings.Contains(log, `"resuming":true`) {
+				t.Errorf("learner-%d did not resume from a directory checkpoint:\n%s", i, grepLines(log, "resume"))
+			}
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -426,9 +427,17 @@ func fmtAcc(x float64) string {
 	return fmt.Sprintf("%.3f", x)
 }
 
-// StartTrainer starts the PyTorch worker on the base weights for
-// TrainerTorch (nil for TrainerGo: the learner service trains the built-in
-// model in process).
+// StartTrainer returns the PyTorch worker for TrainerTorch (nil for
+// TrainerGo: the learner service trains the built-in model in process).
+//
+// It starts one on cfg.Torch.Model when set (an HF model directory or a
+// built-in checkpoint), else on base. With cfg.Torch.Socket it connects to
+// a worker already running (torchrun) and asks it what it holds: a worker
+// of another architecture keeps the model it loaded; one of the built-in
+// architecture gets base's weights when base has a model (base without a
+// model: nothing is restored, e.g. when resuming, where the learner
+// service restores the checkpoint). cfg.Torch.Model is then the model the
+// worker must have been launched with (lsvc.Holds).
 func StartTrainer(ctx context.Context, cfg Config, base policy.Checkpoint, log *zap.Logger) (trainer.Trainer, error) {
 	if cfg.Trainer != TrainerTorch {
 		return nil, nil
@@ -441,8 +450,24 @@ func StartTrainer(ctx context.Context, cfg Config, base policy.Checkpoint, log *
 		if err != nil {
 			return nil, fmt.Errorf("local: torch trainer: %w", err)
 		}
-		if err := tr.Restore(ctx, base.Model, nil); err != nil {
+		in := tr.Info()
+		switch {
+		case cfg.Torch.Model != "":
+			err = lsvc.Holds(in, cfg.Torch.Model)
+		case in.Arch != "builtin":
+			log.Info("the torch worker trains the model it loaded", zap.String("arch", in.Arch), zap.String("model", in.Model))
+		case base.Model != nil:
+			err = tr.Restore(ctx, base.Model, nil)
+		}
+		if err != nil {
 			tr.Close()
+			return nil, fmt.Errorf("local: torch trainer: %w", err)
+		}
+		return tr, nil
+	}
+	if cfg.Torch.Model != "" {
+		tr, err := torch.Start(ctx, o, cfg.Torch.Model, adam)
+		if err != nil {
 			return nil, fmt.Errorf("local: torch trainer: %w", err)
 		}
 		return tr, nil
@@ -464,4 +489,17 @@ func (w *zapWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// ModelArch is the architecture the PyTorch worker finds at path, by the
+// worker's own rule: a file, or a directory holding a built-in checkpoint
+// (trainer.BuiltinWeightsFile), is the built-in architecture; any other
+// directory an HF model.
+func ModelArch(path string) string {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		if _, err := os.Stat(filepath.Join(path, trainer.BuiltinWeightsFile)); err != nil {
+			return "hf"
+		}
+	}
+	return "builtin"
 }

@@ -47,6 +47,11 @@ type Info struct {
 	// gradient (the worker's memory budget); 0 = no bound. The learner
 	// splits mini-batches accordingly (a longer single sequence goes alone).
 	MicroBatchTokens int
+	// Model is the resolved path the backend loaded its model from (the
+	// PyTorch worker reports it); "" when the model lives in process. It
+	// lets a learner check that a worker started by someone else (torchrun)
+	// holds the weights it means to train, e.g. a checkpoint's on resume.
+	Model string
 }
 
 // Trainer is a policy under training. Calls are not safe for concurrent
@@ -103,6 +108,22 @@ type Trainer interface {
 	Tokenize(ctx context.Context, prompts []string) ([][]int32, error)
 	// Close releases the backend (stops a worker it started).
 	Close() error
+}
+
+// ChatTokenizer is implemented by trainers whose chat template takes a
+// system prompt (task.Problem.System): TokenizeChat is Tokenize with
+// systems[i] ("" = none) as prompts[i]'s system message.
+type ChatTokenizer interface {
+	TokenizeChat(ctx context.Context, systems, prompts []string) ([][]int32, error)
+}
+
+// MasterWeightsSaver is implemented by trainers whose SaveWeights rounds
+// the weights they train (fp32 master weights) to the model's serving
+// dtype (bf16 for an HF model, what engines load): SaveMasterWeights
+// writes the same files at full precision, which a checkpoint needs for a
+// resumed learner to continue from exactly the weights it stopped at.
+type MasterWeightsSaver interface {
+	SaveMasterWeights(ctx context.Context, dir string) error
 }
 
 // GradientReader is implemented by trainers that can report the

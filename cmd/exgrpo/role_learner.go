@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,9 +31,14 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	trainerFlags(fs, &c)
 	ckptDir := fs.String("checkpoint-dir", "checkpoints", "where checkpoints are written (and read with --resume)")
 	resume := &resumeFlag{}
-	fs.Var(resume, "resume", "continue from checkpoint-dir/latest.safetensors at the step after it; "+
+	fs.Var(resume, "resume", "continue from the latest checkpoint in checkpoint-dir at the step after it; "+
 		"--resume=auto: continue when that checkpoint exists for this run, else start fresh (for automatic restarts)")
+	ckFormat := fs.String("checkpoint-format", "", "file (checkpoint-dir/step-N.safetensors and latest.safetensors: the built-in model, "+
+		"what retrain, inspect and eval read) or dir (checkpoint-dir/step-N/ with the trainer's own weights and optimiser files, and a latest file naming it: any model); "+
+		"default file for the built-in model, dir for an HF model")
 	base := fs.String("base", "", "start from this policy checkpoint instead of the cached built-in base model")
+	model := fs.String("model", "", "with --trainer torch: the model the worker trains, an HF model directory (or a built-in checkpoint), instead of the built-in base; "+
+		"with --torch-socket: the model the worker was launched with (checked)")
 	eval := fs.Bool("eval", true, "evaluate held-out pass@1 every --eval-every steps and at the end")
 	wf := addWeightsFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -51,8 +54,14 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	c.RunDir = "-" // no run directory in this role
 	c.Normalize()
 	c.Learner.CheckpointDir = *ckptDir
-	if c.Learner.Resume, err = resume.decide(*ckptDir, bf.run); err != nil {
-		return err
+	if *model != "" {
+		switch {
+		case c.Trainer != local.TrainerTorch:
+			return fmt.Errorf("%w: --model %s is trained by the PyTorch worker (--trainer torch); the Go trainer trains the built-in model (--base for a built-in checkpoint)", errUsage, *model)
+		case *base != "":
+			return fmt.Errorf("%w: --model and --base both name the model to train; give one", errUsage)
+		}
+		c.Torch.Model = *model
 	}
 	if err := c.Learner.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
@@ -61,15 +70,49 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if resume.auto {
-		log.Info("--resume=auto", zap.Bool("resuming", c.Learner.Resume), zap.String("checkpoint_dir", *ckptDir))
-	}
 	defer func() { _ = log.Sync() }()
 
+	// The architecture decides the checkpoint format, and the format where
+	// --resume looks: a worker already running is asked what it holds.
+	arch := "builtin"
+	if c.Torch.Model != "" {
+		arch = local.ModelArch(c.Torch.Model)
+	}
+	var tr trainer.Trainer
+	if c.Trainer == local.TrainerTorch && c.Torch.Socket != "" {
+		cc := c
+		cc.Torch.Model = "" // checked below, unless resuming (then the checkpoint's weights are)
+		if tr, err = local.StartTrainer(ctx, cc, policy.Checkpoint{}, log); err != nil {
+			return err
+		}
+		defer tr.Close()
+		arch = tr.Info().Arch
+	}
+	if c.Learner.CheckpointFormat, err = lsvc.CheckpointFormatFor(*ckFormat, arch); err != nil {
+		return fmt.Errorf("%w: --checkpoint-format: %v", errUsage, err)
+	}
+	if c.Learner.Resume, err = resume.decide(*ckptDir, bf.run, c.Learner.CheckpointFormat); err != nil {
+		return err
+	}
+	if resume.auto {
+		log.Info("--resume=auto", zap.Bool("resuming", c.Learner.Resume), zap.String("checkpoint_dir", *ckptDir),
+			zap.String("format", c.Learner.CheckpointFormat))
+	}
+	if tr != nil && c.Torch.Model != "" && !c.Learner.Resume {
+		if err := lsvc.Holds(tr.Info(), c.Torch.Model); err != nil {
+			return fmt.Errorf("learner: --torch-socket: %w", err)
+		}
+	}
+
 	var ck policy.Checkpoint
-	if *base != "" {
+	switch {
+	case *base != "":
 		ck, err = policy.LoadFile(*base)
-	} else if !c.Learner.Resume {
+	case c.Learner.Resume || c.Torch.Model != "":
+		// the checkpoint's weights, or the worker's own model
+	case tr != nil && arch != "builtin":
+		// a torchrun worker holding its own model
+	default:
 		ck, err = local.BaseModel(ctx, c, os.Stderr)
 	}
 	if err != nil {
@@ -98,19 +141,33 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	if *eval {
 		deps.Evaluate = local.Evaluator(c, heldout)
 	}
-	if c.Trainer == local.TrainerTorch && ck.Model == nil {
-		// Resuming: the worker starts on the checkpoint's weights; the
-		// service then restores them and the optimiser state into it.
-		if ck, err = policy.LoadFile(filepath.Join(*ckptDir, lsvc.LatestFile)); err != nil {
+	if tr == nil && c.Trainer == local.TrainerTorch && c.Learner.Resume {
+		// The worker starts on the checkpoint's weights; the service then
+		// restores the optimiser state (and the built-in weights) into it.
+		if c.Learner.CheckpointFormat == lsvc.FormatDir {
+			dck, err := lsvc.LatestDir(*ckptDir)
+			if err != nil {
+				return fmt.Errorf("learner: resume: %w", err)
+			}
+			c.Torch.Model = dck.Weights()
+		} else if ck, err = policy.LoadFile(filepath.Join(*ckptDir, lsvc.LatestFile)); err != nil {
 			return fmt.Errorf("learner: resume: %w", err)
 		}
 	}
-	tr, err := local.StartTrainer(ctx, c, ck, log)
-	if err != nil {
-		return err
+	if tr == nil {
+		if tr, err = local.StartTrainer(ctx, c, ck, log); err != nil {
+			return err
+		}
+		if tr != nil {
+			defer tr.Close()
+		}
+	} else if ck.Model != nil && arch == "builtin" && !c.Learner.Resume {
+		// A torchrun worker of the built-in architecture trains the base.
+		if err := tr.Restore(ctx, ck.Model, nil); err != nil {
+			return fmt.Errorf("learner: --torch-socket: %w", err)
+		}
 	}
 	if tr != nil {
-		defer tr.Close()
 		deps.Trainer = tr
 	}
 	if deps.PublishVersion, err = wf.publisher(b, *ckptDir, ck.Tokenizer, log); err != nil {
@@ -200,22 +257,21 @@ func (f *resumeFlag) Set(v string) error {
 
 // decide says whether to resume: --resume always (a missing checkpoint is
 // an error then), --resume=auto when dir holds a latest checkpoint of this
-// run. A latest checkpoint of another run is an error with auto: starting
-// fresh would overwrite it.
-func (f *resumeFlag) decide(dir, run string) (bool, error) {
+// run in format (lsvc.FormatFile or FormatDir). A latest checkpoint of
+// another run is an error with auto: starting fresh would overwrite it.
+func (f *resumeFlag) decide(dir, run, format string) (bool, error) {
 	if !f.auto {
 		return f.on, nil
 	}
-	path := filepath.Join(dir, lsvc.LatestFile)
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	ck, err := policy.LoadFile(path)
+	got, ok, err := lsvc.LatestRun(dir, format)
 	if err != nil {
 		return false, fmt.Errorf("learner: --resume=auto: %w", err)
 	}
-	if got := ck.Meta[lsvc.MetaRun]; got != run {
-		return false, fmt.Errorf("%w: --resume=auto: %s is a checkpoint of run %q, not %q; use another --checkpoint-dir", errUsage, path, got, run)
+	if !ok {
+		return false, nil
+	}
+	if got != run {
+		return false, fmt.Errorf("%w: --resume=auto: the latest checkpoint in %s is of run %q, not %q; use another --checkpoint-dir", errUsage, dir, got, run)
 	}
 	return true, nil
 }

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -36,10 +38,10 @@ func TestResumeFlag(t *testing.T) {
 
 	dir := t.TempDir()
 	auto := resumeFlag{auto: true}
-	if got, err := auto.decide(dir, "r1"); got || err != nil {
+	if got, err := auto.decide(dir, "r1", lsvc.FormatFile); got || err != nil {
 		t.Fatalf("auto without a checkpoint: resume=%v, %v; want a fresh start", got, err)
 	}
-	if got, err := (&resumeFlag{on: true}).decide(dir, "r1"); !got || err != nil {
+	if got, err := (&resumeFlag{on: true}).decide(dir, "r1", lsvc.FormatFile); !got || err != nil {
 		t.Fatalf("plain --resume: resume=%v, %v; want true (the learner then reports the missing file)", got, err)
 	}
 	m, err := policy.New(task.ModelConfig(), rand.New(rand.NewPCG(1, 2)))
@@ -50,11 +52,59 @@ func TestResumeFlag(t *testing.T) {
 	if err := policy.SaveFile(filepath.Join(dir, lsvc.LatestFile), ck); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := auto.decide(dir, "r1"); !got || err != nil {
+	if got, err := auto.decide(dir, "r1", lsvc.FormatFile); !got || err != nil {
 		t.Fatalf("auto with this run's checkpoint: resume=%v, %v; want resume", got, err)
 	}
-	if got, err := auto.decide(dir, "r2"); got || !errors.Is(err, errUsage) {
+	if got, err := auto.decide(dir, "r2", lsvc.FormatFile); got || !errors.Is(err, errUsage) {
 		t.Fatalf("auto with another run's checkpoint: resume=%v, %v; want a usage error", got, err)
+	}
+
+	// The directory format: auto looks at what the latest file names, not
+	// at latest.safetensors.
+	if got, err := auto.decide(dir, "r1", lsvc.FormatDir); got || err != nil {
+		t.Fatalf("auto, dir format, without a latest file: resume=%v, %v; want a fresh start", got, err)
+	}
+	step := filepath.Join(dir, "step-000003")
+	if err := os.MkdirAll(filepath.Join(step, "weights"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{"meta.json": `{"exgrpo.run":"r1","exgrpo.step":"3"}`, "optimizer.safetensors": "x"} {
+		if err := os.WriteFile(filepath.Join(step, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, lsvc.LatestDirFile), []byte("step-000003\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := auto.decide(dir, "r1", lsvc.FormatDir); !got || err != nil {
+		t.Fatalf("auto, dir format, this run's checkpoint: resume=%v, %v; want resume", got, err)
+	}
+	if got, err := auto.decide(dir, "r2", lsvc.FormatDir); got || !errors.Is(err, errUsage) {
+		t.Fatalf("auto, dir format, another run's checkpoint: resume=%v, %v; want a usage error", got, err)
+	}
+	if err := os.Remove(filepath.Join(step, "optimizer.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := auto.decide(dir, "r1", lsvc.FormatDir); got || err == nil {
+		t.Fatalf("auto, dir format, latest names an incomplete directory: resume=%v, %v; want an error", got, err)
+	}
+}
+
+// TestLearnerModelFlagUsage: --model is for the PyTorch worker, and names
+// the model as --base does; contradictions are usage errors before
+// anything starts.
+func TestLearnerModelFlagUsage(t *testing.T) {
+	hf := t.TempDir()
+	for _, args := range [][]string{
+		{"--model", hf},                    // the Go trainer by default
+		{"--model", hf, "--trainer", "go"}, // explicitly
+		{"--model", hf, "--trainer", "torch", "--base", filepath.Join(hf, "x.safetensors")},
+		{"--model", hf, "--trainer", "torch", "--checkpoint-format", "file"}, // an HF model cannot be a policy file
+	} {
+		err := runLearnerRole(context.Background(), append([]string{"--run", "r"}, args...))
+		if !errors.Is(err, errUsage) {
+			t.Errorf("learner %v: %v; want a usage error", args, err)
+		}
 	}
 }
 

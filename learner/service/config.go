@@ -56,16 +56,23 @@ type Config struct {
 	// step trains on the complete groups and drops the rest (counted).
 	// Default 10m (tasks are redelivered to live actors well before).
 	GatherTimeout time.Duration
-	// CheckpointDir receives step-<n>.safetensors and latest.safetensors;
-	// empty = no checkpoints.
+	// CheckpointDir receives the checkpoints (CheckpointFormat); empty = no
+	// checkpoints.
 	CheckpointDir string
+	// CheckpointFormat is FormatFile (step-<n>.safetensors and
+	// latest.safetensors: the built-in architecture only), FormatDir
+	// (step-<n>/ directories from the trainer's own SaveWeights and
+	// SaveOptimizer, and a latest file naming one: any trainer), or "" =
+	// FormatFile for the built-in architecture, FormatDir for another.
+	CheckpointFormat string
 	// CheckpointEvery writes a checkpoint every this many steps (and after
 	// the last one); 0 = only after the last step.
 	CheckpointEvery int
 	// EvalEvery runs the held-out evaluation every this many steps (and
 	// after the last one); 0 = only after the last step. Needs Deps.Evaluate.
 	EvalEvery int
-	// Resume continues from CheckpointDir/latest.safetensors.
+	// Resume continues from the latest checkpoint in CheckpointDir
+	// (latest.safetensors, or what the latest file names for FormatDir).
 	Resume bool
 	// ConnLoss: when the NATS connection has not been connected for this
 	// long, Run returns an error wrapping bus.ErrConnectionLost (the role
@@ -106,8 +113,34 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: SampleTimeout, ReplayWait, GatherTimeout, ConnLoss and PublishTimeout must be positive (start from DefaultConfig)", ErrConfig)
 	case c.CheckpointEvery < 0 || c.EvalEvery < 0:
 		return fmt.Errorf("%w: CheckpointEvery and EvalEvery must be >= 0", ErrConfig)
+	case c.CheckpointFormat != "" && c.CheckpointFormat != FormatFile && c.CheckpointFormat != FormatDir:
+		return fmt.Errorf("%w: CheckpointFormat %q (want %s, %s or empty)", ErrConfig, c.CheckpointFormat, FormatFile, FormatDir)
 	case c.Resume && c.CheckpointDir == "":
 		return fmt.Errorf("%w: Resume needs CheckpointDir", ErrConfig)
 	}
 	return nil
+}
+
+// checkpointFormat is the checkpoint format for a trainer of architecture
+// arch: the configured one, or the default (FormatFile for the built-in
+// architecture, FormatDir for another, which a policy file cannot hold).
+func (c Config) checkpointFormat(arch string) (string, error) {
+	return CheckpointFormatFor(c.CheckpointFormat, arch)
+}
+
+// CheckpointFormatFor resolves a CheckpointFormat setting for a trainer of
+// architecture arch (see Config.CheckpointFormat).
+func CheckpointFormatFor(format, arch string) (string, error) {
+	switch {
+	case format == "" && arch == "builtin":
+		return FormatFile, nil
+	case format == "":
+		return FormatDir, nil
+	case format == FormatFile && arch != "builtin":
+		return "", fmt.Errorf("%w: checkpoint format %s holds the built-in architecture only; a trainer of architecture %q checkpoints as %s",
+			ErrConfig, FormatFile, arch, FormatDir)
+	case format == FormatFile || format == FormatDir:
+		return format, nil
+	}
+	return "", fmt.Errorf("%w: checkpoint format %q (want %s or %s)", ErrConfig, format, FormatFile, FormatDir)
 }

@@ -141,7 +141,7 @@ func (s *Service) retry(ctx context.Context, sc *wire.Scored, why error) {
 	fmt.Fprintf(h, "%d/%s", s.cfg.Seed, id)
 	tk := wire.Task{RunID: s.d.Bus.Names.Run, TaskID: id, Step: p.step, QuestionID: pt.problem.ID, Prompt: pt.problem.Prompt,
 		Answer: pt.problem.Answer, Kind: pt.problem.Kind, Samples: 1, MinVersion: p.version, MaxNew: s.cfg.MaxNew,
-		Temp: s.cfg.Temperature, Seed: int64(h.Sum64() >> 1)}
+		Temp: s.cfg.Temperature, Seed: int64(h.Sum64() >> 1), PromptTokens: pt.prompt}
 	data, err := wire.Encode(&tk)
 	if err == nil {
 		pctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)

@@ -7,6 +7,7 @@ import (
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/policy"
 	"github.com/exgrpo/exgrpo/task"
+	"github.com/exgrpo/exgrpo/trainer"
 	"github.com/exgrpo/exgrpo/wire"
 )
 
@@ -72,4 +73,48 @@ func promptTokens(tok *policy.Tokenizer, p task.Problem) wire.Int32s {
 		return nil
 	}
 	return ids
+}
+
+// tokenizePrompts fills the prompt token ids of p's tasks: task.EncodePrompt
+// with the built-in tokenizer for the built-in architecture, the trainer's
+// own chat template (Trainer.Tokenize, or trainer.ChatTokenizer with the
+// problems' system prompts) for another one, so that the actors generate
+// from exactly the ids the learner trains on (an HF model's ids are not
+// the built-in tokenizer's).
+func (s *Service) tokenizePrompts(ctx context.Context, p *plan) error {
+	if s.builtin {
+		for _, id := range p.order {
+			pt := p.tasks[id]
+			pt.prompt = promptTokens(s.d.Tokenizer, pt.problem)
+		}
+		return nil
+	}
+	texts := make([]string, len(p.order))
+	systems := make([]string, len(p.order))
+	withSystem := false
+	for i, id := range p.order {
+		pr := p.tasks[id].problem
+		texts[i], systems[i] = pr.Prompt, pr.System
+		withSystem = withSystem || pr.System != ""
+	}
+	var ids [][]int32
+	var err error
+	tr := s.core.Trainer()
+	if ct, ok := tr.(trainer.ChatTokenizer); ok && withSystem {
+		ids, err = ct.TokenizeChat(ctx, systems, texts)
+	} else if withSystem {
+		return fmt.Errorf("%w: the problems have system prompts and the %s trainer's tokenizer takes none", ErrConfig, tr.Info().Backend)
+	} else {
+		ids, err = tr.Tokenize(ctx, texts)
+	}
+	if err != nil {
+		return fmt.Errorf("tokenize prompts: %w", err)
+	}
+	if len(ids) != len(texts) {
+		return fmt.Errorf("tokenize prompts: %d token lists for %d prompts", len(ids), len(texts))
+	}
+	for i, id := range p.order {
+		p.tasks[id].prompt = ids[i]
+	}
+	return nil
 }

@@ -3,7 +3,6 @@ package service
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -36,7 +35,11 @@ type Deps struct {
 	// Trainer, when set, trains the policy instead of the built-in Go
 	// trainer over Model (e.g. a PyTorch worker holding Model's weights,
 	// built with Config.Learner.AdamW()); on resume the checkpoint's
-	// weights and optimiser state are restored into it. The caller closes it.
+	// weights and optimiser state are restored into it. A trainer of
+	// another architecture (an HF model) cannot be restored into: to
+	// resume, start it on the checkpoint's weights (LatestDir, then
+	// DirCheckpoint.Weights); the service loads the optimiser state. The
+	// caller closes it.
 	Trainer trainer.Trainer
 	// Problems is the training set; replayed questions must be among them.
 	Problems []task.Problem
@@ -52,7 +55,9 @@ type Deps struct {
 	// Check re-verifies a replayed trajectory's text (E9); nil uses the
 	// verifier of the problem's kind.
 	Check func(p task.Problem, text string) verifier.Verdict
-	// Evaluate returns a model's held-out pass@1; nil = no evaluation.
+	// Evaluate returns a model's held-out pass@1; nil = no evaluation. It
+	// evaluates the built-in architecture; with a trainer of another one
+	// the service says so at start and skips it.
 	Evaluate func(ctx context.Context, m *policy.Model) (float64, error)
 	// OnStep is called after every step, on the learner's goroutine.
 	OnStep  func(StepResult)
@@ -102,6 +107,9 @@ type Service struct {
 	checkers map[string]verifier.Checker
 	pub      *bus.Publisher
 
+	format  string // checkpoint format (FormatFile, FormatDir)
+	builtin bool   // the trainer holds the built-in architecture
+
 	step     int64 // next step to train
 	epoch    int64 // this process's learner epoch (wire.Lineage), set by Run
 	version  int64 // current policy version
@@ -139,6 +147,7 @@ type planned struct {
 	problem  task.Problem
 	taskID   string
 	samples  int
+	prompt   wire.Int32s // the prompt's token ids (Task.PromptTokens)
 	replayed *learner.Rollout
 	ranking  []learner.Ranked
 	got      map[int]*wire.Scored
@@ -183,38 +192,57 @@ func New(cfg Config, d Deps) (*Service, error) {
 	cfg.Learner.Temperature = float64(cfg.Temperature) // the trainer scores what the actors sampled (E7, E10, E11)
 	s.cfg = cfg
 	s.mixed = learner.InitialMixed(cfg.Learner)
+	arch := "builtin"
+	if d.Trainer != nil {
+		arch = d.Trainer.Info().Arch
+	}
+	s.builtin = arch == "builtin"
+	var err error
+	if s.format, err = cfg.checkpointFormat(arch); err != nil {
+		return nil, err
+	}
+	if !s.builtin && d.PublishVersion == nil {
+		return nil, fmt.Errorf("%w: a trainer of architecture %q publishes versions through Deps.PublishVersion (--weights-transport fs or objects); the default publishes built-in weights", ErrConfig, arch)
+	}
 	var streaks map[string]int
+	var dck *DirCheckpoint
 	if cfg.Resume {
-		ck, err := policy.LoadFile(filepath.Join(cfg.CheckpointDir, LatestFile))
-		if err != nil {
-			return nil, fmt.Errorf("learner service: resume: %w", err)
-		}
-		model, opt = ck.Model, ck.Opt
-		last, err1 := strconv.ParseInt(ck.Meta[MetaStep], 10, 64)
-		ver, err2 := strconv.ParseInt(ck.Meta[MetaVersion], 10, 64)
-		mixed, err3 := strconv.ParseBool(ck.Meta[MetaMixed])
-		err4 := json.Unmarshal([]byte(ck.Meta[MetaRetired]), &s.retired)
-		var err5 error
-		if v, ok := ck.Meta[MetaStreaks]; ok {
-			err5 = json.Unmarshal([]byte(v), &streaks)
-		}
-		if err := errors.Join(err1, err2, err3, err4, err5); err != nil {
-			return nil, fmt.Errorf("learner service: resume: checkpoint metadata: %w", err)
-		}
-		s.step, s.version, s.mixed = last+1, ver, mixed
-		if opt != nil {
-			// The AdamW hyper-parameters come from this run's configuration.
-			if opt2, err := policy.NewAdamW(cfg.Learner.AdamW(), model); err == nil {
-				opt2.T, opt2.M, opt2.V = opt.T, opt.M, opt.V
-				opt = opt2
+		var meta map[string]string
+		if s.format == FormatDir {
+			c, err := LatestDir(cfg.CheckpointDir)
+			if err != nil {
+				return nil, fmt.Errorf("learner service: resume: %w", err)
 			}
+			dck, meta = &c, c.Meta
+			if d.Trainer == nil { // the Go trainer starts on the checkpoint's weights
+				w, err := policy.LoadFile(filepath.Join(c.Weights(), trainer.BuiltinWeightsFile))
+				if err != nil {
+					return nil, fmt.Errorf("learner service: resume: %w", err)
+				}
+				model = w.Model
+			}
+		} else {
+			ck, err := policy.LoadFile(filepath.Join(cfg.CheckpointDir, LatestFile))
+			if err != nil {
+				return nil, fmt.Errorf("learner service: resume: %w", err)
+			}
+			model, opt, meta = ck.Model, ck.Opt, ck.Meta
+			if opt != nil {
+				// The AdamW hyper-parameters come from this run's configuration.
+				if opt2, err := policy.NewAdamW(cfg.Learner.AdamW(), model); err == nil {
+					opt2.T, opt2.M, opt2.V = opt.T, opt.M, opt.V
+					opt = opt2
+				}
+			}
+		}
+		if streaks, err = s.restoreMeta(meta); err != nil {
+			return nil, err
 		}
 	}
 	var core *learner.Learner
-	var err error
 	switch {
 	case d.Trainer != nil:
-		if cfg.Resume {
+		if cfg.Resume && dck == nil {
 			if err := d.Trainer.Restore(context.Background(), model, opt); err != nil {
 				return nil, fmt.Errorf("learner service: resume: %w", err)
 			}
@@ -229,6 +257,16 @@ func New(cfg Config, d Deps) (*Service, error) {
 		return nil, fmt.Errorf("learner service: %w", err)
 	}
 	s.core = core
+	if dck != nil {
+		if err := resumeDir(context.Background(), core.Trainer(), *dck); err != nil {
+			return nil, err
+		}
+	}
+	if d.Evaluate != nil && !s.builtin {
+		s.log.Info("held-out evaluation skipped: it runs the built-in architecture in process, and the trainer holds another",
+			zap.String("arch", arch))
+		s.d.Evaluate = nil
+	}
 	// Seeded by the step the run (re)starts at, so a resumed run is
 	// deterministic given its checkpoint.
 	s.sampler, err = learner.NewFreshSampler(ids, rand.New(rand.NewPCG(uint64(cfg.Seed), uint64(s.step))))
@@ -412,6 +450,9 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 	for _, id := range fresh {
 		p.add(&planned{problem: s.problems[id], samples: cfg.K})
 	}
+	if err := s.tokenizePrompts(ctx, p); err != nil {
+		return fmt.Errorf("learner service: step %d: %w", t, err)
+	}
 	batch := s.pub.Batch()
 	for _, id := range p.order {
 		pt := p.tasks[id]
@@ -419,7 +460,7 @@ func (s *Service) prepare(ctx context.Context, t int64) error {
 		tk := wire.Task{RunID: s.d.Bus.Names.Run, TaskID: id, Step: t, QuestionID: pt.problem.ID,
 			Prompt: pt.problem.Prompt, Answer: pt.problem.Answer, Kind: pt.problem.Kind, Samples: pt.samples,
 			MinVersion: p.version, MaxNew: s.cfg.MaxNew, Temp: s.cfg.Temperature, Seed: taskSeed(s.cfg.Seed, t, pt.problem.ID),
-			PromptTokens: promptTokens(s.d.Tokenizer, pt.problem)}
+			PromptTokens: pt.prompt}
 		data, err := wire.Encode(&tk)
 		if err != nil {
 			return fmt.Errorf("learner service: %w", err)
@@ -514,7 +555,7 @@ func (s *Service) replayed(ctx context.Context, t int64, n int) ([]*planned, err
 			// E9 re-verifies the text the policy would be trained on: the
 			// decoding of the stored tokens, not the text stored beside them.
 			text := e.Text
-			if s.d.Tokenizer != nil {
+			if s.d.Tokenizer != nil && s.builtin { // the built-in tokenizer decodes only built-in ids
 				text = task.ResponseText(s.d.Tokenizer, e.Tokens)
 			}
 			texts = append(texts, text)
@@ -838,24 +879,19 @@ func report(run string, sum learner.StepSummary, newVersion int64, took time.Dur
 	return r
 }
 
-// checkpoint writes step-<t>.safetensors, announces the checkpoint on
+// checkpoint writes step t's checkpoint in the configured format
+// (checkpointDir for FormatDir). FormatFile: it writes step-<t>.safetensors, announces the checkpoint on
 // CONTROL, then replaces latest.safetensors: a learner can only resume from
 // a checkpoint the replay service has heard of (wire.Lineage). A crash
 // between the two leaves the previous latest, which it still keeps.
 func (s *Service) checkpoint(ctx context.Context, t int64) error {
-	retired, _ := json.Marshal(s.retired)
-	if s.retired == nil {
-		retired = []byte("[]")
-	}
-	streaks, _ := json.Marshal(s.retire.State().Streaks)
-	ck := policy.Checkpoint{Model: s.core.Model(), Tokenizer: s.d.Tokenizer, Opt: s.core.Optimizer(), Meta: map[string]string{
-		MetaStep: strconv.FormatInt(t, 10), MetaVersion: strconv.FormatInt(s.version, 10),
-		MetaMixed: strconv.FormatBool(s.mixed), MetaRetired: string(retired), MetaRun: s.d.Bus.Names.Run,
-		MetaStreaks: string(streaks),
-	}}
 	if err := os.MkdirAll(s.cfg.CheckpointDir, 0o755); err != nil {
 		return fmt.Errorf("learner service: checkpoint: %w", err)
 	}
+	if s.format == FormatDir {
+		return s.checkpointDir(ctx, t)
+	}
+	ck := policy.Checkpoint{Model: s.core.Model(), Tokenizer: s.d.Tokenizer, Opt: s.core.Optimizer(), Meta: s.meta(t)}
 	path := filepath.Join(s.cfg.CheckpointDir, fmt.Sprintf("step-%06d.safetensors", t))
 	if err := policy.SaveFile(path, ck); err != nil {
 		return fmt.Errorf("learner service: checkpoint: %w", err)

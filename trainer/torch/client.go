@@ -356,7 +356,7 @@ func (c *Client) hello(ctx context.Context, adam policy.AdamWConfig) error {
 		return fmt.Errorf("%w: protocol version mismatch: this learner speaks %d, the worker %d", trainer.ErrBackend, ProtocolVersion, v)
 	}
 	c.info = trainer.Info{Backend: "torch", Arch: asString(r["arch"]), Device: asString(r["device"]), Params: asInt(r["params"]),
-		Vocab: asInt(r["vocab"]), Context: asInt(r["context"]), MicroBatchTokens: asInt(r["micro_batch_tokens"])}
+		Vocab: asInt(r["vocab"]), Context: asInt(r["context"]), MicroBatchTokens: asInt(r["micro_batch_tokens"]), Model: asString(r["model"])}
 	if adam.Schedule != nil {
 		return fmt.Errorf("%w: the torch worker runs a constant learning rate; AdamW schedules are not sent over the protocol", trainer.ErrInput)
 	}
@@ -698,6 +698,18 @@ func (c *Client) SaveWeights(ctx context.Context, dir string) error {
 	return err
 }
 
+// SaveMasterWeights implements trainer.MasterWeightsSaver: SaveWeights with
+// the fp32 master weights kept (an HF model's SaveWeights rounds them to
+// the model's dtype, bf16, for the engines).
+func (c *Client) SaveMasterWeights(ctx context.Context, dir string) error {
+	d, err := absPath(dir)
+	if err != nil {
+		return err
+	}
+	_, err = c.call(ctx, "save_weights", map[string]any{"dir": d, "master": true})
+	return err
+}
+
 // SaveOptimizer implements trainer.Trainer.
 func (c *Client) SaveOptimizer(ctx context.Context, path string) error {
 	p, err := absPath(path)
@@ -722,6 +734,20 @@ func (c *Client) LoadOptimizer(ctx context.Context, path string) error {
 // is task.EncodePrompt's (the separator is appended here; the worker adds
 // BOS); an HF model's is its tokenizer's.
 func (c *Client) Tokenize(ctx context.Context, prompts []string) ([][]int32, error) {
+	return c.tokenize(ctx, nil, prompts)
+}
+
+// TokenizeChat implements trainer.ChatTokenizer: an HF model's chat
+// template puts systems[i] (when not "") first as the system message; the
+// built-in format has no system prompt and ignores them.
+func (c *Client) TokenizeChat(ctx context.Context, systems, prompts []string) ([][]int32, error) {
+	if len(systems) != len(prompts) {
+		return nil, fmt.Errorf("%w: %d system prompts for %d prompts", trainer.ErrInput, len(systems), len(prompts))
+	}
+	return c.tokenize(ctx, systems, prompts)
+}
+
+func (c *Client) tokenize(ctx context.Context, systems, prompts []string) ([][]int32, error) {
 	texts := make([]string, len(prompts))
 	for i, p := range prompts {
 		texts[i] = p
@@ -729,7 +755,11 @@ func (c *Client) Tokenize(ctx context.Context, prompts []string) ([][]int32, err
 			texts[i] = p + task.PromptSeparator
 		}
 	}
-	r, err := c.call(ctx, "tokenize", map[string]any{"texts": texts})
+	args := map[string]any{"texts": texts}
+	if systems != nil {
+		args["systems"] = systems
+	}
+	r, err := c.call(ctx, "tokenize", args)
 	if err != nil {
 		return nil, err
 	}

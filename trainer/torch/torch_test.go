@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -183,4 +184,32 @@ func TestCallDeadline(t *testing.T) {
 	if _, _, err := c.Score(context.Background(), big[:1], 1); !errors.Is(err, trainer.ErrBackend) {
 		t.Errorf("a call after an interrupted one: %v, want trainer.ErrBackend (the stream is out of step)", err)
 	}
+}
+
+// TestTokenizeChat: the system prompts travel to the worker, whose
+// built-in format has none (they are ignored: the ids equal Tokenize's),
+// and a count that does not match the prompts is refused before sending.
+func TestTokenizeChat(t *testing.T) {
+	needPython(t)
+	ck := trainertest.Model(t, true)
+	c := startBuiltin(t, ck, policy.DefaultAdamW(), 0)
+	defer c.Close()
+	ctx := context.Background()
+	prompts := []string{"1+2", "3"}
+	want, err := c.Tokenize(ctx, prompts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.TokenizeChat(ctx, []string{"think", ""}, prompts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) || !slices.Equal(got[0], want[0]) || !slices.Equal(got[1], want[1]) {
+		t.Errorf("TokenizeChat %v, Tokenize %v", got, want)
+	}
+	if _, err := c.TokenizeChat(ctx, []string{"think"}, prompts); !errors.Is(err, trainer.ErrInput) {
+		t.Errorf("one system prompt for two prompts: %v, want trainer.ErrInput", err)
+	}
+	var _ trainer.ChatTokenizer = c
+	var _ trainer.MasterWeightsSaver = c
 }

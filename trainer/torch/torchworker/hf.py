@@ -57,26 +57,31 @@ class HFModel:
         out = self.model.base_model(input_ids=tokens, attention_mask=mask, use_cache=False)
         return out.last_hidden_state
 
-    def tokenize(self, text):
+    def tokenize(self, text, system=""):
+        """The prompt as the chat template makes it (system message first
+        when given, add_generation_prompt); without a template, the plain
+        encoding of the system prompt and the text separated by a blank
+        line."""
         if self.tok is None:
             raise ValueError("the model directory has no tokenizer (%s)" % self.tok_error)
-        msgs = [{"role": "user", "content": text}]
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         if getattr(self.tok, "chat_template", None):
             ids = self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
             return list(ids)
-        return self.tok(text)["input_ids"]
+        return self.tok(system + "\n\n" + text if system else text)["input_ids"]
 
-    def save(self, dir, full_state_dict=None, max_shard_bytes=5 << 30):
+    def save(self, dir, full_state_dict=None, max_shard_bytes=5 << 30, master=False):
         """HF shards + index + config + tokenizer files (what vLLM and SGLang
         load). full_state_dict: name -> tensor (rank 0's gathered state under
-        FSDP); default the model's own."""
+        FSDP); default the model's own. master: keep the fp32 master weights
+        (a checkpoint to resume from) instead of the model's own dtype."""
         sd = full_state_dict if full_state_dict is not None else self.model.state_dict()
         # The master weights are fp32; engines load the model's own dtype
         # (bf16 for the models this is for).
         want = getattr(self.model.config, "torch_dtype", None) or getattr(self.model.config, "dtype", None)
-        cast = torch.bfloat16 if want in (torch.bfloat16, "bfloat16") else None
+        cast = torch.bfloat16 if want in (torch.bfloat16, "bfloat16") and not master else None
         ts = []
         seen = set()
         for n, t in sd.items():

@@ -77,6 +77,9 @@ class Worker:
         self.autocast = (self.device.type == "cuda") if autocast is None else bool(autocast)
         if not os.path.exists(model_path):
             raise FileNotFoundError("model %s does not exist" % model_path)
+        # Reported in hello, so a learner can check what a worker it did
+        # not start (torchrun) holds.
+        self.model_path = os.path.realpath(model_path)
         if os.path.isdir(model_path) and os.path.isfile(os.path.join(model_path, builtin.FORMAT_FILE)):
             model_path = os.path.join(model_path, builtin.FORMAT_FILE)
         if os.path.isfile(model_path):
@@ -156,7 +159,7 @@ class Worker:
         n = sum(p.numel() for _, p in self.model.named_layout_params())
         return {"backend": "torch", "arch": self.arch, "device": str(self.device), "params": n, "vocab": self.vocab,
                 "context": self.context, "micro_batch_tokens": self.micro_batch_tokens,
-                "torch": torch.__version__, "world": self.comm.world}
+                "model": self.model_path, "torch": torch.__version__, "world": self.comm.world}
 
     def op_hello(self, msg):
         v = msg.get("version")
@@ -298,6 +301,9 @@ class Worker:
         return {}
 
     def op_save_weights(self, msg):
+        """"master": true keeps the fp32 master weights (a checkpoint to
+        resume from); otherwise an HF model's shards are in its own dtype
+        (bf16: what the engines load)."""
         d = msg.get("dir")
         if not d:
             raise RequestError("save_weights needs a directory")
@@ -305,7 +311,7 @@ class Worker:
         if self.arch == "builtin":
             stfile.write_atomic(os.path.join(d, builtin.FORMAT_FILE), builtin.encode_checkpoint(self.model))
         else:
-            self.model.save(d, max_shard_bytes=int(msg.get("max_shard_bytes") or (5 << 30)))
+            self.model.save(d, max_shard_bytes=int(msg.get("max_shard_bytes") or (5 << 30)), master=bool(msg.get("master")))
         return {}
 
     def op_save_optimizer(self, msg):
@@ -344,10 +350,20 @@ class Worker:
         return {}
 
     def op_tokenize(self, msg):
+        """"systems" (optional, one per text, "" = none): the system prompt
+        an HF chat template puts first; the built-in format has none (as
+        task.EncodePrompt) and ignores it."""
+        texts = msg.get("texts") or []
+        systems = msg.get("systems")
+        if systems is not None and len(systems) != len(texts):
+            raise RequestError("%d system prompts for %d texts" % (len(systems), len(texts)))
         out, lens = [], []
-        for i, text in enumerate(msg.get("texts") or []):
+        for i, text in enumerate(texts):
             try:
-                ids = self.model.tokenize(text)
+                if self.arch == "builtin" or not systems:
+                    ids = self.model.tokenize(text)
+                else:
+                    ids = self.model.tokenize(text, systems[i] or "")
             except ValueError as e:
                 raise RequestError("prompt %d: %s" % (i, e))
             out.extend(ids)

@@ -65,6 +65,9 @@ class WorkerTest(unittest.TestCase):
         c = self.client(mb=64)
         r = c.call(op="hello", version=PROTOCOL_VERSION, adam=ADAM)
         self.assertEqual((r["arch"], r["vocab"], r["context"], r["micro_batch_tokens"]), ("builtin", 19, 24, 64))
+        # The resolved path it loaded, so a learner can check what a worker
+        # it did not start holds.
+        self.assertEqual(r["model"], os.path.realpath(self.path))
 
     def test_score_equals_forward_and_split_batches(self):
         """Score at T=0.5 equals Forward's values, and scoring in micro-batches
@@ -142,6 +145,13 @@ class WorkerTest(unittest.TestCase):
         self.assertTrue(r["ok"], r)
         self.assertEqual(list(i32(r["lens"])), [4, 2])
         self.assertEqual(list(i32(r["tokens"])), [1, 4, 13, 5, 1, 6])
+        # The built-in format has no system prompt: given ones are ignored.
+        r2 = c.call(op="tokenize", texts=["1+2", "3"], systems=["think", ""])
+        self.assertTrue(r2["ok"], r2)
+        self.assertEqual((r2["tokens"], r2["lens"]), (r["tokens"], r["lens"]))
+        r3 = c.call(op="tokenize", texts=["1+2", "3"], systems=["think"])
+        self.assertFalse(r3["ok"])
+        self.assertIn("1 system prompts for 2 texts", r3["error"])
 
     def test_save_weights_round_trip(self):
         c = self.client()
@@ -246,6 +256,77 @@ class ShardLayoutTest(unittest.TestCase):
         import json
         with open(os.path.join(out, "model.safetensors.index.json")) as fh:
             self.assertEqual(json.load(fh), index)
+
+
+class HFSaveTest(unittest.TestCase):
+    """hf.HFModel.save without transformers: a stand-in module with a bf16
+    config. The engines get bf16 shards; a checkpoint (master=True) keeps
+    the fp32 master weights exactly."""
+
+    def model(self):
+        from torchworker import hf
+
+        class Config:
+            torch_dtype = "bfloat16"
+            tie_word_embeddings = False
+
+            def save_pretrained(self, d):
+                with open(os.path.join(d, "config.json"), "w") as fh:
+                    fh.write("{}")
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = torch.nn.Linear(3, 2)
+                self.config = Config()
+                self.generation_config = None
+
+        m = hf.HFModel.__new__(hf.HFModel)
+        m.model, m.tok = Net(), None
+        with torch.no_grad():
+            m.model.lin.weight.fill_(1 + 2 ** -12)  # not a bf16 number
+        return m
+
+    def saved(self, master):
+        d = tempfile.mkdtemp()
+        self.model().save(d, master=master)
+        tensors, _ = stfile.read(os.path.join(d, "model-00001-of-00001.safetensors"))
+        self.assertTrue(os.path.isfile(os.path.join(d, "config.json")))
+        return tensors["lin.weight"]
+
+    def test_serving_weights_are_bf16(self):
+        dt, _, _ = self.saved(False)
+        self.assertEqual(dt, "BF16")
+
+    def test_master_weights_are_exact(self):
+        dt, shape, arr = self.saved(True)
+        self.assertEqual((dt, list(shape)), ("F32", [2, 3]))
+        np.testing.assert_array_equal(np.array(arr), np.full((2, 3), 1 + 2 ** -12, dtype=np.float32))
+
+
+class HFTokenizeTest(unittest.TestCase):
+    """hf.HFModel.tokenize without transformers: a stand-in tokenizer that
+    records the chat messages. The system prompt is the first message when
+    given; none otherwise; add_generation_prompt always."""
+
+    def test_system_prompt_in_the_chat_template(self):
+        from torchworker import hf
+
+        seen = []
+
+        class Tok:
+            chat_template = "stand-in"
+
+            def apply_chat_template(self, msgs, add_generation_prompt, tokenize):
+                seen.append((msgs, add_generation_prompt, tokenize))
+                return list(range(len(msgs)))
+
+        m = hf.HFModel.__new__(hf.HFModel)
+        m.tok = Tok()
+        self.assertEqual(m.tokenize("q", "think first"), [0, 1])
+        self.assertEqual(m.tokenize("q"), [0])
+        self.assertEqual(seen[0], ([{"role": "system", "content": "think first"}, {"role": "user", "content": "q"}], True, True))
+        self.assertEqual(seen[1], ([{"role": "user", "content": "q"}], True, True))
 
 
 if __name__ == "__main__":
