@@ -143,8 +143,14 @@ func writeComparisons(b *strings.Builder, cs []Comparison) {
 		}
 		return fmt.Sprintf("%.*f", d, x)
 	}
+	pv := func(p float64) string {
+		if p < 0.001 {
+			return "< 0.001"
+		}
+		return f(p, 3)
+	}
 	for _, c := range cs {
 		fmt.Fprintf(b, "| %s | %s | %s | %+.1f | %s | %s | %s | %+.1f | %s |\n", c.Setting, c.Arm, c.Reference,
-			100*c.ID.Diff, f(c.ID.T, 2), f(c.ID.DF, 1), f(c.ID.P, 3), 100*c.OOD.Diff, f(c.OOD.P, 3))
+			100*c.ID.Diff, f(c.ID.T, 2), f(c.ID.DF, 1), pv(c.ID.P), 100*c.OOD.Diff, pv(c.OOD.P))
 	}
 }
