@@ -187,7 +187,8 @@ func (s *Service) restoreMeta(meta map[string]string) (map[string]int, error) {
 //     directory, which the next checkpoint of step t removes and nothing
 //     reads);
 //  2. the checkpoint is announced on CONTROL (wire.Lineage);
-//  3. latest.tmp, naming step-<t>, is renamed over latest.
+//  3. latest.tmp, naming step-<t>, is renamed over latest;
+//  4. the keep rule (pruneCheckpoints) deletes old checkpoints and .partial leftovers.
 //
 // A learner resumes only from what latest names, so only from a complete
 // directory the replay service has heard of; a crash between 2 and 3
@@ -242,7 +243,12 @@ func (s *Service) checkpointDir(ctx context.Context, t int64) error {
 	if err := os.Rename(tmp, filepath.Join(s.cfg.CheckpointDir, LatestDirFile)); err != nil {
 		return fail(err)
 	}
-	return syncDir(s.cfg.CheckpointDir)
+	if err := syncDir(s.cfg.CheckpointDir); err != nil {
+		return err
+	}
+	s.chain = append(s.chain, t)
+	s.pruneCheckpoints(t) // only now: latest names the new checkpoint, on disk
+	return nil
 }
 
 // writeSynced writes a small file and syncs it.
