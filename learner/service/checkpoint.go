@@ -227,8 +227,17 @@ func (s *Service) checkpointDir(ctx context.Context, t int64) error {
 	if err := writeSynced(filepath.Join(part, dirMeta), append(b, '\n')); err != nil {
 		return fail(err)
 	}
-	if err := os.RemoveAll(final); err != nil {
-		return fail(err)
+	if exists(final) { // a dead epoch's: out of the way as a .partial, which a crash leaves for the keep rule
+		old := final + ".old.partial"
+		if err := os.RemoveAll(old); err != nil {
+			return fail(err)
+		}
+		if err := os.Rename(final, old); err != nil {
+			return fail(err)
+		}
+		if err := os.RemoveAll(old); err != nil {
+			return fail(err)
+		}
 	}
 	if err := os.Rename(part, final); err != nil {
 		return fail(err)

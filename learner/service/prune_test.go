@@ -108,6 +108,13 @@ func TestCheckpointKeepDir(t *testing.T) {
 		t.Errorf("latest %v, %v", ck.Path, err)
 	}
 	wantPresent(t, e.ckpt, FormatDir, []int64{4, 3, 7}, nil)
+	// Its step-000004 replaced the superseded epoch's, leaving nothing.
+	if m, _ := filepath.Glob(filepath.Join(e.ckpt, "*.partial")); len(m) > 0 {
+		t.Errorf("leftovers: %v", m)
+	}
+	if ck, err := ReadDirCheckpoint(filepath.Join(e.ckpt, "step-000004")); err != nil || ck.Meta[MetaStep] != "4" {
+		t.Errorf("step-000004: %v, %v", ck.Meta, err)
+	}
 }
 
 // TestCheckpointKeepFile: the file format keeps every checkpoint by
