@@ -19,6 +19,8 @@
 #   EXGRPO_TRAINER_SOCKET   the worker's socket (default /tmp/exgrpo-<run>-trainer.sock, node-local)
 #   EXGRPO_MICRO_BATCH_TOKENS  the worker's token budget per forward with gradient (default 16384)
 #   EXGRPO_VLLM_ARGS / EXGRPO_SGLANG_ARGS / EXGRPO_TORCHWORKER_ARGS  extra flags
+#   EXGRPO_CHECKPOINT_LATEST  set by launch-ssh.sh: the content of the learner's checkpoint
+#                           directory's latest file, read on the learner's host (unset: read here)
 
 exgrpo_gpu_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -58,10 +60,45 @@ exgrpo_engine_health() { echo "http://127.0.0.1:$1/health"; }
 # exgrpo_actor_engine_flags KIND PORT: the actor's flags for the engine beside it.
 exgrpo_actor_engine_flags() { echo "--engine $1 --engine-url http://127.0.0.1:$2"; }
 
-# exgrpo_trainer NNODES RANK NPROC MASTER: "PROG|ENV|ARGS" of one node's
-# torchrun, FSDP2 over NPROC GPUs; rank 0's worker listens on the socket.
+# exgrpo_learner_resumes: whether the learner's flags (EXGRPO_TRAIN_ARGS,
+# then EXGRPO_LEARNER_ARGS; the last --resume counts) ask it to resume.
+exgrpo_learner_resumes() {
+  local w r=1
+  for w in ${EXGRPO_TRAIN_ARGS:-} ${EXGRPO_LEARNER_ARGS:-}; do
+    case $w in
+      --resume | -resume | --resume=auto | -resume=auto | --resume=true | -resume=true) r=0 ;;
+      --resume=false | -resume=false) r=1 ;;
+    esac
+  done
+  return $r
+}
+
+# exgrpo_trainer_model CKPT_DIR: the model the torchrun workers start on. A
+# learner resuming from a directory checkpoint refuses a worker that holds
+# other weights than the checkpoint's, so when the learner resumes and the
+# checkpoint directory's latest file names a checkpoint (the file the
+# learner writes; its content from EXGRPO_CHECKPOINT_LATEST when set):
+# CKPT_DIR/<that name>/weights; else $EXGRPO_MODEL.
+exgrpo_trainer_model() {
+  local dir=$1 latest=
+  if [[ -n ${EXGRPO_CHECKPOINT_LATEST+set} ]]; then
+    latest=$EXGRPO_CHECKPOINT_LATEST
+  elif [[ -r $dir/latest ]]; then
+    latest=$(<"$dir/latest")
+  fi
+  latest=${latest//[[:space:]]/}
+  if [[ -n $latest && $latest != */* && $latest != . && $latest != .. ]] && exgrpo_learner_resumes; then
+    echo "$dir/$latest/weights"
+  else
+    echo "${EXGRPO_MODEL:-MODEL_DIR}"
+  fi
+}
+
+# exgrpo_trainer NNODES RANK NPROC MASTER MODEL: "PROG|ENV|ARGS" of one
+# node's torchrun, FSDP2 over NPROC GPUs, the worker on MODEL
+# (exgrpo_trainer_model); rank 0's worker listens on the socket.
 exgrpo_trainer() {
-  local nn=$1 rank=$2 nproc=$3 master=$4 model=${EXGRPO_MODEL:-MODEL_DIR}
+  local nn=$1 rank=$2 nproc=$3 master=$4 model=$5
   echo "${EXGRPO_TORCHRUN:-torchrun}|PYTHONPATH=${EXGRPO_TRAINER_DIR:-$exgrpo_gpu_repo/trainer/torch}|--nnodes $nn --node-rank $rank --nproc-per-node $nproc --master-addr $master --master-port ${EXGRPO_TRAINER_PORT:-29500} -m torchworker --model $model --listen $(exgrpo_trainer_socket) --device cuda --fsdp --gradient-checkpointing --micro-batch-tokens ${EXGRPO_MICRO_BATCH_TOKENS:-16384} ${EXGRPO_TORCHWORKER_ARGS:-}"
 }
 

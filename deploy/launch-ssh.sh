@@ -10,7 +10,9 @@
 # WORKDIR/logs/<name>.log and records its pid in WORKDIR/pids/<name>.pid;
 # `stop` signals exactly those process groups: the learner and the trainer
 # first, then the actors, then engines, verifiers and replay, the NATS nodes
-# last.
+# last. `start` skips what is running, so run again it restarts what died;
+# while the learner is not running it also restarts the torchrun workers,
+# on the latest checkpoint's weights when the learner resumes (gpu.sh).
 #
 #   deploy/launch-ssh.sh [flags] start|stop|status|plan
 #
@@ -190,6 +192,27 @@ echo "\$(hostname): $1 ready"
 SH
 }
 
+# A resuming learner needs its torchrun workers on the weights of the
+# checkpoint its checkpoint directory's latest file names (gpu.sh
+# exgrpo_trainer_model): for start and plan, that file is read on the
+# learner's host, and the plan made again.
+learner_host=$(awk -F'|' '$2 == "learner" { print $1 }' <<<"$plan")
+has_trainer=0
+grep -q '^[^|]*|trainer|' <<<"$plan" && has_trainer=1
+if ((!dry && has_trainer)) && [[ $cmd == start || $cmd == plan ]]; then
+  EXGRPO_CHECKPOINT_LATEST=$(remote "$learner_host" "$(printf 'cat "%s/checkpoints/latest" 2>/dev/null || true\n' "$work")")
+  export EXGRPO_CHECKPOINT_LATEST
+  plan=$(exgrpo_plan <"$hosts_file")
+elif ((dry && has_trainer)); then
+  export EXGRPO_CHECKPOINT_LATEST= # not read: the trainer's model shown is the plan's
+  echo "dry run: start reads $work/checkpoints/latest on $learner_host; a resuming learner's torchrun starts on that checkpoint's weights"
+fi
+
+# learner_running: whether the learner's pid file names a live process.
+learner_running() {
+  remote "$learner_host" "$(printf 'p="%s/pids/learner.pid"\n[ -f "$p" ] && kill -0 "$(cat "$p")" 2>/dev/null\n' "$work")"
+}
+
 print_plan() {
   local h name env prog args ready
   while IFS='|' read -r h name env prog args ready; do
@@ -229,6 +252,12 @@ case $cmd in
   plan) print_plan ;;
   start)
     print_plan
+    # A worker outlives its learner only holding the dead learner's
+    # weights: a learner started again gets fresh workers (on the
+    # checkpoint's weights when it resumes).
+    if ((!dry && has_trainer)) && ! learner_running; then
+      for h in "${plan_hosts[@]}"; do remote "$h" "$(stop_script first)"; done
+    fi
     start_all
     if ((dry)); then echo "dry run: nothing was started"; fi
     ;;

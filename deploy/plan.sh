@@ -195,10 +195,12 @@ exgrpo_plan() {
   done
   if ((nodes > 0)); then
     ((trainers[learner_i] > 0)) || exgrpo_plan_die "trainer hosts without a trainer on the learner host (give it trainer=N)"
-    local rank=0 order=("$learner_i")
+    local rank=0 order=("$learner_i") tmodel
+    # The checkpoint's weights when the learner resumes from one (gpu.sh).
+    tmodel=$(exgrpo_trainer_model "$work/checkpoints")
     for ((i = 0; i < n; i++)); do ((i != learner_i && trainers[i] > 0)) && order+=("$i"); done
     for i in "${order[@]}"; do
-      spec=$(exgrpo_trainer "$nodes" "$rank" "${trainers[i]}" "${addrs[learner_i]}")
+      spec=$(exgrpo_trainer "$nodes" "$rank" "${trainers[i]}" "${addrs[learner_i]}" "$tmodel")
       IFS='|' read -r prog eenv eargs <<<"$spec"
       eenv="$eenv CUDA_VISIBLE_DEVICES=$(gpu_list 0 "${trainers[i]}")"
       local ready=-

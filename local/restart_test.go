@@ -180,6 +180,16 @@ func learnerKilledAndResumed(t *testing.T, trainer string, trainerArgs ...string
 				t.Errorf("learner-%d did not resume from a directory checkpoint:\n%s", i, grepLines(log, "resume"))
 			}
 		}
+		// The keep rule's default across the kills: latest and the one
+		// before it, nothing half-written.
+		left, _ := filepath.Glob(filepath.Join(ckpt, "step-*"))
+		want := []string{fmt.Sprintf("step-%06d", steps-3), fmt.Sprintf("step-%06d", steps-1)}
+		for i := range left {
+			left[i] = filepath.Base(left[i])
+		}
+		if !slices.Equal(left, want) {
+			t.Errorf("checkpoints left %v, want %v (--checkpoint-keep's default for dir)", left, want)
+		}
 	}
 }
 

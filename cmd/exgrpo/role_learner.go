@@ -36,6 +36,9 @@ func runLearnerRole(ctx context.Context, args []string) error {
 	ckFormat := fs.String("checkpoint-format", "", "file (checkpoint-dir/step-N.safetensors and latest.safetensors: the built-in model, "+
 		"what retrain, inspect and eval read) or dir (checkpoint-dir/step-N/ with the trainer's own weights and optimiser files, and a latest file naming it: any model); "+
 		"default file for the built-in model, dir for an HF model")
+	fs.IntVar(&c.Learner.CheckpointKeep, "checkpoint-keep", 0, "checkpoints kept on disk: after each new one is complete and latest names it, older ones of this run are deleted "+
+		"down to the newest N (latest and the one before it always kept: a resume may go to either); "+
+		"0 = the format's default (2 for dir, every checkpoint for file), -1 = every checkpoint")
 	base := fs.String("base", "", "start from this policy checkpoint instead of the cached built-in base model")
 	model := fs.String("model", "", "with --trainer torch: the model the worker trains, an HF model directory (or a built-in checkpoint), instead of the built-in base; "+
 		"with --torch-socket: the model the worker was launched with (checked)")

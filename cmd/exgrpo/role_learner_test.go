@@ -91,7 +91,8 @@ func TestResumeFlag(t *testing.T) {
 }
 
 // TestLearnerModelFlagUsage: --model is for the PyTorch worker, and names
-// the model as --base does; contradictions are usage errors before
+// the model as --base does; contradictions (and a --checkpoint-keep that
+// would delete the checkpoint before latest) are usage errors before
 // anything starts.
 func TestLearnerModelFlagUsage(t *testing.T) {
 	hf := t.TempDir()
@@ -100,6 +101,8 @@ func TestLearnerModelFlagUsage(t *testing.T) {
 		{"--model", hf, "--trainer", "go"}, // explicitly
 		{"--model", hf, "--trainer", "torch", "--base", filepath.Join(hf, "x.safetensors")},
 		{"--model", hf, "--trainer", "torch", "--checkpoint-format", "file"}, // an HF model cannot be a policy file
+		{"--checkpoint-keep", "1"},  // a resume may go back to the checkpoint before latest
+		{"--checkpoint-keep", "-2"}, // -1 is every checkpoint
 	} {
 		err := runLearnerRole(context.Background(), append([]string{"--run", "r"}, args...))
 		if !errors.Is(err, errUsage) {

@@ -187,7 +187,8 @@ func (s *Service) restoreMeta(meta map[string]string) (map[string]int, error) {
 //     directory, which the next checkpoint of step t removes and nothing
 //     reads);
 //  2. the checkpoint is announced on CONTROL (wire.Lineage);
-//  3. latest.tmp, naming step-<t>, is renamed over latest.
+//  3. latest.tmp, naming step-<t>, is renamed over latest;
+//  4. the keep rule (pruneCheckpoints) deletes old checkpoints and .partial leftovers.
 //
 // A learner resumes only from what latest names, so only from a complete
 // directory the replay service has heard of; a crash between 2 and 3
@@ -226,8 +227,17 @@ func (s *Service) checkpointDir(ctx context.Context, t int64) error {
 	if err := writeSynced(filepath.Join(part, dirMeta), append(b, '\n')); err != nil {
 		return fail(err)
 	}
-	if err := os.RemoveAll(final); err != nil {
-		return fail(err)
+	if exists(final) { // a dead epoch's: out of the way as a .partial, which a crash leaves for the keep rule
+		old := final + ".old.partial"
+		if err := os.RemoveAll(old); err != nil {
+			return fail(err)
+		}
+		if err := os.Rename(final, old); err != nil {
+			return fail(err)
+		}
+		if err := os.RemoveAll(old); err != nil {
+			return fail(err)
+		}
 	}
 	if err := os.Rename(part, final); err != nil {
 		return fail(err)
@@ -242,7 +252,12 @@ func (s *Service) checkpointDir(ctx context.Context, t int64) error {
 	if err := os.Rename(tmp, filepath.Join(s.cfg.CheckpointDir, LatestDirFile)); err != nil {
 		return fail(err)
 	}
-	return syncDir(s.cfg.CheckpointDir)
+	if err := syncDir(s.cfg.CheckpointDir); err != nil {
+		return err
+	}
+	s.chain = append(s.chain, t)
+	s.pruneCheckpoints(t) // only now: latest names the new checkpoint, on disk
+	return nil
 }
 
 // writeSynced writes a small file and syncs it.

@@ -68,6 +68,14 @@ type Config struct {
 	// CheckpointEvery writes a checkpoint every this many steps (and after
 	// the last one); 0 = only after the last step.
 	CheckpointEvery int
+	// CheckpointKeep is how many checkpoints stay on disk: after each new
+	// one is complete and latest names it, older ones of this run are
+	// deleted down to the newest CheckpointKeep of this lineage (latest and
+	// the one before it always among them: a resume may go back to either,
+	// and the replay service keeps the pool as of both). 0 = the format's
+	// default (DefaultKeepDir for FormatDir, every checkpoint for
+	// FormatFile), -1 = every checkpoint, 1 is refused.
+	CheckpointKeep int
 	// EvalEvery runs the held-out evaluation every this many steps (and
 	// after the last one); 0 = only after the last step. Needs Deps.Evaluate.
 	EvalEvery int
@@ -113,6 +121,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: SampleTimeout, ReplayWait, GatherTimeout, ConnLoss and PublishTimeout must be positive (start from DefaultConfig)", ErrConfig)
 	case c.CheckpointEvery < 0 || c.EvalEvery < 0:
 		return fmt.Errorf("%w: CheckpointEvery and EvalEvery must be >= 0", ErrConfig)
+	case c.CheckpointKeep < -1 || c.CheckpointKeep == 1:
+		return fmt.Errorf("%w: CheckpointKeep %d (want 0 = the format's default, -1 = every checkpoint, or >= 2: a resume may go back to the checkpoint before the latest)", ErrConfig, c.CheckpointKeep)
 	case c.CheckpointFormat != "" && c.CheckpointFormat != FormatFile && c.CheckpointFormat != FormatDir:
 		return fmt.Errorf("%w: CheckpointFormat %q (want %s, %s or empty)", ErrConfig, c.CheckpointFormat, FormatFile, FormatDir)
 	case c.Resume && c.CheckpointDir == "":

@@ -110,10 +110,11 @@ type Service struct {
 	format  string // checkpoint format (FormatFile, FormatDir)
 	builtin bool   // the trainer holds the built-in architecture
 
-	step     int64 // next step to train
-	epoch    int64 // this process's learner epoch (wire.Lineage), set by Run
-	version  int64 // current policy version
-	mixed    bool  // mode known for the next step (E5)
+	step     int64   // next step to train
+	chain    []int64 // this lineage's checkpoints known here: the one resumed from, then this epoch's (the keep rule)
+	epoch    int64   // this process's learner epoch (wire.Lineage), set by Run
+	version  int64   // current policy version
+	mixed    bool    // mode known for the next step (E5)
 	retired  []string
 	rollouts int64
 
@@ -238,6 +239,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 		if streaks, err = s.restoreMeta(meta); err != nil {
 			return nil, err
 		}
+		s.chain = []int64{s.step - 1}
 	}
 	var core *learner.Learner
 	switch {
@@ -883,7 +885,8 @@ func report(run string, sum learner.StepSummary, newVersion int64, took time.Dur
 // (checkpointDir for FormatDir). FormatFile: it writes step-<t>.safetensors, announces the checkpoint on
 // CONTROL, then replaces latest.safetensors: a learner can only resume from
 // a checkpoint the replay service has heard of (wire.Lineage). A crash
-// between the two leaves the previous latest, which it still keeps.
+// between the two leaves the previous latest, which it still keeps. Then
+// the keep rule (pruneCheckpoints, Config.CheckpointKeep) deletes old checkpoints.
 func (s *Service) checkpoint(ctx context.Context, t int64) error {
 	if err := os.MkdirAll(s.cfg.CheckpointDir, 0o755); err != nil {
 		return fmt.Errorf("learner service: checkpoint: %w", err)
@@ -906,6 +909,8 @@ func (s *Service) checkpoint(ctx context.Context, t int64) error {
 	if err := os.Rename(tmp, filepath.Join(s.cfg.CheckpointDir, LatestFile)); err != nil {
 		return fmt.Errorf("learner service: checkpoint: %w", err)
 	}
+	s.chain = append(s.chain, t)
+	s.pruneCheckpoints(t)
 	return nil
 }
 
