@@ -9,15 +9,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/exgrpo/exgrpo/policy"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"github.com/exgrpo/exgrpo/task"
 	"github.com/exgrpo/exgrpo/trainer"
-	"github.com/exgrpo/exgrpo/wire"
 	"go.uber.org/zap"
 )
 
@@ -314,36 +311,6 @@ func runWith(t *testing.T, e *env, cfg Config, d Deps) []StepResult {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := rsvc.New(testReplayConfig(), e.b, rsvc.NewMetrics(nil), zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	tasks := make(chan wire.Task, 1024)
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	bg, stop := context.WithCancel(ctx)
-	wg.Add(2)
-	go func() { defer wg.Done(); errs <- rollouts(bg, t, e.b, tasks, e.forge) }()
-	go func() { defer wg.Done(); errs <- rs.Run(bg) }()
-	lerr := svc.Run(ctx)
-	stop()
-	wg.Wait()
-	close(errs)
-	close(tasks)
-	for err := range errs {
-		if err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("background role: %v", err)
-		}
-	}
-	if lerr != nil {
-		t.Fatalf("learner: %v", lerr)
-	}
-	e.tasksMu.Lock()
-	for tk := range tasks {
-		e.tasks = append(e.tasks, tk)
-	}
-	e.tasksMu.Unlock()
+	e.runBeside(t, svc, rsvc.NewMetrics(nil))
 	return results
 }

@@ -249,7 +249,17 @@ func (e *env) runAllWith(t *testing.T, cfg Config, met *Metrics) (*Service, []St
 		t.Fatal(err)
 	}
 	e.replay = rsvc.NewMetrics(nil)
-	rs, err := rsvc.New(testReplayConfig(), e.b, e.replay, zap.NewNop())
+	e.runBeside(t, svc, e.replay)
+	return svc, results
+}
+
+// runBeside runs the rollout stand-in and a replay service (with metrics rm)
+// beside the learner svc until the learner returns; a background role's error
+// fails the test, a learner's error ends it, and the tasks the stand-in saw
+// are added to e.tasks.
+func (e *env) runBeside(t *testing.T, svc *Service, rm *rsvc.Metrics) {
+	t.Helper()
+	rs, err := rsvc.New(testReplayConfig(), e.b, rm, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +290,6 @@ func (e *env) runAllWith(t *testing.T, cfg Config, met *Metrics) (*Service, []St
 		e.tasks = append(e.tasks, tk)
 	}
 	e.tasksMu.Unlock()
-	return svc, results
 }
 
 func (e *env) reports(t *testing.T) []wire.StepReport {
