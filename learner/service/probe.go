@@ -47,11 +47,17 @@ func Probe(version int64, m *policy.Model, tok *policy.Tokenizer) (wire.Probe, e
 	if err != nil {
 		return wire.Probe{}, fmt.Errorf("learner service: score probe v%d: %w", version, err)
 	}
+	return probeOf(version, seqs, lps), nil
+}
+
+// probeOf is version's probe: seqs with lps, their log-probabilities at
+// temperature 1.
+func probeOf(version int64, seqs []policy.Seq, lps [][]float32) wire.Probe {
 	p := wire.Probe{Version: version, Temp: 1}
 	for i, s := range seqs {
 		p.Seqs = append(p.Seqs, wire.ProbeSeq{Tokens: s.Tokens, PromptLen: s.PromptLen, LogProbs: lps[i]})
 	}
-	return p, nil
+	return p
 }
 
 // publishProbe stores version's probe on the bus (before its weights are

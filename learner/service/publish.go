@@ -104,9 +104,5 @@ func scoredProbe(ctx context.Context, version int64, tr trainer.Trainer) (wire.P
 	if err != nil {
 		return wire.Probe{}, fmt.Errorf("learner service: score probe v%d: %w", version, err)
 	}
-	p := wire.Probe{Version: version, Temp: 1}
-	for i, s := range seqs {
-		p.Seqs = append(p.Seqs, wire.ProbeSeq{Tokens: s.Tokens, PromptLen: s.PromptLen, LogProbs: lps[i]})
-	}
-	return p, nil
+	return probeOf(version, seqs, lps), nil
 }
