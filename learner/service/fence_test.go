@@ -76,24 +76,7 @@ func TestFenceRefusesBadRollouts(t *testing.T) {
 			e.forge = tc.forge
 			cfg := testConfig(3)
 			_, results := e.runAll(t, cfg)
-			if len(results) != 3 {
-				t.Fatalf("%d steps trained, want 3", len(results))
-			}
-			r1 := results[1]
-			if r1.Dropped != 0 || len(r1.Summary.Groups) != testB {
-				t.Fatalf("step 1: %d groups, %d dropped; want %d and 0", len(r1.Summary.Groups), r1.Dropped, testB)
-			}
-			retried := 0
-			for _, g := range r1.Summary.Groups {
-				if len(g.TrajectoryIDs) != testK {
-					t.Errorf("group %s trained with %d rollouts, want %d", g.QuestionID, len(g.TrajectoryIDs), testK)
-				}
-				for _, id := range g.TrajectoryIDs {
-					if strings.Contains(id, "~") {
-						retried++
-					}
-				}
-			}
+			retried := stepOneRetried(t, results)
 			letters := deadReasons(t, e.b)
 			if tc.name == "step not in flight" {
 				if retried != 0 || len(letters) != testB || !strings.Contains(strings.Join(letters, "\n"), tc.reason) {
@@ -140,21 +123,8 @@ func TestVerdictWithoutTrajectoryAsksAgain(t *testing.T) {
 	met := NewMetrics(nil)
 	cfg := testConfig(3)
 	_, results := e.runAllWith(t, cfg, met)
-	if len(results) != 3 {
-		t.Fatalf("%d steps trained, want 3", len(results))
-	}
+	retried := stepOneRetried(t, results)
 	r1 := results[1]
-	if r1.Dropped != 0 || len(r1.Summary.Groups) != testB {
-		t.Fatalf("step 1: %d groups, %d dropped; want %d and 0", len(r1.Summary.Groups), r1.Dropped, testB)
-	}
-	retried := 0
-	for _, g := range r1.Summary.Groups {
-		for _, id := range g.TrajectoryIDs {
-			if strings.Contains(id, "~") {
-				retried++
-			}
-		}
-	}
 	if retried != testB {
 		t.Errorf("%d groups trained with a rollout asked for again, want %d", retried, testB)
 	}
@@ -164,6 +134,32 @@ func TestVerdictWithoutTrajectoryAsksAgain(t *testing.T) {
 	if r1.Gather > 30*time.Second {
 		t.Errorf("step 1 gathered for %v: the learner waited instead of asking again", r1.Gather)
 	}
+}
+
+// stepOneRetried checks that a run trained 3 steps, step 1 with testB
+// groups of testK rollouts each and nothing dropped, and returns how many of
+// step 1's rollouts were asked for again (their IDs hold "~").
+func stepOneRetried(t *testing.T, results []StepResult) int {
+	t.Helper()
+	if len(results) != 3 {
+		t.Fatalf("%d steps trained, want 3", len(results))
+	}
+	r1 := results[1]
+	if r1.Dropped != 0 || len(r1.Summary.Groups) != testB {
+		t.Fatalf("step 1: %d groups, %d dropped; want %d and 0", len(r1.Summary.Groups), r1.Dropped, testB)
+	}
+	retried := 0
+	for _, g := range r1.Summary.Groups {
+		if len(g.TrajectoryIDs) != testK {
+			t.Errorf("group %s trained with %d rollouts, want %d", g.QuestionID, len(g.TrajectoryIDs), testK)
+		}
+		for _, id := range g.TrajectoryIDs {
+			if strings.Contains(id, "~") {
+				retried++
+			}
+		}
+	}
+	return retried
 }
 
 // deadReasons reads the reasons of every dead letter of the run.
