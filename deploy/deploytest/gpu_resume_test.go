@@ -81,22 +81,8 @@ func TestGPUSSHRestartStandIns(t *testing.T) {
 	root := repoRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	ports := freePorts(t, 3)
-	ebase := consecutiveFreePorts(t, 1)
-	hosts := filepath.Join(s.dir, "hosts")
-	writeFile(t, hosts, "127.0.0.1  nats,learner,replay,verifier,actor  2  engine=sglang trainer=1\n")
-	env := append(s.env, "EXGRPO_ENGINE_PORT="+strconv.Itoa(ebase), "EXGRPO_LEARNER_ARGS=--resume=auto")
-	work := filepath.Join(s.dir, "work")
-	args := []string{"-H", hosts, "--run", "sshgpu", "--workdir", work, "--bin", filepath.Join(s.shims, "exgrpo"),
-		"--ssh", filepath.Join(s.shims, "ssh"), "--nats-port", strconv.Itoa(ports[0]), "--cluster-port", strconv.Itoa(ports[1]),
-		"--monitor-port", strconv.Itoa(ports[2]), "--metrics-base", "0", "--train", "--steps 50", "--ready-timeout", "60"}
-	launch := func(cmd string) string {
-		out, err := run(ctx, root, env, filepath.Join(root, "deploy", "launch-ssh.sh"), append(append([]string{}, args...), cmd)...)
-		if err != nil {
-			t.Fatalf("launch-ssh.sh %s: %v\n%s", cmd, err, out)
-		}
-		return out
-	}
+	launch, work, _ := s.sshLaunch(t, ctx, root, "127.0.0.1  nats,learner,replay,verifier,actor  2  engine=sglang trainer=1\n",
+		1, "--steps 50", "EXGRPO_LEARNER_ARGS=--resume=auto")
 	out := launch("start")
 	mustContain(t, "first start", out, "127.0.0.1: started trainer", "127.0.0.1: started learner")
 	recs := s.waitStarts(t, `^exgrpo-learner$`, 1)

@@ -364,6 +364,32 @@ func TestGPUSlurmStandIns(t *testing.T) {
 	}
 }
 
+// sshLaunch is deploy/launch-ssh.sh for one host of the stand-ins: a hosts
+// file of hostLine, engines on engines consecutive free ports from ebase,
+// the learner's --train flags steps, and env extra; launch(cmd) runs it
+// with cmd and fails the test on an error. work is its --workdir.
+func (s *standIns) sshLaunch(t *testing.T, ctx context.Context, root, hostLine string, engines int, steps string,
+	extra ...string) (launch func(cmd string) string, work string, ebase int) {
+	t.Helper()
+	ports := freePorts(t, 3)
+	ebase = consecutiveFreePorts(t, engines)
+	hosts := filepath.Join(s.dir, "hosts")
+	writeFile(t, hosts, hostLine)
+	env := append(append(s.env, "EXGRPO_ENGINE_PORT="+strconv.Itoa(ebase)), extra...)
+	work = filepath.Join(s.dir, "work")
+	args := []string{"-H", hosts, "--run", "sshgpu", "--workdir", work, "--bin", filepath.Join(s.shims, "exgrpo"),
+		"--ssh", filepath.Join(s.shims, "ssh"), "--nats-port", strconv.Itoa(ports[0]), "--cluster-port", strconv.Itoa(ports[1]),
+		"--monitor-port", strconv.Itoa(ports[2]), "--metrics-base", "0", "--train", steps, "--ready-timeout", "60"}
+	launch = func(cmd string) string {
+		out, err := run(ctx, root, env, filepath.Join(root, "deploy", "launch-ssh.sh"), append(append([]string{}, args...), cmd)...)
+		if err != nil {
+			t.Fatalf("launch-ssh.sh %s: %v\n%s", cmd, err, out)
+		}
+		return out
+	}
+	return launch, work, ebase
+}
+
 // TestGPUSSHStandIns drives deploy/launch-ssh.sh start, status and stop on
 // one host (an ssh stand-in runs the scripts here) with SGLang engines:
 // the commands, flags and environment, the start order with its readiness
@@ -373,22 +399,8 @@ func TestGPUSSHStandIns(t *testing.T) {
 	root := repoRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	ports := freePorts(t, 3)
-	ebase := consecutiveFreePorts(t, 2)
-	hosts := filepath.Join(s.dir, "hosts")
-	writeFile(t, hosts, "127.0.0.1  nats,learner,replay,verifier,actor  4  engine=sglang trainer=2 verifiers=2\n")
-	env := append(s.env, "EXGRPO_ENGINE_PORT="+strconv.Itoa(ebase))
-	work := filepath.Join(s.dir, "work")
-	args := []string{"-H", hosts, "--run", "sshgpu", "--workdir", work, "--bin", filepath.Join(s.shims, "exgrpo"),
-		"--ssh", filepath.Join(s.shims, "ssh"), "--nats-port", strconv.Itoa(ports[0]), "--cluster-port", strconv.Itoa(ports[1]),
-		"--monitor-port", strconv.Itoa(ports[2]), "--metrics-base", "0", "--train", "--steps 5", "--ready-timeout", "60"}
-	launch := func(cmd string) string {
-		out, err := run(ctx, root, env, filepath.Join(root, "deploy", "launch-ssh.sh"), append(append([]string{}, args...), cmd)...)
-		if err != nil {
-			t.Fatalf("launch-ssh.sh %s: %v\n%s", cmd, err, out)
-		}
-		return out
-	}
+	launch, work, ebase := s.sshLaunch(t, ctx, root,
+		"127.0.0.1  nats,learner,replay,verifier,actor  4  engine=sglang trainer=2 verifiers=2\n", 2, "--steps 5")
 	dry := launch("plan")
 	plan := parsePlan(t, dry)
 	// nats, replay, 2 verifiers, (4 GPUs - 2 for the trainer) / tp 1 = 2
