@@ -333,15 +333,24 @@ func benchBare(ctx context.Context, srv *bus.Server, run string, payloads [][]by
 	return el, f, err
 }
 
+// pull starts a continuous pull on cons with up to buffered messages held;
+// it stops when ctx ends or stop is called.
+func pull(ctx context.Context, cons jetstream.Consumer, buffered int) (it jetstream.MessagesContext, stop func(), err error) {
+	it, err = cons.Messages(jetstream.PullMaxMessages(buffered))
+	if err != nil {
+		return nil, nil, err
+	}
+	unhook := context.AfterFunc(ctx, it.Stop)
+	return it, func() { unhook(); it.Stop() }, nil
+}
+
 // consumeN pulls (a continuous pull with up to 512 messages buffered) and
 // acks until n messages were seen; each is passed to f (which may be nil).
 func consumeN(ctx context.Context, cons jetstream.Consumer, n int, f func(jetstream.Msg) error) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	it, stop, err := pull(ctx, cons, 512)
 	if err != nil {
 		return err
 	}
-	defer it.Stop()
-	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	for seen := 0; seen < n; seen++ {
 		m, err := it.Next()
@@ -524,12 +533,10 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	})
 	g.Go(func() error {
 		return labelled(gctx, "verifier", func(ctx context.Context) error {
-			it, err := rollCons.Messages(jetstream.PullMaxMessages(256))
+			it, stop, err := pull(ctx, rollCons, 256)
 			if err != nil {
 				return err
 			}
-			defer it.Stop()
-			stop := context.AfterFunc(ctx, it.Stop)
 			defer stop()
 			subj := vb.Names.Subject(bus.Scored)
 			slots := make(chan struct{}, 256)
@@ -613,12 +620,10 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	g.Go(func() error {
 		return labelled(gctx, "replay", func(ctx context.Context) error {
 			fetched := 0
-			it, err := reportCons.Messages(jetstream.PullMaxMessages(64))
+			it, stop, err := pull(ctx, reportCons, 64)
 			if err != nil {
 				return err
 			}
-			defer it.Stop()
-			stop := context.AfterFunc(ctx, it.Stop)
 			defer stop()
 			for fetched < want {
 				m, err := it.Next()
@@ -768,12 +773,10 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 	var stored atomic.Int64
 	g.Go(func() error {
 		return labelled(gctx, "replay", func(ctx context.Context) error {
-			it, err := reportCons.Messages(jetstream.PullMaxMessages(64))
+			it, stop, err := pull(ctx, reportCons, 64)
 			if err != nil {
 				return err
 			}
-			defer it.Stop()
-			stop := context.AfterFunc(ctx, it.Stop)
 			defer stop()
 			for stored.Load() < int64(want) {
 				m, err := it.Next()
