@@ -3,9 +3,7 @@ package actor
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/bus/bustest"
+	"github.com/exgrpo/exgrpo/engine/enginetest"
 	"github.com/exgrpo/exgrpo/engine/server"
 	"github.com/exgrpo/exgrpo/learner/service"
 	"github.com/exgrpo/exgrpo/policy"
@@ -50,17 +49,7 @@ func startDirEngine(t *testing.T, api string) *dirEngine {
 	d := &dirEngine{srv: s}
 	h := s.Handler()
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/collective_rpc" || r.URL.Path == "/update_weights_from_disk" {
-			body, _ := io.ReadAll(r.Body)
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			var req struct {
-				ModelPath string `json:"model_path"`
-				Kwargs    struct {
-					WeightsPath string `json:"weights_path"`
-				} `json:"kwargs"`
-			}
-			_ = json.Unmarshal(body, &req)
-			dir := req.ModelPath + req.Kwargs.WeightsPath
+		if dir, ok := enginetest.ReloadDir(r); ok {
 			d.mu.Lock()
 			d.dirs = append(d.dirs, dir)
 			hook := d.onReload

@@ -1,11 +1,8 @@
 package local
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -18,6 +15,7 @@ import (
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/bus/bustest"
 	"github.com/exgrpo/exgrpo/engine"
+	"github.com/exgrpo/exgrpo/engine/enginetest"
 	"github.com/exgrpo/exgrpo/engine/server"
 	lsvc "github.com/exgrpo/exgrpo/learner/service"
 	"github.com/exgrpo/exgrpo/policy"
@@ -50,17 +48,8 @@ type reloadWatch struct {
 
 func (w *reloadWatch) wrap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/collective_rpc" || r.URL.Path == "/update_weights_from_disk" {
-			body, _ := io.ReadAll(r.Body)
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			var req struct {
-				ModelPath string `json:"model_path"`
-				Kwargs    struct {
-					WeightsPath string `json:"weights_path"`
-				} `json:"kwargs"`
-			}
-			_ = json.Unmarshal(body, &req)
-			s := reloadSeen{path: req.ModelPath + req.Kwargs.WeightsPath, version: -1}
+		if path, ok := enginetest.ReloadDir(r); ok {
+			s := reloadSeen{path: path, version: -1}
 			if m, err := weights.OpenVersion(s.path, weights.CheckDigests); err != nil {
 				s.err = err
 			} else {
