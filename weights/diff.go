@@ -157,6 +157,15 @@ func appendGap(gaps []byte, g int) []byte {
 	return append(gaps, byte(g))
 }
 
+// putGap is appendGap with the common gap, under 255, kept inline in the
+// coding loops.
+func putGap(gaps []byte, g int) []byte {
+	if g < 255 {
+		return append(gaps, byte(g))
+	}
+	return appendGap(gaps, g)
+}
+
 // blockElems elements have their change positions gathered (dense,
 // branch-free) before the changes are coded (one loop over the positions):
 // the positions stay in L1, and the coding loop's exit is mispredicted
@@ -204,12 +213,7 @@ func diffEncode(base, target []byte, elem int, s *diffScratch) (gaps, lo, rest [
 				e := int(p) & (blockElems - 1)
 				d := int16(key16(binary.LittleEndian.Uint16(t[2*e:])) - key16(binary.LittleEndian.Uint16(b[2*e:])))
 				z := uint16(d<<1) ^ uint16(d>>15)
-				if g := i + e - prev - 1; g < 255 {
-					gaps = append(gaps, byte(g))
-				} else {
-					gaps = appendGap(gaps, g)
-				}
-				prev = i + e
+				gaps, prev = putGap(gaps, i+e-prev-1), i+e
 				dl[j], dr[j] = byte(z), byte(z>>8)
 			}
 		case 4:
@@ -224,12 +228,7 @@ func diffEncode(base, target []byte, elem int, s *diffScratch) (gaps, lo, rest [
 				e := int(p) & (blockElems - 1)
 				d := int32(key32(binary.LittleEndian.Uint32(t[4*e:])) - key32(binary.LittleEndian.Uint32(b[4*e:])))
 				z := uint32(d<<1) ^ uint32(d>>31)
-				if g := i + e - prev - 1; g < 255 {
-					gaps = append(gaps, byte(g))
-				} else {
-					gaps = appendGap(gaps, g)
-				}
-				prev = i + e
+				gaps, prev = putGap(gaps, i+e-prev-1), i+e
 				dl[j], dz[j] = byte(z), z
 			}
 		}
