@@ -83,15 +83,7 @@ func TestDirCheckpointResume(t *testing.T) {
 	if len(results) != 2 || results[0].Summary.Step != 2 {
 		t.Fatalf("resumed run trained %d steps, want 2 from step 2", len(results))
 	}
-	reps := e.reports(t)
-	if len(reps) != 4 {
-		t.Fatalf("CONTROL holds %d reports, want 4", len(reps))
-	}
-	for i, r := range reps {
-		if r.Step != int64(i) || r.NewVersion != int64(i+1) {
-			t.Errorf("report %d: step %d version %d", i, r.Step, r.NewVersion)
-		}
-	}
+	e.reportsInOrder(t, 4)
 	if ck, err := LatestDir(e.ckpt); err != nil || filepath.Base(ck.Path) != "step-000003" {
 		t.Errorf("latest after the resumed run: %v, %v", ck.Path, err)
 	}

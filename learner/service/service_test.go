@@ -292,6 +292,21 @@ func (e *env) runBeside(t *testing.T, svc *Service, rm *rsvc.Metrics) {
 	e.tasksMu.Unlock()
 }
 
+// reportsInOrder checks that CONTROL holds n step reports, report i of
+// step i making version i+1.
+func (e *env) reportsInOrder(t *testing.T, n int) {
+	t.Helper()
+	reps := e.reports(t)
+	if len(reps) != n {
+		t.Fatalf("CONTROL holds %d reports, want %d", len(reps), n)
+	}
+	for i, r := range reps {
+		if r.Step != int64(i) || r.NewVersion != int64(i+1) {
+			t.Errorf("report %d: step %d version %d", i, r.Step, r.NewVersion)
+		}
+	}
+}
+
 func (e *env) reports(t *testing.T) []wire.StepReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -413,15 +428,7 @@ func TestResume(t *testing.T) {
 	if svc.NextStep() != 4 {
 		t.Fatalf("next step %d, want 4", svc.NextStep())
 	}
-	reps := e.reports(t)
-	if len(reps) != 4 {
-		t.Fatalf("CONTROL holds %d reports, want 4", len(reps))
-	}
-	for i, r := range reps {
-		if r.Step != int64(i) || r.NewVersion != int64(i+1) {
-			t.Errorf("report %d: step %d version %d", i, r.Step, r.NewVersion)
-		}
-	}
+	e.reportsInOrder(t, 4)
 }
 
 // TestStalenessPipelines: with S = 1 the tasks of step t+1 go out before
