@@ -142,6 +142,13 @@ func TestRewindWithoutCheckpointStartsOver(t *testing.T) {
 	for s := range 3 {
 		h.publishEpochStep(b, s)
 	}
+	// Epoch 1 already folded step 4, so waiting for step 2 would return at
+	// once unless the rewind has happened first.
+	for deadline := time.Now().Add(30 * time.Second); counterValue(t, r.svc.met.Rewinds) < 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the epoch starting at step 0 did not rewind the pool")
+		}
+	}
 	got := r.waitStep(t, 2)
 	want := foldLedger(t, testConfig().Pool, []script{b}, []int{3})
 	if !bytes.Equal(got, want.Snapshot()) {
