@@ -173,7 +173,7 @@ func (l *Ledger) join(v *wire.Verdict, seq uint64, data []byte) {
 		l.Undecodable++ // the verifier would not have graded it
 		return
 	}
-	sc := &wire.Scored{Traj: t, Reward: v.Reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
+	sc := v.Join(t)
 	l.BySeq[seq] = sc
 	if _, dup := l.Scored[t.ID]; !dup {
 		l.Scored[t.ID] = sc

@@ -88,6 +88,12 @@ type Verdict struct {
 	VerifyMicros int64   `msgpack:"vus"`
 }
 
+// Join is the scored trajectory of t graded by v (the caller has matched
+// them, by ROLLOUTS sequence and id).
+func (v *Verdict) Join(t Trajectory) *Scored {
+	return &Scored{Traj: t, Reward: v.Reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
+}
+
 // Scored is a trajectory joined with its verdict: what the learner trains on
 // and what inspection and retraining read. It is no longer a stream's
 // message (SCORED holds Verdicts); it keeps its encoding for the records

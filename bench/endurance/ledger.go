@@ -107,7 +107,7 @@ func ReadLedger(ctx context.Context, b *bus.Bus) (*Ledger, error) {
 		if !ok || v.ID != t.ID {
 			return // never graded (dead-lettered, or of a superseded epoch)
 		}
-		l.Scored[t.ID] = &wire.Scored{Traj: *t, Reward: v.Reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
+		l.Scored[t.ID] = v.Join(*t)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("endurance: read ROLLOUTS: %w", err)

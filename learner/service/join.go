@@ -139,7 +139,7 @@ func (s *Service) join(ctx context.Context, r *heldRollout, v *wire.Verdict) {
 		s.retry(ctx, &wire.Scored{Traj: verdictPlace(v)}, err)
 		return
 	}
-	sc := &wire.Scored{Traj: *r.tr, Reward: v.Reward, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
+	sc := v.Join(*r.tr)
 	s.admit(ctx, sc, r)
 }
 
