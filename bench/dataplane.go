@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/internal/groupcommit"
 	rsvc "github.com/exgrpo/exgrpo/replay/service"
 	"github.com/exgrpo/exgrpo/verifier/worker"
 	"github.com/exgrpo/exgrpo/wire"
@@ -381,6 +382,10 @@ func consumeN(ctx context.Context, cons jetstream.Consumer, n int, f func(jetstr
 // only the trajectories its pool would store (a mixed step's correct ones,
 // replay/service.Named).
 
+// verdictBatch is the verifier's default VerdictBatch, for the skeleton's
+// stand-in.
+var verdictBatch = worker.DefaultConfig().VerdictBatch
+
 // stepGroups is how many groups of 8 a step report of the benchmark holds.
 const stepGroups = 8
 
@@ -493,7 +498,14 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	defer dropStreams(rs.b["verifier"])
 	vb, lb, rb := rs.b["verifier"], rs.b["learner"], rs.b["replay"]
 	verdicts := make(chan uint64, 4096)
-	followV, err := lb.Follow(ctx, bus.Scored, func(m jetstream.Msg) { verdicts <- binary.LittleEndian.Uint64(m.Data()) }, nil)
+	// A verdict's size as the verifier encodes it in a batch.
+	vsize := len(mustEncode(&wire.Verdict{RunID: run, ID: trajs[0].ID, TaskID: trajs[0].TaskID, Seq: 1 << 20, Size: len(payloads[0]),
+		Reward: 1, Reason: "correct", Extracted: "42", VerifyMicros: 12}))
+	followV, err := lb.Follow(ctx, bus.Scored, func(m jetstream.Msg) {
+		for d := m.Data(); len(d) >= vsize; d = d[vsize:] {
+			verdicts <- binary.LittleEndian.Uint64(d)
+		}
+	}, nil)
 	if err != nil {
 		return timed{}, flow{}, err
 	}
@@ -506,9 +518,6 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	if err != nil {
 		return timed{}, flow{}, err
 	}
-	// A verdict's size as the verifier encodes it.
-	vsize := len(mustEncode(&wire.Verdict{RunID: run, ID: trajs[0].ID, TaskID: trajs[0].TaskID, Seq: 1 << 20, Size: len(payloads[0]),
-		Reward: 1, Reason: "correct", Extracted: "42", VerifyMicros: 12}))
 	rolled := make(chan uint64, 4096)
 	follow, err := lb.Follow(ctx, bus.Rollouts, func(m jetstream.Msg) {
 		if md, err := m.Metadata(); err == nil {
@@ -519,6 +528,16 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 		return timed{}, flow{}, err
 	}
 	defer follow.Stop()
+	// The actor's messages, made before the clock starts: the encoded
+	// trajectory and its grading header.
+	subj := rs.b["actor"].Names.Subject(bus.Rollouts)
+	gradings := make([]string, len(trajs))
+	for i := range trajs {
+		g := trajs[i].Grading()
+		if gradings[i], err = wire.EncodeGrading(&g); err != nil {
+			return timed{}, flow{}, err
+		}
+	}
 	want := 0 // trajectories the replay stand-in fetches: every other one of each 64
 	for i := 0; i < len(payloads); i += 64 {
 		want += (min(64, len(payloads)-i) + 1) / 2
@@ -528,7 +547,11 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return labelled(gctx, "actor", func(ctx context.Context) error {
-			return publishRollouts(ctx, rs.pub["actor"], rs.b["actor"], trajs, func(i int) ([]byte, error) { return payloads[i], nil })
+			return publishRollouts(ctx, rs.pub["actor"], len(trajs), func(i int) (*nats.Msg, error) {
+				m := bus.NewMsg(subj, trajs[i].ID, payloads[i])
+				m.Header.Set(wire.GradingHeader, gradings[i])
+				return m, nil
+			})
 		})
 	})
 	g.Go(func() error {
@@ -539,33 +562,53 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 			}
 			defer stop()
 			subj := vb.Names.Subject(bus.Scored)
-			slots := make(chan struct{}, 256)
+			// The worker's group commit: what is in hand while earlier
+			// verdict messages wait for their acks goes in the next one.
+			in := make(chan jetstream.Msg, 256)
+			var failed atomic.Pointer[error]
 			vg, vctx := errgroup.WithContext(ctx)
-			for range payloads {
-				m, err := it.Next()
-				if err != nil {
-					return err
-				}
-				slots <- struct{}{}
-				vg.Go(func() error {
-					defer func() { <-slots }()
-					md, err := m.Metadata()
+			vg.Go(func() error {
+				defer close(in)
+				for range payloads {
+					m, err := it.Next()
 					if err != nil {
 						return err
 					}
-					v := make([]byte, vsize)
-					binary.LittleEndian.PutUint64(v, md.Sequence.Stream)
-					batch := rs.pub["verifier"].Batch()
-					if err := batch.Add(vctx, subj, m.Headers().Get(jetstream.MsgIDHeader), v); err != nil {
-						return err
+					in <- m
+				}
+				return nil
+			})
+			groupcommit.Run(in, verdictBatch, 2, func(ms []jetstream.Msg) {
+				v := make([]byte, vsize*len(ms))
+				for i, m := range ms {
+					md, err := m.Metadata()
+					if err != nil {
+						failed.Store(&err)
+						return
 					}
-					if err := batch.Wait(vctx); err != nil {
-						return err
+					binary.LittleEndian.PutUint64(v[i*vsize:], md.Sequence.Stream)
+				}
+				batch := rs.pub["verifier"].Batch()
+				err := batch.Add(vctx, subj, fmt.Sprintf("%s+%d", ms[0].Headers().Get(jetstream.MsgIDHeader), len(ms)-1), v)
+				if err == nil {
+					err = batch.Wait(vctx)
+				}
+				for _, m := range ms {
+					if err == nil {
+						err = m.Ack()
 					}
-					return m.Ack()
-				})
+				}
+				if err != nil {
+					failed.Store(&err)
+				}
+			})
+			if err := vg.Wait(); err != nil {
+				return err
 			}
-			return vg.Wait()
+			if err := failed.Load(); err != nil {
+				return *err
+			}
+			return nil
 		})
 	})
 	g.Go(func() error {
@@ -758,7 +801,7 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return labelled(gctx, "actor", func(ctx context.Context) error {
-			err := publishRollouts(ctx, rs.pub["actor"], ab, trajs, func(i int) ([]byte, error) { return wire.Encode(&trajs[i]) })
+			err := publishRollouts(ctx, rs.pub["actor"], len(trajs), func(i int) (*nats.Msg, error) { return ab.RolloutMsg(&trajs[i]) })
 			if os.Getenv("EXGRPO_BENCH_DEBUG") != "" {
 				fmt.Fprintf(os.Stdout, "    actor published all after %.2fs: %+v\n", time.Since(start).Seconds(), rs.pub["actor"].Stats())
 			}
@@ -908,17 +951,20 @@ func learnerStandIn(ctx context.Context, b *bus.Bus, pub *bus.Publisher, verdict
 				trajs[seq] = t
 			}
 		case m := <-verdicts:
-			v := new(wire.Verdict)
-			if err := wire.Decode(m.Data(), v); err != nil {
+			vs, err := wire.DecodeVerdicts(m.Data())
+			if err != nil {
 				return err
 			}
-			if t, ok := trajs[v.Seq]; ok {
-				delete(trajs, v.Seq)
-				if err := join(t, v); err != nil {
-					return err
+			for i := range vs {
+				v := &vs[i]
+				if t, ok := trajs[v.Seq]; ok {
+					delete(trajs, v.Seq)
+					if err := join(t, v); err != nil {
+						return err
+					}
+				} else {
+					waiting[v.Seq] = v
 				}
-			} else {
-				waiting[v.Seq] = v
 			}
 		}
 	}
@@ -975,18 +1021,17 @@ func dataplaneRoles(ctx context.Context, srv *bus.Server, run string) (roles, fu
 	return rs, closeAll, nil
 }
 
-// publishRollouts publishes payload(i) for every trajectory i to ROLLOUTS
-// under the trajectory's id, waiting for the acks after every 64 (an actor
-// waits per task; keep its pace).
-func publishRollouts(ctx context.Context, pub *bus.Publisher, b *bus.Bus, trajs []wire.Trajectory, payload func(i int) ([]byte, error)) error {
-	subj := b.Names.Subject(bus.Rollouts)
+// publishRollouts publishes msg(i) for every trajectory i to ROLLOUTS,
+// waiting for the acks after every 64 (an actor waits per task; keep its
+// pace).
+func publishRollouts(ctx context.Context, pub *bus.Publisher, n int, msg func(i int) (*nats.Msg, error)) error {
 	batch := pub.Batch()
-	for i := range trajs {
-		data, err := payload(i)
+	for i := range n {
+		m, err := msg(i)
 		if err != nil {
 			return err
 		}
-		if err := batch.Add(ctx, subj, trajs[i].ID, data); err != nil {
+		if err := batch.AddMsg(ctx, m); err != nil {
 			return err
 		}
 		if batch.Len() == 64 {

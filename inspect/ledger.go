@@ -136,16 +136,19 @@ func (l *Ledger) Update(ctx context.Context, s *Source) error {
 		return err
 	}
 	l.scSeq, err = s.read(ctx, bus.Scored, l.scSeq+1, func(m raw) {
-		v := new(wire.Verdict)
-		if wire.Decode(m.data, v) != nil || v.ID == "" || v.Seq == 0 {
+		vs, err := wire.DecodeVerdicts(m.data)
+		if err != nil {
 			// (A run written before trajectories were stored once holds
 			// wire.Scored here, which names no ROLLOUTS sequence.)
 			l.Undecodable++
 			return
 		}
-		if !l.verdictOf[v.ID] { // a regraded rollout: the first verdict counts
-			l.verdictOf[v.ID] = true
-			l.waiting[v.Seq] = v
+		for i := range vs {
+			v := &vs[i]
+			if !l.verdictOf[v.ID] { // a regraded rollout: the first verdict counts
+				l.verdictOf[v.ID] = true
+				l.waiting[v.Seq] = v
+			}
 		}
 	})
 	if err != nil {

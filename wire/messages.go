@@ -1,5 +1,7 @@
 package wire
 
+import "fmt"
+
 // Task asks an actor for Samples completions of one question (TASKS stream,
 // work queue). The learner writes it; TaskID is also the publish message id,
 // so a retried publish is deduplicated by the server.
@@ -86,6 +88,53 @@ type Verdict struct {
 	Reason       string  `msgpack:"why"`  // "correct", "wrong_value", "timeout", ...
 	Extracted    string  `msgpack:"ans"`  // the answer the verifier extracted, if any
 	VerifyMicros int64   `msgpack:"vus"`
+	// Graded is the Grading.Sum of the fields graded (from the message's
+	// GradingHeader); the learner checks it against its trajectory. 0 from
+	// verifiers that graded the whole message.
+	Graded uint64 `msgpack:"gsum,omitempty"`
+}
+
+// Verdicts is what a verifier publishes on SCORED: the verdicts of the
+// rollouts it graded together, one message for all of them (the verifier
+// acks those rollouts once this message is stored). A message holding a
+// single Verdict, as verifiers wrote before batches, is read as a batch of
+// one (DecodeVerdicts). One rollout can have two verdicts on SCORED (a
+// verifier that died between its publish and its acks; the redelivered
+// rollout is graded again in another batch): readers keep the first per
+// ROLLOUTS sequence.
+type Verdicts struct {
+	V        uint16    `msgpack:"v"`
+	RunID    string    `msgpack:"run"`
+	Verdicts []Verdict `msgpack:"vs"`
+}
+
+// DecodeVerdicts reads one SCORED message: a Verdicts batch, or a single
+// Verdict (the format before batches). Every verdict must name its
+// trajectory and its ROLLOUTS sequence; otherwise the whole message is
+// refused (the caller dead-letters it with the error).
+func DecodeVerdicts(b []byte) ([]Verdict, error) {
+	var batch Verdicts
+	if err := Decode(b, &batch); err != nil {
+		return nil, err
+	}
+	vs := batch.Verdicts
+	if len(vs) == 0 {
+		var one Verdict
+		if err := Decode(b, &one); err != nil {
+			return nil, err
+		}
+		vs = []Verdict{one}
+	}
+	for i := range vs {
+		v := &vs[i]
+		if v.V != VerdictSchema {
+			return nil, fmt.Errorf("%w: verdict %d of %d: version %d (this build reads %d)", ErrSchema, i+1, len(vs), v.V, VerdictSchema)
+		}
+		if v.ID == "" || v.Seq == 0 {
+			return nil, fmt.Errorf("%w: verdict %d of %d names no trajectory (id %q, ROLLOUTS sequence %d)", ErrDecode, i+1, len(vs), v.ID, v.Seq)
+		}
+	}
+	return vs, nil
 }
 
 // Join is the scored trajectory of t graded by v (the caller has matched
@@ -242,6 +291,8 @@ func (m *Probe) schema() (string, uint16, uint16)      { return "probe", ProbeSc
 func (m *Trajectory) schema() (string, uint16, uint16) { return "trajectory", TrajectorySchema, m.V }
 func (m *Scored) schema() (string, uint16, uint16)     { return "scored", ScoredSchema, m.V }
 func (m *Verdict) schema() (string, uint16, uint16)    { return "verdict", VerdictSchema, m.V }
+func (m *Grading) schema() (string, uint16, uint16)    { return "grading", GradingSchema, m.V }
+func (m *Verdicts) schema() (string, uint16, uint16)   { return "verdicts", VerdictsSchema, m.V }
 func (m *StepReport) schema() (string, uint16, uint16) { return "step report", StepReportSchema, m.V }
 func (m *Experience) schema() (string, uint16, uint16) { return "experience", ExperienceSchema, m.V }
 func (m *SampleRequest) schema() (string, uint16, uint16) {
@@ -266,6 +317,13 @@ func Stamp(m Message) {
 		x.Traj.V = TrajectorySchema
 	case *Verdict:
 		x.V = VerdictSchema
+	case *Grading:
+		x.V = GradingSchema
+	case *Verdicts:
+		x.V = VerdictsSchema
+		for i := range x.Verdicts {
+			x.Verdicts[i].V = VerdictSchema
+		}
 	case *StepReport:
 		x.V = StepReportSchema
 	case *Experience:

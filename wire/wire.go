@@ -37,6 +37,8 @@ const (
 	TrajectorySchema    = 1
 	ScoredSchema        = 1
 	VerdictSchema       = 1
+	VerdictsSchema      = 1
+	GradingSchema       = 1
 	StepReportSchema    = 1
 	ExperienceSchema    = 1
 	SampleRequestSchema = 1

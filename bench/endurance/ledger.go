@@ -74,16 +74,19 @@ func ReadLedger(ctx context.Context, b *bus.Bus) (*Ledger, error) {
 	verdicts := map[uint64]*wire.Verdict{} // by ROLLOUTS sequence
 	reward := map[string]float32{}
 	err = bus.ReadSubjects(rctx, b, bus.Scored, all(bus.Scored), func(m jetstream.Msg) {
-		v := new(wire.Verdict)
-		if wire.Decode(m.Data(), v) != nil {
+		vs, err := wire.DecodeVerdicts(m.Data())
+		if err != nil {
 			l.Undecodable++
 			return
 		}
-		if r, ok := reward[v.ID]; ok && r != v.Reward {
-			l.Conflicts = append(l.Conflicts, v.ID)
+		for i := range vs {
+			v := &vs[i]
+			if r, ok := reward[v.ID]; ok && r != v.Reward {
+				l.Conflicts = append(l.Conflicts, v.ID)
+			}
+			reward[v.ID] = v.Reward
+			verdicts[v.Seq] = v
 		}
-		reward[v.ID] = v.Reward
-		verdicts[v.Seq] = v
 	})
 	if err != nil {
 		return nil, fmt.Errorf("endurance: read SCORED: %w", err)

@@ -59,6 +59,8 @@ func TestFenceRefusesBadRollouts(t *testing.T) {
 		{"mismatched lengths", spoil(func(tr *wire.Trajectory) { tr.LogProbs = tr.LogProbs[:len(tr.LogProbs)-1] }), "log-probs for"},
 		{"text other than the tokens", spoil(func(tr *wire.Trajectory) { tr.Text = "\\boxed{42}" }), "not the decoding of its tokens"},
 		{"version from the future", spoil(func(tr *wire.Trajectory) { tr.PolicyVersion = 99 }), "policy version 99"},
+		{"graded other text than it carries", spoil(func(tr *wire.Trajectory) { tr.ActorID = otherGradingActor }), "grading header does not match"},
+		{"trajectory that does not decode", spoil(func(tr *wire.Trajectory) { tr.ActorID = badBodyActor }), "malformed"},
 		{"oversized", spoil(func(tr *wire.Trajectory) { long(tr, 200_000) }), "exceed the model's context"},
 		{"step not in flight", func(sc wire.Scored) []wire.Scored {
 			if sc.Traj.Step != 1 || sc.Traj.Index != 1 {

@@ -42,10 +42,11 @@ const joinWait = 3 * time.Second
 // are dropped once decoded (a held rollout would otherwise weigh twice);
 // a dead letter gets them again by sequence.
 type heldRollout struct {
-	seq  uint64
-	subj string
-	data []byte // until decoded
-	tr   *wire.Trajectory
+	seq     uint64
+	subj    string
+	data    []byte // until decoded
+	grading string // its grading header (wire.GradingHeader), until decoded
+	tr      *wire.Trajectory
 }
 
 // heldVerdict is a verdict waiting for its trajectory.
@@ -61,7 +62,7 @@ func (s *Service) onRollout(ctx context.Context, m jetstream.Msg) {
 	if err != nil {
 		return
 	}
-	r := &heldRollout{seq: md.Sequence.Stream, subj: m.Subject(), data: m.Data()}
+	r := &heldRollout{seq: md.Sequence.Stream, subj: m.Subject(), data: m.Data(), grading: m.Headers().Get(wire.GradingHeader)}
 	s.hold(ctx, r)
 }
 
@@ -71,14 +72,15 @@ func (s *Service) hold(ctx context.Context, r *heldRollout) {
 	if _, dup := s.rolls[r.seq]; dup {
 		return // a reader reset delivers again what it had delivered
 	}
+	if _, done := s.joined[r.seq]; done {
+		return // the same, joined already
+	}
 	tr := new(wire.Trajectory)
 	if err := wire.Decode(r.data, tr); err != nil {
-		// The verifiers' consumer dead-letters it with the reason; a
-		// verdict naming it cannot exist.
-		s.met.Ignored.Inc()
+		s.undecodable(ctx, r, err)
 		return
 	}
-	r.tr, r.data = tr, nil
+	r.tr, r.data, r.grading = tr, nil, ""
 	if hv, ok := s.verdicts[r.seq]; ok {
 		delete(s.verdicts, r.seq)
 		s.join(ctx, r, hv.v)
@@ -101,10 +103,33 @@ func (s *Service) hold(ctx context.Context, r *heldRollout) {
 	s.rolls[r.seq] = r
 }
 
-// onVerdict handles one SCORED message.
+// undecodable refuses a ROLLOUTS message whose trajectory does not decode.
+// The verifiers grade from its grading header and never see the rest, so the
+// learner sends it to DEAD with the decoder's reason and asks for the
+// rollout again; its verdict, when it comes, is dropped. One whose header
+// does not decode either is the verifiers' to dead-letter (no verdict
+// names it).
+func (s *Service) undecodable(ctx context.Context, r *heldRollout, err error) {
+	g, gerr := wire.DecodeGrading(r.grading)
+	if gerr != nil {
+		s.met.Ignored.Inc()
+		return
+	}
+	e, step, ok := wire.ParseTaskID(g.TaskID)
+	if !ok || e != s.epoch || step < s.step {
+		s.met.Ignored.Inc() // another epoch's, or of a step already trained
+		return
+	}
+	err = fmt.Errorf("trajectory %s: %w", g.ID, err)
+	s.deadRollout(ctx, r, err)
+	s.joined[r.seq] = step
+	s.retry(ctx, &wire.Scored{Traj: verdictPlace(&wire.Verdict{ID: g.ID, TaskID: g.TaskID})}, err)
+}
+
+// onVerdict handles one SCORED message: a verifier's batch of verdicts.
 func (s *Service) onVerdict(ctx context.Context, m jetstream.Msg) {
-	v := new(wire.Verdict)
-	if err := wire.Decode(m.Data(), v); err != nil {
+	vs, err := wire.DecodeVerdicts(m.Data())
+	if err != nil {
 		s.met.Dead.Inc()
 		s.log.Warn("message to DEAD", zap.String("stream", string(bus.Scored)), zap.Error(err))
 		dl := wire.DeadLetter{Subject: m.Subject(), Role: "learner", Reason: err.Error(), Data: m.Data()}
@@ -116,9 +141,22 @@ func (s *Service) onVerdict(ctx context.Context, m jetstream.Msg) {
 		}
 		return
 	}
+	for i := range vs {
+		s.verdict(ctx, &vs[i])
+	}
+}
+
+// verdict files one verdict: joined at once when its trajectory is here,
+// held otherwise (a second verdict of a rollout joined already is dropped:
+// the first counts).
+func (s *Service) verdict(ctx context.Context, v *wire.Verdict) {
 	e, step, ok := wire.ParseTaskID(v.TaskID)
 	if !ok || e != s.epoch || step < s.step {
 		s.met.Ignored.Inc() // another epoch's, or of a step already trained (a regrade)
+		return
+	}
+	if _, dup := s.joined[v.Seq]; dup {
+		s.met.Ignored.Inc() // graded twice (a verifier died before its acks)
 		return
 	}
 	if r, ok := s.rolls[v.Seq]; ok {
@@ -133,6 +171,7 @@ func (s *Service) onVerdict(ctx context.Context, m jetstream.Msg) {
 
 // join pairs a trajectory with its verdict and hands the rollout to the fence.
 func (s *Service) join(ctx context.Context, r *heldRollout, v *wire.Verdict) {
+	s.joined[r.seq] = r.tr.Step
 	if r.tr.ID != v.ID {
 		err := fmt.Errorf("%w: verdict for %s names ROLLOUTS sequence %d, which holds %s", wire.ErrInvalid, v.ID, v.Seq, r.tr.ID)
 		s.deadVerdict(ctx, v, err)
@@ -140,6 +179,15 @@ func (s *Service) join(ctx context.Context, r *heldRollout, v *wire.Verdict) {
 		return
 	}
 	sc := v.Join(*r.tr)
+	if g := r.tr.Grading(); v.Graded != 0 && v.Graded != g.Sum() {
+		// The verifier graded the message's grading header; an actor
+		// wrote it beside the trajectory and it must say the same.
+		err := fmt.Errorf("%w: trajectory %s: its grading header does not match it (the verifier graded other text, gold answer or kind than the learner would train on)",
+			wire.ErrInvalid, r.tr.ID)
+		s.deadRollout(ctx, r, err)
+		s.retry(ctx, sc, err)
+		return
+	}
 	s.admit(ctx, sc, r)
 }
 
@@ -198,6 +246,11 @@ func (s *Service) prune() {
 	for seq, hv := range s.verdicts {
 		if hv.step < s.step {
 			delete(s.verdicts, seq)
+		}
+	}
+	for seq, step := range s.joined {
+		if step < s.step {
+			delete(s.joined, seq)
 		}
 	}
 }

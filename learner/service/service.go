@@ -123,6 +123,7 @@ type Service struct {
 	rollC    chan jetstream.Msg // trajectories (ROLLOUTS, followed from the epoch's start)
 	rolls    map[uint64]*heldRollout
 	verdicts map[uint64]*heldVerdict
+	joined   map[uint64]int64         // ROLLOUTS sequences joined, with their step (until it is trained)
 	early    map[int64][]earlyRollout // rollouts of steps not yet planned (after a restart)
 }
 
@@ -177,7 +178,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, d: d, log: d.Log, met: d.Metrics, problems: make(map[string]task.Problem, len(d.Problems)),
 		checkers: map[string]verifier.Checker{}, plans: map[int64]*plan{}, early: map[int64][]earlyRollout{},
-		rolls: map[uint64]*heldRollout{}, verdicts: map[uint64]*heldVerdict{}}
+		rolls: map[uint64]*heldRollout{}, verdicts: map[uint64]*heldVerdict{}, joined: map[uint64]int64{}}
 	ids := make([]string, 0, len(d.Problems))
 	for _, p := range d.Problems {
 		if _, dup := s.problems[p.ID]; dup {

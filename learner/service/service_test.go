@@ -138,14 +138,19 @@ func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.T
 // before the learner read it: the verdict names the sequence of a message
 // that was stored and deleted at once.
 func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire.Scored) error {
-	data, err := wire.Encode(&sc.Traj)
+	m, err := b.RolloutMsg(&sc.Traj)
 	if err != nil {
 		return err
 	}
-	if sc.Traj.ActorID == lostActor {
-		data = []byte("discarded")
+	switch sc.Traj.ActorID {
+	case lostActor:
+		m.Data = []byte("discarded")
+		m.Header.Del(wire.GradingHeader)
+	case badBodyActor:
+		m.Data = []byte("\x93not a trajectory")
 	}
-	ack, err := pub.Publish(ctx, b.Names.Subject(bus.Rollouts), sc.Traj.ID, data)
+	data := m.Data
+	ack, err := pub.PublishMsg(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -158,8 +163,12 @@ func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire
 			return err
 		}
 	}
-	v := wire.Verdict{RunID: sc.Traj.RunID, ID: sc.Traj.ID, TaskID: sc.Traj.TaskID, Seq: ack.Sequence, Size: len(data),
-		Reward: sc.Reward, Reason: sc.Reason}
+	g := sc.Traj.Grading()
+	if sc.Traj.ActorID == otherGradingActor {
+		g.Text = "\\boxed{42}"
+	}
+	v := wire.Verdicts{RunID: sc.Traj.RunID, Verdicts: []wire.Verdict{{RunID: sc.Traj.RunID, ID: sc.Traj.ID, TaskID: sc.Traj.TaskID,
+		Seq: ack.Sequence, Size: len(data), Reward: sc.Reward, Reason: sc.Reason, Graded: g.Sum()}}}
 	if data, err = wire.Encode(&v); err != nil {
 		return err
 	}
@@ -167,8 +176,15 @@ func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire
 	return err
 }
 
-// lostActor marks a forged rollout that publishScored loses (see there).
-const lostActor = "lost"
+// Forged rollouts that publishScored spoils (see there): lostActor's is
+// lost (its verdict names a deleted message), badBodyActor's trajectory
+// does not decode (its grading header does), otherGradingActor's verdict
+// graded other text than the trajectory carries.
+const (
+	lostActor         = "lost"
+	badBodyActor      = "bad-body"
+	otherGradingActor = "other-grading"
+)
 
 type env struct {
 	srv     *bus.Server

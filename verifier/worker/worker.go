@@ -1,22 +1,29 @@
 // Package worker is the verifier role: it pulls trajectories from ROLLOUTS
 // (shared durable consumer "verifiers"), grades each with the pure checker of
-// its kind (verifier.Lookup) under a per-item time bound, publishes a
-// wire.Verdict to SCORED (the reward, and the trajectory's ROLLOUTS sequence;
-// the trajectory stays where it is, stored once) with the trajectory id as
-// message id, and acks only after that publish is acked. Undecodable input goes to DEAD with
-// its reason; the worker carries on. Any number of workers may run.
+// its kind (verifier.Lookup) under a per-item time bound, and publishes the
+// verdicts (the reward, and the trajectory's ROLLOUTS sequence; the
+// trajectory stays where it is, stored once) to SCORED, several rollouts'
+// verdicts in one wire.Verdicts message: a group commit, where the rollouts
+// graded while the previous message waits for its publish ack go out
+// together (one when the worker is idle, up to Config.VerdictBatch under
+// load). Each rollout is acked only after the message holding its verdict is
+// acked. Undecodable input goes to DEAD with its reason; the worker carries
+// on. Any number of workers may run.
 package worker
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/exgrpo/exgrpo/internal/faultpoint"
+	"hash/fnv"
 	"runtime"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
+	"github.com/exgrpo/exgrpo/internal/faultpoint"
+	"github.com/exgrpo/exgrpo/internal/groupcommit"
 	"github.com/exgrpo/exgrpo/metrics"
 	"github.com/exgrpo/exgrpo/verifier"
 	"github.com/exgrpo/exgrpo/wire"
@@ -44,6 +51,9 @@ type Config struct {
 	RetryDelay time.Duration
 	// LagEvery is how often the consumer backlog gauges refresh; default 5s.
 	LagEvery time.Duration
+	// VerdictBatch bounds the verdicts of one SCORED message; default 64.
+	// 1 publishes every verdict on its own.
+	VerdictBatch int
 	// WatchDead also runs the max-deliveries dead-letter watcher
 	// (bus.WatchMaxDeliveries). Off by default: one privileged role per run
 	// (the learner) runs it, since per-role credentials keep verifiers away
@@ -54,7 +64,7 @@ type Config struct {
 // DefaultConfig returns the defaults above.
 func DefaultConfig() Config {
 	return Config{Concurrency: runtime.NumCPU(), MaxInFlight: 256, ItemTimeout: 2 * time.Second,
-		RetryDelay: time.Second, LagEvery: 5 * time.Second}
+		RetryDelay: time.Second, LagEvery: 5 * time.Second, VerdictBatch: 64}
 }
 
 // Validate reports impossible values.
@@ -64,6 +74,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("worker: Concurrency %d must be >= 1", c.Concurrency)
 	case c.MaxInFlight < c.Concurrency:
 		return fmt.Errorf("worker: MaxInFlight %d must be >= Concurrency %d", c.MaxInFlight, c.Concurrency)
+	case c.VerdictBatch < 1:
+		return fmt.Errorf("worker: VerdictBatch %d must be >= 1", c.VerdictBatch)
 	case c.ItemTimeout <= 0 || c.RetryDelay <= 0 || c.LagEvery <= 0:
 		return fmt.Errorf("worker: durations must be positive (start from DefaultConfig)")
 	}
@@ -141,10 +153,24 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	wg.Go(func() { w.pollLag(ctx) })
 
-	// A continuous pull keeps up to MaxInFlight trajectories in hand; the
-	// grading itself is bounded by Concurrency.
+	// A continuous pull keeps up to MaxInFlight trajectories in hand (until
+	// their rollout is acked or given back); the grading itself is bounded
+	// by Concurrency. The verdicts go out in group commits: the rollouts
+	// graded while earlier SCORED messages wait for their acks go together.
 	w.grading = make(chan struct{}, w.cfg.Concurrency)
 	slots := make(chan struct{}, w.cfg.MaxInFlight)
+	release := func() { <-slots; w.m.InFlight.Dec() }
+	done := make(chan graded, w.cfg.MaxInFlight) // never blocks: at most MaxInFlight in hand
+	var committed sync.WaitGroup
+	committed.Go(func() {
+		groupcommit.Run(done, w.cfg.VerdictBatch, verdictBatchesInFlight, func(b []graded) { w.commit(ctx, pub, b, release) })
+	})
+	var handlers sync.WaitGroup
+	defer func() {
+		handlers.Wait()
+		close(done)
+		committed.Wait()
+	}()
 	for ctx.Err() == nil {
 		it, err := cons.Messages(jetstream.PullMaxMessages(w.cfg.MaxInFlight))
 		if err != nil {
@@ -166,9 +192,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			slots <- struct{}{}
 			w.m.InFlight.Inc()
-			wg.Go(func() {
-				defer func() { <-slots; w.m.InFlight.Dec() }()
-				w.handle(ctx, pub, msg)
+			handlers.Go(func() {
+				if g, ok := w.handle(ctx, msg); ok {
+					done <- g // its commit releases its slot
+					return
+				}
+				release()
 			})
 		}
 		it.Stop()
@@ -200,69 +229,171 @@ func (w *Worker) pollLag(ctx context.Context) {
 	}
 }
 
-// handle grades one message. It never returns an error: every outcome is an
-// ack (scored or dead-lettered) or a NAK (redelivered later).
-func (w *Worker) handle(ctx context.Context, pub *bus.Publisher, msg jetstream.Msg) {
+// graded is one rollout graded, its verdict waiting for its SCORED message.
+type graded struct {
+	msg   jetstream.Msg
+	v     wire.Verdict
+	start time.Time
+}
+
+// handle grades one message. A graded rollout is returned for publishing;
+// otherwise (ok false) it was dead-lettered, or given back for redelivery.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (g graded, ok bool) {
 	start := time.Now()
-	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 1 {
-		w.m.Redelivered.Inc()
-	}
-	// The trajectory is graded from its head fields: its blobs are checked,
-	// never decoded.
-	var traj wire.RawTrajectory
-	if err := wire.DecodeRawTrajectory(msg.Data(), &traj); err != nil {
-		w.dead(ctx, msg, err.Error())
-		return
-	}
-	id := traj.Head.ID
-	if id == "" {
-		w.dead(ctx, msg, "trajectory without id")
-		return
-	}
 	md, err := msg.Metadata()
 	if err != nil {
-		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: no stream sequence: %v", id, err))
-		return
+		w.dead(ctx, msg, fmt.Sprintf("rollout without stream metadata: %v", err))
+		return g, false
 	}
-	chk, err := w.checker(traj.Head.Kind)
+	if md.NumDelivered > 1 {
+		w.m.Redelivered.Inc()
+	}
+	gr, size, err := w.gradingOf(ctx, msg, md.Sequence.Stream)
+	if errors.As(err, new(errRetry)) {
+		if ctx.Err() == nil {
+			w.log.Warn("rollout", zap.Error(err))
+			w.m.Errors.Inc()
+			_ = msg.NakWithDelay(w.cfg.RetryDelay)
+		}
+		return g, false
+	}
 	if err != nil {
-		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", id, err))
-		return
+		w.dead(ctx, msg, err.Error())
+		return g, false
 	}
-	if _, step, ok := wire.ParseTaskID(traj.Head.TaskID); ok {
+	chk, err := w.checker(gr.Kind)
+	if err != nil {
+		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", gr.ID, err))
+		return g, false
+	}
+	if _, step, ok := wire.ParseTaskID(gr.TaskID); ok {
 		faultpoint.Hit("verifier.grade", step) // crash tests: holding an ungraded rollout
 	}
-	v, us := w.grade(chk, traj.Head.Answer, traj.Head.Text)
-	verdict := wire.Verdict{RunID: traj.Head.RunID, ID: id, TaskID: traj.Head.TaskID, Seq: md.Sequence.Stream,
-		Size: len(msg.Data()), Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: us}
+	v, us := w.grade(chk, gr.Answer, gr.Text)
+	g = graded{msg: msg, start: start, v: wire.Verdict{V: wire.VerdictSchema, RunID: gr.RunID, ID: gr.ID, TaskID: gr.TaskID,
+		Seq: md.Sequence.Stream, Size: size, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: us, Graded: gr.Sum()}}
 	if v.Correct {
-		verdict.Reward = 1
+		g.v.Reward = 1
 	}
-	data, err := wire.Encode(&verdict)
+	return g, true
+}
+
+// msgSizeHeader is what the server puts in place of the body in a
+// headers-only delivery: the body's size.
+const msgSizeHeader = "Nats-Msg-Size"
+
+// gradingOf reads what to grade from a ROLLOUTS message and the size of the
+// stored trajectory. The verifiers' consumer delivers headers only, and an
+// actor writes the fields graded in the grading header (see
+// wire.GradingHeader). A message without that header (an actor older than
+// it) is graded from the trajectory's own head fields, read by sequence
+// (checked as the learner's decoder would, never decoded whole); so is any
+// message of a verifiers' consumer declared before headers-only delivery,
+// which delivers whole messages.
+func (w *Worker) gradingOf(ctx context.Context, msg jetstream.Msg, seq uint64) (wire.Grading, int, error) {
+	h := msg.Headers()
+	data, size := msg.Data(), len(msg.Data())
+	if n := h.Get(msgSizeHeader); n != "" {
+		var err error
+		if size, err = strconv.Atoi(n); err != nil {
+			return wire.Grading{}, 0, fmt.Errorf("%w: %s header %q", wire.ErrDecode, msgSizeHeader, n)
+		}
+	}
+	if v := h.Get(wire.GradingHeader); v != "" {
+		g, err := wire.DecodeGrading(v)
+		return g, size, err
+	}
+	if len(data) == 0 && size > 0 {
+		got, err := w.b.GetRollouts(ctx, []uint64{seq})
+		if err != nil {
+			return wire.Grading{}, 0, errRetry{err}
+		}
+		m, ok := got.Msgs[seq]
+		if !ok {
+			if len(got.Gone) > 0 {
+				return wire.Grading{}, 0, fmt.Errorf("rollout without a grading header, and ROLLOUTS no longer holds it (sequence %d)", seq)
+			}
+			return wire.Grading{}, 0, errRetry{got.Err}
+		}
+		data = m.Data
+	}
+	var raw wire.RawTrajectory
+	if err := wire.DecodeRawTrajectory(data, &raw); err != nil {
+		return wire.Grading{}, 0, err
+	}
+	if raw.Head.ID == "" {
+		return wire.Grading{}, 0, fmt.Errorf("trajectory without id")
+	}
+	t := raw.Head
+	return wire.Grading{V: wire.GradingSchema, RunID: t.RunID, ID: t.ID, TaskID: t.TaskID, Kind: t.Kind, Answer: t.Answer, Text: t.Text}, size, nil
+}
+
+// errRetry is a failure that may pass (a get by sequence that timed out):
+// the rollout is given back, not dead-lettered.
+type errRetry struct{ err error }
+
+func (e errRetry) Error() string { return fmt.Sprintf("reading the rollout by sequence: %v", e.err) }
+
+// verdictBatchesInFlight bounds the SCORED messages waiting for their
+// publish ack at once; what is graded meanwhile waits for the next one.
+const verdictBatchesInFlight = 2
+
+// commit publishes the verdicts of batch in one SCORED message and acks
+// their rollouts once it is stored; when the publish fails, the rollouts
+// are given back (NAK) to be graded again. Its message id names the batch
+// (the first trajectory id, the count and a hash of all ids), so the
+// publisher's own retries are deduplicated; a rollout graded again after a
+// failure lands in another batch, and readers keep the first verdict per
+// ROLLOUTS sequence.
+func (w *Worker) commit(ctx context.Context, pub *bus.Publisher, batch []graded, release func()) {
+	defer func() {
+		for range batch {
+			release()
+		}
+	}()
+	vs := wire.Verdicts{RunID: w.b.Names.Run, Verdicts: make([]wire.Verdict, len(batch))}
+	h := fnv.New64a()
+	for i, g := range batch {
+		vs.Verdicts[i] = g.v
+		h.Write([]byte(g.v.ID))
+		h.Write([]byte{0})
+	}
+	data, err := wire.Encode(&vs)
 	if err != nil {
-		w.dead(ctx, msg, fmt.Sprintf("verdict of %s does not encode: %v", id, err))
+		if len(batch) > 1 { // too large together (huge extracted answers): each alone
+			for i := range batch {
+				w.commit(ctx, pub, batch[i:i+1], func() {})
+			}
+			return
+		}
+		w.dead(ctx, batch[0].msg, fmt.Sprintf("verdict of %s does not encode: %v", batch[0].v.ID, err))
 		return
 	}
-	batch := pub.Batch()
-	err = batch.Add(ctx, w.b.Names.Subject(bus.Scored), id, data)
+	id := fmt.Sprintf("%s+%d/%016x", batch[0].v.ID, len(batch)-1, h.Sum64())
+	b := pub.Batch()
+	err = b.Add(ctx, w.b.Names.Subject(bus.Scored), id, data)
 	if err == nil {
-		err = batch.Wait(ctx)
+		err = b.Wait(ctx)
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			w.log.Warn("publish verdict", zap.String("id", id), zap.Error(err))
+			w.log.Warn("publish verdicts", zap.String("first", batch[0].v.ID), zap.Int("verdicts", len(batch)), zap.Error(err))
 			w.m.Errors.Inc()
-			_ = msg.NakWithDelay(w.cfg.RetryDelay)
+			for _, g := range batch {
+				_ = g.msg.NakWithDelay(w.cfg.RetryDelay)
+			}
 		}
 		return
 	}
 	w.m.Published.Inc()
-	if err := msg.Ack(); err != nil {
-		// Redelivered later and deduplicated on SCORED by its id.
-		w.log.Debug("ack rollout", zap.String("id", id), zap.Error(err))
+	for _, g := range batch {
+		if err := g.msg.Ack(); err != nil {
+			// Redelivered later, graded again; readers keep the first verdict.
+			w.log.Debug("ack rollout", zap.String("id", g.v.ID), zap.Error(err))
+		}
+		w.m.Processed.Inc()
+		w.m.Latency.Observe(time.Since(g.start).Seconds())
 	}
-	w.m.Processed.Inc()
-	w.m.Latency.Observe(time.Since(start).Seconds())
 }
 
 // grade runs the checker under ItemTimeout. A checker past its bound keeps
