@@ -38,6 +38,7 @@ type DataplaneConfig struct {
 	CPUProfile          string // write a CPU profile of the whole run (server included) here; empty = none
 	Phase               string // both, bare or pipeline (one phase alone, e.g. to profile it)
 	Skeleton            bool   // also measure the pipeline's message flow alone (no codecs, no grading)
+	Ops                 bool   // also measure each JetStream operation of the data path alone
 }
 
 // DefaultDataplane is the configuration BENCHMARKS.md reports.
@@ -148,6 +149,16 @@ func Dataplane(ctx context.Context, w io.Writer, cfg DataplaneConfig) error {
 			fmt.Fprintf(w, "  rep %d: skeleton %.0f traj/s (%.2fs wall, %.2fs CPU)\n", r+1, float64(cfg.N)/t.wall.Seconds(), t.wall.Seconds(), t.cpu.Seconds())
 		}
 	}
+	var ops []opCosts
+	if cfg.Ops {
+		for r := range cfg.Reps {
+			c, err := measureOps(ctx, srv, fmt.Sprintf("ops%d", r), payloads, trajs)
+			if err != nil {
+				return fmt.Errorf("ops: %w", err)
+			}
+			ops = append(ops, c)
+		}
+	}
 	// CPU per role: the pipeline once more per repetition under a CPU
 	// profile, its roles labelled (labels.go); outside the timed
 	// repetitions, so that profiling costs them nothing.
@@ -194,6 +205,15 @@ func Dataplane(ctx context.Context, w io.Writer, cfg DataplaneConfig) error {
 	}
 	if cfg.Skeleton {
 		fmt.Fprintf(w, "CPU per trajectory of the pipeline's message flow alone (skeleton), timed window: %.0f us\n", per(skelWin))
+	}
+	if len(ops) > 0 {
+		share := 0.0 // what the replay service fetches: the correct ones
+		for i := range trajs {
+			if (i%97)+(i%2) == i%97 {
+				share++
+			}
+		}
+		printOps(w, medianOps(ops), share/float64(len(trajs)))
 	}
 	if !runBare || !runPipe {
 		return nil

@@ -23,8 +23,11 @@
 // other limits streams (Bus.Reader).
 //
 // A trajectory crosses JetStream once: the actor stores it on ROLLOUTS, the
-// one store of trajectories; the verifier publishes only its verdict
-// (wire.Verdict: reward, reason, the trajectory's ROLLOUTS sequence) on
+// one store of trajectories (Bus.RolloutMsg: the encoded trajectory, and in
+// its wire.GradingHeader the fields a verifier grades); the verifiers'
+// consumer delivers headers only, and a verifier publishes only verdicts
+// (wire.Verdict: reward, reason, the trajectory's ROLLOUTS sequence), those
+// of the rollouts it graded together in one wire.Verdicts message, on
 // SCORED; the learner follows ROLLOUTS (Bus.Follow) and joins each
 // trajectory with its verdict; the replay service reads from ROLLOUTS, by
 // the sequences a step report names, only the trajectories its pool stores
@@ -39,11 +42,13 @@
 //	pub := b.NewPublisher(bus.DefaultPublisherConfig())       // bounded, every ack checked
 //	defer pub.Close()
 //	batch := pub.Batch()
-//	batch.Add(ctx, b.Names.Subject(bus.Rollouts), traj.ID, data)
+//	m, err := b.RolloutMsg(&traj)                             // id as message id, grading header
+//	batch.AddMsg(ctx, m)
 //	err = batch.Wait(ctx)                                     // all acked (deduplicated by id)
 //	... msg.Ack()
 //
-// Undecodable input goes to DEAD with Bus.DeadLetter (publish a wire.DeadLetter,
+// Undecodable input goes to DEAD with Bus.DeadLetter (publish a wire.DeadLetter
+// holding the stored message, read by sequence after a headers-only delivery,
 // then Term the message); Bus.WatchMaxDeliveries copies poison messages that
 // exhausted MaxDeliver. Weights: Bus.PublishWeights / Bus.FetchWeights /
 // Bus.WatchVersion. Everything that waits takes a context.

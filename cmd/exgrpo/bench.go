@@ -127,6 +127,7 @@ func benchDataplane(ctx context.Context, w io.Writer, args []string) error {
 	fs.StringVar(&c.CPUProfile, "cpuprofile", c.CPUProfile, "write a CPU profile of the whole run (server included) to this file")
 	fs.StringVar(&c.Phase, "phase", c.Phase, "what to run: both, bare or pipeline (one phase alone, e.g. to profile it)")
 	fs.BoolVar(&c.Skeleton, "skeleton", c.Skeleton, "also measure the pipeline's message flow alone (no codecs, no grading) for its CPU floor")
+	fs.BoolVar(&c.Ops, "ops", c.Ops, "also measure each JetStream operation of the data path alone (CPU per message) and their sums")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
