@@ -487,6 +487,7 @@ func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publi
 	}()
 	defer func() { stopBeat(); <-beat }()
 
+	subj := a.b.Names.Subject(bus.Rollouts)
 	batch := pub.Batch()
 	a.swap.RLock()
 	defer a.swap.RUnlock()
@@ -539,12 +540,12 @@ func (a *Actor) handle(ctx context.Context, vw *bus.VersionWatch, pub *bus.Publi
 			PromptTokens: c.PromptTokens, Tokens: c.Tokens, LogProbs: c.LogProbs, Entropies: c.Entropies,
 			Text: c.Text, Finish: c.Finish, Answer: t.Answer, Kind: t.Kind, EntropyKind: c.EntropyKind,
 			SampleMicros: time.Since(s0).Microseconds(), CreatedUnixMs: time.Now().UnixMilli()}
-		m, err := a.b.RolloutMsg(&tr)
+		data, err := wire.Encode(&tr)
 		if err != nil {
 			a.dead(ctx, msg, fmt.Sprintf("trajectory %s does not encode: %v", tr.ID, err))
 			return
 		}
-		if err := batch.AddMsg(ctx, m); err != nil {
+		if err := batch.Add(ctx, subj, tr.ID, data); err != nil {
 			return // ctx ended
 		}
 	}
@@ -577,4 +578,3 @@ func (a *Actor) dead(ctx context.Context, msg jetstream.Msg, reason string) {
 	a.log.Info("task dead-lettered", zap.String("reason", reason))
 	a.m.Dead.Inc()
 }
-

@@ -14,7 +14,7 @@
 // Permissions (ARCHITECTURE.md, Security), in words:
 //
 //	actor     reads TASKS and the weights, writes ROLLOUTS (and DEAD)
-//	verifier  reads ROLLOUTS (headers only, and by sequence), writes SCORED (verdicts; and DEAD)
+//	verifier  reads ROLLOUTS, writes SCORED (verdicts; and DEAD)
 //	replay    reads CONTROL and, by sequence, ROLLOUTS; writes and purges EXPERIENCE,
 //	          keeps its pool snapshot, answers sample requests
 //	learner   the only writer of TASKS, CONTROL, weights and the policy version; owns

@@ -548,16 +548,7 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 		return timed{}, flow{}, err
 	}
 	defer follow.Stop()
-	// The actor's messages, made before the clock starts: the encoded
-	// trajectory and its grading header.
 	subj := rs.b["actor"].Names.Subject(bus.Rollouts)
-	gradings := make([]string, len(trajs))
-	for i := range trajs {
-		g := trajs[i].Grading()
-		if gradings[i], err = wire.EncodeGrading(&g); err != nil {
-			return timed{}, flow{}, err
-		}
-	}
 	want := 0 // trajectories the replay stand-in fetches: every other one of each 64
 	for i := 0; i < len(payloads); i += 64 {
 		want += (min(64, len(payloads)-i) + 1) / 2
@@ -567,11 +558,8 @@ func benchSkeleton(ctx context.Context, srv *bus.Server, run string, payloads []
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return labelled(gctx, "actor", func(ctx context.Context) error {
-			return publishRollouts(ctx, rs.pub["actor"], len(trajs), func(i int) (*nats.Msg, error) {
-				m := bus.NewMsg(subj, trajs[i].ID, payloads[i])
-				m.Header.Set(wire.GradingHeader, gradings[i])
-				return m, nil
-			})
+			return publishRollouts(ctx, rs.pub["actor"], subj, len(trajs), func(i int) string { return trajs[i].ID },
+				func(i int) ([]byte, error) { return payloads[i], nil })
 		})
 	})
 	g.Go(func() error {
@@ -821,7 +809,8 @@ func benchPipeline(ctx context.Context, srv *bus.Server, run string, trajs []wir
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		return labelled(gctx, "actor", func(ctx context.Context) error {
-			err := publishRollouts(ctx, rs.pub["actor"], len(trajs), func(i int) (*nats.Msg, error) { return ab.RolloutMsg(&trajs[i]) })
+			err := publishRollouts(ctx, rs.pub["actor"], ab.Names.Subject(bus.Rollouts), len(trajs), func(i int) string { return trajs[i].ID },
+				func(i int) ([]byte, error) { return wire.Encode(&trajs[i]) })
 			if os.Getenv("EXGRPO_BENCH_DEBUG") != "" {
 				fmt.Fprintf(os.Stdout, "    actor published all after %.2fs: %+v\n", time.Since(start).Seconds(), rs.pub["actor"].Stats())
 			}
@@ -1041,17 +1030,17 @@ func dataplaneRoles(ctx context.Context, srv *bus.Server, run string) (roles, fu
 	return rs, closeAll, nil
 }
 
-// publishRollouts publishes msg(i) for every trajectory i to ROLLOUTS,
-// waiting for the acks after every 64 (an actor waits per task; keep its
-// pace).
-func publishRollouts(ctx context.Context, pub *bus.Publisher, n int, msg func(i int) (*nats.Msg, error)) error {
+// publishRollouts publishes payload(i) for each of n trajectories to
+// subject under id(i), waiting for the acks after every 64 (an actor waits
+// per task; keep its pace).
+func publishRollouts(ctx context.Context, pub *bus.Publisher, subject string, n int, id func(i int) string, payload func(i int) ([]byte, error)) error {
 	batch := pub.Batch()
 	for i := range n {
-		m, err := msg(i)
+		data, err := payload(i)
 		if err != nil {
 			return err
 		}
-		if err := batch.AddMsg(ctx, m); err != nil {
+		if err := batch.Add(ctx, subject, id(i), data); err != nil {
 			return err
 		}
 		if batch.Len() == 64 {

@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/exgrpo/exgrpo/bus"
 	"github.com/exgrpo/exgrpo/wire"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -21,7 +21,13 @@ import (
 
 // opCosts is the CPU per message of each operation.
 type opCosts struct {
-	store, storeHdr, durable, ordered, headersOnly, get time.Duration
+	store       time.Duration // async publish, every ack checked, to a plain stream
+	durable     time.Duration // a durable pull consumer acking each message (the anchor's reader)
+	storeRoll   time.Duration // the same publishes to ROLLOUTS (message ids deduplicated)
+	shared      time.Duration // the verifiers' shared consumer on ROLLOUTS, acking each
+	ordered     time.Duration // an ordered consumer on ROLLOUTS (the learner's reader, no acks)
+	get         time.Duration // gets by sequence (the replay service's, 64 at a time)
+	headersOnly time.Duration // a headers-only consumer acking each: the floor of any reader that needs a message's fields but not its body
 }
 
 // measureOps measures the operations on the trajectories of trajs (their
@@ -35,17 +41,17 @@ func measureOps(ctx context.Context, srv *bus.Server, run string, payloads [][]b
 	defer closeAll()
 	defer dropStreams(rs.b["verifier"])
 	n := len(payloads)
-	per := func(d time.Duration) time.Duration { return d / time.Duration(n) }
 	timedOp := func(f func() error) (time.Duration, error) {
 		c0 := processCPU()
 		err := f()
-		return per(processCPU() - c0), err
+		return (processCPU() - c0) / time.Duration(n), err
 	}
+	id := func(i int) string { return trajs[i].ID }
+	payload := func(i int) ([]byte, error) { return payloads[i], nil }
+	pub, js := rs.pub["actor"], rs.b["actor"].JS
 
-	// The anchor's operations on a plain stream: store (async publish,
-	// every ack checked), a durable pull consumer acking each message.
-	js := rs.b["actor"].JS
-	name, subj := "OPS_"+run, "ops."+run
+	// The anchor's: a plain stream, a durable consumer.
+	name, subj := "OPS_"+strings.ToUpper(run), "ops."+run
 	storage := jetstream.FileStorage
 	if benchMemory {
 		storage = jetstream.MemoryStorage
@@ -55,39 +61,41 @@ func measureOps(ctx context.Context, srv *bus.Server, run string, payloads [][]b
 		return c, err
 	}
 	defer func() { _ = js.DeleteStream(context.Background(), name) }()
-	pub := rs.pub["actor"]
-	if c.store, err = timedOp(func() error {
-		return publishRollouts(ctx, pub, n, func(i int) (*nats.Msg, error) { return bus.NewMsg(subj, trajs[i].ID, payloads[i]), nil })
-	}); err != nil {
+	if c.store, err = timedOp(func() error { return publishRollouts(ctx, pub, subj, n, id, payload) }); err != nil {
 		return c, err
 	}
-	cons, err := js.CreateConsumer(ctx, name, jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096})
-	if err != nil {
+	consume := func(cc jetstream.ConsumerConfig) func() error {
+		return func() error {
+			cons, err := js.CreateConsumer(ctx, name, cc)
+			if err != nil {
+				return err
+			}
+			return consumeN(ctx, cons, n, nil)
+		}
+	}
+	if c.durable, err = timedOp(consume(jetstream.ConsumerConfig{Durable: "c", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096})); err != nil {
 		return c, err
 	}
-	if c.durable, err = timedOp(func() error { return consumeN(ctx, cons, n, nil) }); err != nil {
+	if c.headersOnly, err = timedOp(consume(jetstream.ConsumerConfig{Durable: "h", AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 4096,
+		HeadersOnly: true})); err != nil {
 		return c, err
 	}
 
-	// The pipeline's: the actor's messages on ROLLOUTS (with the grading
-	// header), the learner's ordered consumer, the verifiers' headers-only
-	// shared consumer acking each, the replay service's gets by sequence.
+	// The pipeline's, on ROLLOUTS.
 	ab, lb, vb, rb := rs.b["actor"], rs.b["learner"], rs.b["verifier"], rs.b["replay"]
-	msgs := make([]*nats.Msg, n)
-	for i := range trajs {
-		if msgs[i], err = ab.RolloutMsg(&trajs[i]); err != nil {
-			return c, err
-		}
-		msgs[i].Data = payloads[i]
-	}
 	st, err := ab.Stream(ctx, bus.Rollouts)
 	if err != nil {
 		return c, err
 	}
 	first := st.CachedInfo().State.LastSeq + 1
-	if c.storeHdr, err = timedOp(func() error {
-		return publishRollouts(ctx, pub, n, func(i int) (*nats.Msg, error) { return msgs[i], nil })
-	}); err != nil {
+	if c.storeRoll, err = timedOp(func() error { return publishRollouts(ctx, pub, ab.Names.Subject(bus.Rollouts), n, id, payload) }); err != nil {
+		return c, err
+	}
+	shared, err := vb.Shared(ctx, bus.Rollouts)
+	if err != nil {
+		return c, err
+	}
+	if c.shared, err = timedOp(func() error { return consumeN(ctx, shared, n, nil) }); err != nil {
 		return c, err
 	}
 	if c.ordered, err = timedOp(func() error {
@@ -108,13 +116,6 @@ func measureOps(ctx context.Context, srv *bus.Server, run string, payloads [][]b
 		}
 		return nil
 	}); err != nil {
-		return c, err
-	}
-	shared, err := vb.Shared(ctx, bus.Rollouts)
-	if err != nil {
-		return c, err
-	}
-	if c.headersOnly, err = timedOp(func() error { return consumeN(ctx, shared, n, nil) }); err != nil {
 		return c, err
 	}
 	seqs := make([]uint64, n)
@@ -138,18 +139,20 @@ func measureOps(ctx context.Context, srv *bus.Server, run string, payloads [][]b
 }
 
 // printOps writes the costs and what they add up to: the anchor's message
-// flow (store, delivery and ack) and the pipeline's (store with the grading
-// header, the verifiers' headers-only delivery and ack, the learner's
-// delivery, the replay service's gets of the share it stores).
+// flow (store, delivery and ack) and the pipeline's (store on ROLLOUTS, the
+// verifiers' delivery and ack, the learner's delivery, the replay service's
+// gets of the share it stores; the verdicts' own messages left out).
 func printOps(w io.Writer, c opCosts, share float64) {
 	us := func(d time.Duration) float64 { return d.Seconds() * 1e6 }
-	fmt.Fprintf(w, "JetStream operations, CPU per message, one operation at a time (server and client): store %.1f us, store with the grading header %.1f us, "+
-		"durable delivery + ack %.1f us, ordered delivery (no ack) %.1f us, headers-only delivery + ack %.1f us, get by sequence %.1f us\n",
-		us(c.store), us(c.storeHdr), us(c.durable), us(c.ordered), us(c.headersOnly), us(c.get))
+	fmt.Fprintf(w, "JetStream operations, CPU per message, one at a time (server and client): store %.1f us, durable delivery + ack %.1f us; "+
+		"on ROLLOUTS: store %.1f us, the verifiers' delivery + ack %.1f us, ordered delivery %.1f us, get by sequence %.1f us; "+
+		"a headers-only delivery + ack %.1f us\n",
+		us(c.store), us(c.durable), us(c.storeRoll), us(c.shared), us(c.ordered), us(c.get), us(c.headersOnly))
 	anchor := us(c.store) + us(c.durable)
-	pipe := us(c.storeHdr) + us(c.headersOnly) + us(c.ordered) + share*us(c.get)
-	fmt.Fprintf(w, "their sums: anchor (store + delivery + ack) %.1f us, pipeline (store with header + headers-only delivery + ordered delivery + %.2f gets) %.1f us: "+
-		"a ceiling of %.2f for any codec and grading\n", anchor, share, pipe, anchor/pipe)
+	pipe := us(c.storeRoll) + us(c.shared) + us(c.ordered) + share*us(c.get)
+	fmt.Fprintf(w, "their sums: anchor (store + delivery + ack) %.1f us; pipeline (store + the verifiers' delivery + the learner's + %.2f gets) %.1f us, "+
+		"a ceiling of %.2f before any codec, grading or verdict; with the verifiers' delivery at the headers-only floor, %.2f\n",
+		anchor, share, pipe, anchor/pipe, anchor/(pipe-us(c.shared)+us(c.headersOnly)))
 }
 
 // medianOps is the median of each cost over the repetitions.
@@ -164,10 +167,11 @@ func medianOps(cs []opCosts) opCosts {
 	}
 	return opCosts{
 		store:       med(func(c opCosts) time.Duration { return c.store }),
-		storeHdr:    med(func(c opCosts) time.Duration { return c.storeHdr }),
 		durable:     med(func(c opCosts) time.Duration { return c.durable }),
+		storeRoll:   med(func(c opCosts) time.Duration { return c.storeRoll }),
+		shared:      med(func(c opCosts) time.Duration { return c.shared }),
 		ordered:     med(func(c opCosts) time.Duration { return c.ordered }),
-		headersOnly: med(func(c opCosts) time.Duration { return c.headersOnly }),
 		get:         med(func(c opCosts) time.Duration { return c.get }),
+		headersOnly: med(func(c opCosts) time.Duration { return c.headersOnly }),
 	}
 }

@@ -67,13 +67,6 @@ func (b *Bus) DeadLetter(ctx context.Context, role string, msg jetstream.Msg, re
 	dl := wire.DeadLetter{Subject: msg.Subject(), Role: role, Reason: reason, Data: msg.Data()}
 	if md, err := msg.Metadata(); err == nil {
 		dl.Stream, dl.Sequence, dl.Deliveries = md.Stream, md.Sequence.Stream, md.NumDelivered
-		if msg.Headers().Get("Nats-Msg-Size") != "" && md.Stream == b.Names.Stream(Rollouts) {
-			// A headers-only delivery (the verifiers'): the letter keeps
-			// the stored message, read by sequence.
-			if got, err := b.GetRollouts(ctx, []uint64{md.Sequence.Stream}); err == nil && got.Msgs[md.Sequence.Stream] != nil {
-				dl.Data = got.Msgs[md.Sequence.Stream].Data
-			}
-		}
 	}
 	if err := b.PublishDead(ctx, dl); err != nil {
 		return err

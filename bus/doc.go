@@ -23,9 +23,7 @@
 // other limits streams (Bus.Reader).
 //
 // A trajectory crosses JetStream once: the actor stores it on ROLLOUTS, the
-// one store of trajectories (Bus.RolloutMsg: the encoded trajectory, and in
-// its wire.GradingHeader the fields a verifier grades); the verifiers'
-// consumer delivers headers only, and a verifier publishes only verdicts
+// one store of trajectories; a verifier publishes only verdicts
 // (wire.Verdict: reward, reason, the trajectory's ROLLOUTS sequence), those
 // of the rollouts it graded together in one wire.Verdicts message, on
 // SCORED; the learner follows ROLLOUTS (Bus.Follow) and joins each
@@ -42,13 +40,11 @@
 //	pub := b.NewPublisher(bus.DefaultPublisherConfig())       // bounded, every ack checked
 //	defer pub.Close()
 //	batch := pub.Batch()
-//	m, err := b.RolloutMsg(&traj)                             // id as message id, grading header
-//	batch.AddMsg(ctx, m)
+//	batch.Add(ctx, b.Names.Subject(bus.Rollouts), traj.ID, data)
 //	err = batch.Wait(ctx)                                     // all acked (deduplicated by id)
 //	... msg.Ack()
 //
-// Undecodable input goes to DEAD with Bus.DeadLetter (publish a wire.DeadLetter
-// holding the stored message, read by sequence after a headers-only delivery,
+// Undecodable input goes to DEAD with Bus.DeadLetter (publish a wire.DeadLetter,
 // then Term the message); Bus.WatchMaxDeliveries copies poison messages that
 // exhausted MaxDeliver. Weights: Bus.PublishWeights / Bus.FetchWeights /
 // Bus.WatchVersion. Everything that waits takes a context.

@@ -128,10 +128,6 @@ func (p *Publisher) Close() {
 	p.js.CleanupPublisher()
 }
 
-// NewMsg is a message to publish with id as its Nats-Msg-Id (none when
-// empty); add headers to it before AddMsg.
-func NewMsg(subject, id string, data []byte) *nats.Msg { return newMsg(subject, id, data) }
-
 func newMsg(subject, id string, data []byte) *nats.Msg {
 	m := nats.NewMsg(subject)
 	m.Data = data
@@ -148,16 +144,7 @@ func (p *Publisher) Publish(ctx context.Context, subject, id string, data []byte
 	if p.closed.Load() {
 		return nil, ErrClosed
 	}
-	return p.PublishMsg(ctx, newMsg(subject, id, data))
-}
-
-// PublishMsg is Publish of a message made by NewMsg (with headers of its
-// own).
-func (p *Publisher) PublishMsg(ctx context.Context, m *nats.Msg) (*jetstream.PubAck, error) {
-	if p.closed.Load() {
-		return nil, ErrClosed
-	}
-	return p.publishSync(ctx, m, 0)
+	return p.publishSync(ctx, newMsg(subject, id, data), 0)
 }
 
 func (p *Publisher) publishSync(ctx context.Context, m *nats.Msg, tries int) (*jetstream.PubAck, error) {
@@ -258,19 +245,15 @@ func (p *Publisher) Batch() *Batch { return &Batch{p: p} }
 // budget is spent (until ctx ends). Errors of the publish itself surface in
 // Wait.
 func (bt *Batch) Add(ctx context.Context, subject, id string, data []byte) error {
-	return bt.AddMsg(ctx, newMsg(subject, id, data))
-}
-
-// AddMsg is Add of a message made by NewMsg (with headers of its own).
-func (bt *Batch) AddMsg(ctx context.Context, m *nats.Msg) error {
 	p := bt.p
 	if p.closed.Load() {
 		return ErrClosed
 	}
-	held := min(msgSize(m)+1, p.cfg.MaxInflightBytes)
+	held := min(int64(len(data))+1, p.cfg.MaxInflightBytes)
 	if err := p.bytes.Acquire(ctx, held); err != nil {
-		return fmt.Errorf("bus: publish %s: waiting for in-flight budget: %w", m.Subject, err)
+		return fmt.Errorf("bus: publish %s: waiting for in-flight budget: %w", subject, err)
 	}
+	m := newMsg(subject, id, data)
 	pd := &pending{msg: m, held: held, res: make(chan error, 1)}
 	fut, err := p.js.PublishMsgAsync(m)
 	if err != nil {
@@ -297,17 +280,6 @@ func (bt *Batch) AddMsg(ctx context.Context, m *nats.Msg) error {
 		pd.res <- ctx.Err()
 	}
 	return nil
-}
-
-// msgSize is a message's payload and header bytes.
-func msgSize(m *nats.Msg) int64 {
-	n := len(m.Data)
-	for k, vs := range m.Header {
-		for _, v := range vs {
-			n += len(k) + len(v) + 4
-		}
-	}
-	return int64(n)
 }
 
 // Len is the number of messages added.

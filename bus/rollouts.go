@@ -7,8 +7,6 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/exgrpo/exgrpo/wire"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -148,23 +146,4 @@ func (b *Bus) Follow(ctx context.Context, k Kind, fn func(jetstream.Msg), errFn 
 		return nil, fmt.Errorf("bus: follow %s: %w", b.Names.Stream(k), err)
 	}
 	return cc, nil
-}
-
-// RolloutMsg is the ROLLOUTS message of a trajectory, as actors publish it:
-// its encoding, its id as message id, and the fields a verifier grades in
-// the grading header (wire.GradingHeader; the verifiers' consumer delivers
-// headers only).
-func (b *Bus) RolloutMsg(tr *wire.Trajectory) (*nats.Msg, error) {
-	data, err := wire.Encode(tr)
-	if err != nil {
-		return nil, err
-	}
-	g := tr.Grading()
-	h, err := wire.EncodeGrading(&g)
-	if err != nil {
-		return nil, err
-	}
-	m := newMsg(b.Names.Subject(Rollouts), tr.ID, data)
-	m.Header.Set(wire.GradingHeader, h)
-	return m, nil
 }

@@ -326,12 +326,9 @@ func (b *Bus) SharedConsumerConfig(k Kind) (jetstream.ConsumerConfig, error) {
 			AckWait: c.TaskAckWait, MaxDeliver: c.TaskMaxDeliver, MaxAckPending: c.MaxAckPending,
 			Replicas: c.Replicas, MaxRequestBatch: 1024}, nil
 	case Rollouts:
-		// Headers only: a verifier grades from the message's grading
-		// header (wire.GradingHeader), a tenth of a trajectory's bytes; the
-		// token arrays go to the learner and the replay service alone.
 		return jetstream.ConsumerConfig{Durable: VerifiersConsumer, AckPolicy: jetstream.AckExplicitPolicy,
 			AckWait: c.RolloutAckWait, MaxDeliver: c.RolloutMaxDeliver, MaxAckPending: c.MaxAckPending,
-			Replicas: c.Replicas, MaxRequestBatch: 1024, HeadersOnly: true}, nil
+			Replicas: c.Replicas, MaxRequestBatch: 1024}, nil
 	}
 	return jetstream.ConsumerConfig{}, fmt.Errorf("%w: %s has no shared consumer", ErrConfig, k)
 }

@@ -88,10 +88,6 @@ type Verdict struct {
 	Reason       string  `msgpack:"why"`  // "correct", "wrong_value", "timeout", ...
 	Extracted    string  `msgpack:"ans"`  // the answer the verifier extracted, if any
 	VerifyMicros int64   `msgpack:"vus"`
-	// Graded is the Grading.Sum of the fields graded (from the message's
-	// GradingHeader); the learner checks it against its trajectory. 0 from
-	// verifiers that graded the whole message.
-	Graded uint64 `msgpack:"gsum,omitempty"`
 }
 
 // Verdicts is what a verifier publishes on SCORED: the verdicts of the
@@ -291,7 +287,6 @@ func (m *Probe) schema() (string, uint16, uint16)      { return "probe", ProbeSc
 func (m *Trajectory) schema() (string, uint16, uint16) { return "trajectory", TrajectorySchema, m.V }
 func (m *Scored) schema() (string, uint16, uint16)     { return "scored", ScoredSchema, m.V }
 func (m *Verdict) schema() (string, uint16, uint16)    { return "verdict", VerdictSchema, m.V }
-func (m *Grading) schema() (string, uint16, uint16)    { return "grading", GradingSchema, m.V }
 func (m *Verdicts) schema() (string, uint16, uint16)   { return "verdicts", VerdictsSchema, m.V }
 func (m *StepReport) schema() (string, uint16, uint16) { return "step report", StepReportSchema, m.V }
 func (m *Experience) schema() (string, uint16, uint16) { return "experience", ExperienceSchema, m.V }
@@ -317,8 +312,6 @@ func Stamp(m Message) {
 		x.Traj.V = TrajectorySchema
 	case *Verdict:
 		x.V = VerdictSchema
-	case *Grading:
-		x.V = GradingSchema
 	case *Verdicts:
 		x.V = VerdictsSchema
 		for i := range x.Verdicts {

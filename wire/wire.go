@@ -38,7 +38,6 @@ const (
 	ScoredSchema        = 1
 	VerdictSchema       = 1
 	VerdictsSchema      = 1
-	GradingSchema       = 1
 	StepReportSchema    = 1
 	ExperienceSchema    = 1
 	SampleRequestSchema = 1

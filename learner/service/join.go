@@ -42,11 +42,10 @@ const joinWait = 3 * time.Second
 // are dropped once decoded (a held rollout would otherwise weigh twice);
 // a dead letter gets them again by sequence.
 type heldRollout struct {
-	seq     uint64
-	subj    string
-	data    []byte // until decoded
-	grading string // its grading header (wire.GradingHeader), until decoded
-	tr      *wire.Trajectory
+	seq  uint64
+	subj string
+	data []byte // until decoded
+	tr   *wire.Trajectory
 }
 
 // heldVerdict is a verdict waiting for its trajectory.
@@ -62,7 +61,7 @@ func (s *Service) onRollout(ctx context.Context, m jetstream.Msg) {
 	if err != nil {
 		return
 	}
-	r := &heldRollout{seq: md.Sequence.Stream, subj: m.Subject(), data: m.Data(), grading: m.Headers().Get(wire.GradingHeader)}
+	r := &heldRollout{seq: md.Sequence.Stream, subj: m.Subject(), data: m.Data()}
 	s.hold(ctx, r)
 }
 
@@ -77,10 +76,12 @@ func (s *Service) hold(ctx context.Context, r *heldRollout) {
 	}
 	tr := new(wire.Trajectory)
 	if err := wire.Decode(r.data, tr); err != nil {
-		s.undecodable(ctx, r, err)
+		// The verifiers' consumer dead-letters it with the reason; a
+		// verdict naming it cannot exist.
+		s.met.Ignored.Inc()
 		return
 	}
-	r.tr, r.data, r.grading = tr, nil, ""
+	r.tr, r.data = tr, nil
 	if hv, ok := s.verdicts[r.seq]; ok {
 		delete(s.verdicts, r.seq)
 		s.join(ctx, r, hv.v)
@@ -101,29 +102,6 @@ func (s *Service) hold(ctx context.Context, r *heldRollout) {
 		return
 	}
 	s.rolls[r.seq] = r
-}
-
-// undecodable refuses a ROLLOUTS message whose trajectory does not decode.
-// The verifiers grade from its grading header and never see the rest, so the
-// learner sends it to DEAD with the decoder's reason and asks for the
-// rollout again; its verdict, when it comes, is dropped. One whose header
-// does not decode either is the verifiers' to dead-letter (no verdict
-// names it).
-func (s *Service) undecodable(ctx context.Context, r *heldRollout, err error) {
-	g, gerr := wire.DecodeGrading(r.grading)
-	if gerr != nil {
-		s.met.Ignored.Inc()
-		return
-	}
-	e, step, ok := wire.ParseTaskID(g.TaskID)
-	if !ok || e != s.epoch || step < s.step {
-		s.met.Ignored.Inc() // another epoch's, or of a step already trained
-		return
-	}
-	err = fmt.Errorf("trajectory %s: %w", g.ID, err)
-	s.deadRollout(ctx, r, err)
-	s.joined[r.seq] = step
-	s.retry(ctx, &wire.Scored{Traj: verdictPlace(&wire.Verdict{ID: g.ID, TaskID: g.TaskID})}, err)
 }
 
 // onVerdict handles one SCORED message: a verifier's batch of verdicts.
@@ -179,15 +157,6 @@ func (s *Service) join(ctx context.Context, r *heldRollout, v *wire.Verdict) {
 		return
 	}
 	sc := v.Join(*r.tr)
-	if g := r.tr.Grading(); v.Graded != 0 && v.Graded != g.Sum() {
-		// The verifier graded the message's grading header; an actor
-		// wrote it beside the trajectory and it must say the same.
-		err := fmt.Errorf("%w: trajectory %s: its grading header does not match it (the verifier graded other text, gold answer or kind than the learner would train on)",
-			wire.ErrInvalid, r.tr.ID)
-		s.deadRollout(ctx, r, err)
-		s.retry(ctx, sc, err)
-		return
-	}
 	s.admit(ctx, sc, r)
 }
 

@@ -138,19 +138,14 @@ func rollouts(ctx context.Context, t *testing.T, b *bus.Bus, tasks chan<- wire.T
 // before the learner read it: the verdict names the sequence of a message
 // that was stored and deleted at once.
 func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire.Scored) error {
-	m, err := b.RolloutMsg(&sc.Traj)
+	data, err := wire.Encode(&sc.Traj)
 	if err != nil {
 		return err
 	}
-	switch sc.Traj.ActorID {
-	case lostActor:
-		m.Data = []byte("discarded")
-		m.Header.Del(wire.GradingHeader)
-	case badBodyActor:
-		m.Data = []byte("\x93not a trajectory")
+	if sc.Traj.ActorID == lostActor {
+		data = []byte("discarded")
 	}
-	data := m.Data
-	ack, err := pub.PublishMsg(ctx, m)
+	ack, err := pub.Publish(ctx, b.Names.Subject(bus.Rollouts), sc.Traj.ID, data)
 	if err != nil {
 		return err
 	}
@@ -163,12 +158,12 @@ func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire
 			return err
 		}
 	}
-	g := sc.Traj.Grading()
-	if sc.Traj.ActorID == otherGradingActor {
-		g.Text = "\\boxed{42}"
-	}
 	v := wire.Verdicts{RunID: sc.Traj.RunID, Verdicts: []wire.Verdict{{RunID: sc.Traj.RunID, ID: sc.Traj.ID, TaskID: sc.Traj.TaskID,
-		Seq: ack.Sequence, Size: len(data), Reward: sc.Reward, Reason: sc.Reason, Graded: g.Sum()}}}
+		Seq: ack.Sequence, Size: len(data), Reward: sc.Reward, Reason: sc.Reason}}}
+	if sc.Traj.ActorID == regradedActor { // graded twice, in two batches
+		v.Verdicts = append(v.Verdicts, v.Verdicts[0])
+		v.Verdicts[1].Reward = 1 - v.Verdicts[1].Reward
+	}
 	if data, err = wire.Encode(&v); err != nil {
 		return err
 	}
@@ -177,13 +172,11 @@ func publishScored(ctx context.Context, b *bus.Bus, pub *bus.Publisher, sc *wire
 }
 
 // Forged rollouts that publishScored spoils (see there): lostActor's is
-// lost (its verdict names a deleted message), badBodyActor's trajectory
-// does not decode (its grading header does), otherGradingActor's verdict
-// graded other text than the trajectory carries.
+// lost (its verdict names a deleted message); regradedActor's has a second
+// verdict, with the other reward, after its first.
 const (
-	lostActor         = "lost"
-	badBodyActor      = "bad-body"
-	otherGradingActor = "other-grading"
+	lostActor     = "lost"
+	regradedActor = "regraded"
 )
 
 type env struct {

@@ -1,9 +1,9 @@
 // Package worker is the verifier role: it pulls trajectories from ROLLOUTS
-// (shared durable consumer "verifiers"), grades each with the pure checker of
-// its kind (verifier.Lookup) under a per-item time bound, and publishes the
-// verdicts (the reward, and the trajectory's ROLLOUTS sequence; the
-// trajectory stays where it is, stored once) to SCORED, several rollouts'
-// verdicts in one wire.Verdicts message: a group commit, where the rollouts
+// (shared durable consumer "verifiers"), grades each from its head fields
+// with the pure checker of its kind (verifier.Lookup) under a per-item time
+// bound, and publishes the verdicts (the reward, and the trajectory's
+// ROLLOUTS sequence; the trajectory stays where it is, stored once) to
+// SCORED, several rollouts' verdicts in one wire.Verdicts message: a group commit, where the rollouts
 // graded while the previous message waits for its publish ack go out
 // together (one when the worker is idle, up to Config.VerdictBatch under
 // load). Each rollout is acked only after the message holding its verdict is
@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"runtime"
-	"strconv"
 	"sync"
 	"time"
 
@@ -237,7 +236,7 @@ type graded struct {
 }
 
 // handle grades one message. A graded rollout is returned for publishing;
-// otherwise (ok false) it was dead-lettered, or given back for redelivery.
+// otherwise (ok false) it was dead-lettered.
 func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (g graded, ok bool) {
 	start := time.Now()
 	md, err := msg.Metadata()
@@ -248,91 +247,34 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) (g graded, ok bo
 	if md.NumDelivered > 1 {
 		w.m.Redelivered.Inc()
 	}
-	gr, size, err := w.gradingOf(ctx, msg, md.Sequence.Stream)
-	if errors.As(err, new(errRetry)) {
-		if ctx.Err() == nil {
-			w.log.Warn("rollout", zap.Error(err))
-			w.m.Errors.Inc()
-			_ = msg.NakWithDelay(w.cfg.RetryDelay)
-		}
-		return g, false
-	}
-	if err != nil {
+	// The trajectory is graded from its head fields: its blobs are checked,
+	// never decoded.
+	var traj wire.RawTrajectory
+	if err := wire.DecodeRawTrajectory(msg.Data(), &traj); err != nil {
 		w.dead(ctx, msg, err.Error())
 		return g, false
 	}
-	chk, err := w.checker(gr.Kind)
-	if err != nil {
-		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", gr.ID, err))
+	id := traj.Head.ID
+	if id == "" {
+		w.dead(ctx, msg, "trajectory without id")
 		return g, false
 	}
-	if _, step, ok := wire.ParseTaskID(gr.TaskID); ok {
+	chk, err := w.checker(traj.Head.Kind)
+	if err != nil {
+		w.dead(ctx, msg, fmt.Sprintf("trajectory %s: %v", id, err))
+		return g, false
+	}
+	if _, step, ok := wire.ParseTaskID(traj.Head.TaskID); ok {
 		faultpoint.Hit("verifier.grade", step) // crash tests: holding an ungraded rollout
 	}
-	v, us := w.grade(chk, gr.Answer, gr.Text)
-	g = graded{msg: msg, start: start, v: wire.Verdict{V: wire.VerdictSchema, RunID: gr.RunID, ID: gr.ID, TaskID: gr.TaskID,
-		Seq: md.Sequence.Stream, Size: size, Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: us, Graded: gr.Sum()}}
+	v, us := w.grade(chk, traj.Head.Answer, traj.Head.Text)
+	g = graded{msg: msg, start: start, v: wire.Verdict{V: wire.VerdictSchema, RunID: traj.Head.RunID, ID: id, TaskID: traj.Head.TaskID,
+		Seq: md.Sequence.Stream, Size: len(msg.Data()), Reason: v.Reason, Extracted: v.Extracted, VerifyMicros: us}}
 	if v.Correct {
 		g.v.Reward = 1
 	}
 	return g, true
 }
-
-// msgSizeHeader is what the server puts in place of the body in a
-// headers-only delivery: the body's size.
-const msgSizeHeader = "Nats-Msg-Size"
-
-// gradingOf reads what to grade from a ROLLOUTS message and the size of the
-// stored trajectory. The verifiers' consumer delivers headers only, and an
-// actor writes the fields graded in the grading header (see
-// wire.GradingHeader). A message without that header (an actor older than
-// it) is graded from the trajectory's own head fields, read by sequence
-// (checked as the learner's decoder would, never decoded whole); so is any
-// message of a verifiers' consumer declared before headers-only delivery,
-// which delivers whole messages.
-func (w *Worker) gradingOf(ctx context.Context, msg jetstream.Msg, seq uint64) (wire.Grading, int, error) {
-	h := msg.Headers()
-	data, size := msg.Data(), len(msg.Data())
-	if n := h.Get(msgSizeHeader); n != "" {
-		var err error
-		if size, err = strconv.Atoi(n); err != nil {
-			return wire.Grading{}, 0, fmt.Errorf("%w: %s header %q", wire.ErrDecode, msgSizeHeader, n)
-		}
-	}
-	if v := h.Get(wire.GradingHeader); v != "" {
-		g, err := wire.DecodeGrading(v)
-		return g, size, err
-	}
-	if len(data) == 0 && size > 0 {
-		got, err := w.b.GetRollouts(ctx, []uint64{seq})
-		if err != nil {
-			return wire.Grading{}, 0, errRetry{err}
-		}
-		m, ok := got.Msgs[seq]
-		if !ok {
-			if len(got.Gone) > 0 {
-				return wire.Grading{}, 0, fmt.Errorf("rollout without a grading header, and ROLLOUTS no longer holds it (sequence %d)", seq)
-			}
-			return wire.Grading{}, 0, errRetry{got.Err}
-		}
-		data = m.Data
-	}
-	var raw wire.RawTrajectory
-	if err := wire.DecodeRawTrajectory(data, &raw); err != nil {
-		return wire.Grading{}, 0, err
-	}
-	if raw.Head.ID == "" {
-		return wire.Grading{}, 0, fmt.Errorf("trajectory without id")
-	}
-	t := raw.Head
-	return wire.Grading{V: wire.GradingSchema, RunID: t.RunID, ID: t.ID, TaskID: t.TaskID, Kind: t.Kind, Answer: t.Answer, Text: t.Text}, size, nil
-}
-
-// errRetry is a failure that may pass (a get by sequence that timed out):
-// the rollout is given back, not dead-lettered.
-type errRetry struct{ err error }
-
-func (e errRetry) Error() string { return fmt.Sprintf("reading the rollout by sequence: %v", e.err) }
 
 // verdictBatchesInFlight bounds the SCORED messages waiting for their
 // publish ack at once; what is graded meanwhile waits for the next one.

@@ -19,11 +19,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// drain reads n messages of kind k with a fresh reader and decodes them.
-func drain[T any, PT interface {
-	*T
-	wire.Message
-}](t *testing.T, ctx context.Context, b *bus.Bus, k bus.Kind, reader string, n int) []T {
+// read reads messages of kind k with a fresh reader, decoding each into
+// zero or more items, until it has n items.
+func read[T any](t *testing.T, ctx context.Context, b *bus.Bus, k bus.Kind, reader string, n int, decode func([]byte) ([]T, error)) []T {
 	t.Helper()
 	cons, err := b.Reader(ctx, k, reader, bus.ReaderOptions{})
 	if err != nil {
@@ -39,48 +37,37 @@ func drain[T any, PT interface {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var m T
-		if err := wire.Decode(msg.Data(), PT(&m)); err != nil {
+		items, err := decode(msg.Data())
+		if err != nil {
 			t.Fatal(err)
 		}
 		_ = msg.Ack()
-		out = append(out, m)
+		out = append(out, items...)
 	}
-	if len(out) < n {
-		t.Fatalf("%s: got %d messages, want %d", k, len(out), n)
+	if len(out) != n {
+		t.Fatalf("%s: got %d items, want %d", k, len(out), n)
 	}
 	return out
+}
+
+// drain reads n messages of kind k with a fresh reader and decodes them.
+func drain[T any, PT interface {
+	*T
+	wire.Message
+}](t *testing.T, ctx context.Context, b *bus.Bus, k bus.Kind, reader string, n int) []T {
+	t.Helper()
+	return read(t, ctx, b, k, reader, n, func(data []byte) ([]T, error) {
+		var m T
+		err := wire.Decode(data, PT(&m))
+		return []T{m}, err
+	})
 }
 
 // drainVerdicts reads SCORED messages (verdict batches) with a fresh
 // reader until it has n verdicts.
 func drainVerdicts(t *testing.T, ctx context.Context, b *bus.Bus, n int) []wire.Verdict {
 	t.Helper()
-	cons, err := b.Reader(ctx, bus.Scored, "check-verdicts", bus.ReaderOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []wire.Verdict
-	deadline := time.Now().Add(20 * time.Second)
-	for len(out) < n && time.Now().Before(deadline) {
-		msg, err := cons.Next(jetstream.FetchMaxWait(200 * time.Millisecond))
-		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
-			continue
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		vs, err := wire.DecodeVerdicts(msg.Data())
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = msg.Ack()
-		out = append(out, vs...)
-	}
-	if len(out) != n {
-		t.Fatalf("SCORED: got %d verdicts, want %d", len(out), n)
-	}
-	return out
+	return read(t, ctx, b, bus.Scored, "check-verdicts", n, wire.DecodeVerdicts)
 }
 
 func startWorker(t *testing.T, b *bus.Bus, cfg Config, lookup func(string) (verifier.Checker, error)) context.CancelFunc {
@@ -225,7 +212,7 @@ func TestVerdictNamesTrajectoryAndDeadLettersBadBytes(t *testing.T) {
 	startWorker(t, b, DefaultConfig(), nil)
 	v := drainVerdicts(t, ctx, b, 1)[0]
 	want := wire.Verdict{V: wire.VerdictSchema, RunID: "w3", ID: good.ID, TaskID: good.TaskID, Seq: ack.Sequence, Size: len(sent),
-		Reward: 1, Reason: verifier.ReasonCorrect, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros, Graded: sum(good)}
+		Reward: 1, Reason: verifier.ReasonCorrect, Extracted: v.Extracted, VerifyMicros: v.VerifyMicros}
 	if !reflect.DeepEqual(v, want) {
 		t.Fatalf("verdict %+v\nwant %+v", v, want)
 	}
@@ -252,61 +239,3 @@ func TestVerdictNamesTrajectoryAndDeadLettersBadBytes(t *testing.T) {
 	}
 }
 
-func sum(t wire.Trajectory) uint64 {
-	g := t.Grading()
-	return g.Sum()
-}
-
-// The verifiers' consumer delivers headers only: a rollout is graded from
-// its grading header (the verdict says the stored trajectory's size and the
-// hash of what was graded), and one whose header does not decode goes to
-// DEAD with the stored message, read by sequence.
-func TestGradesFromHeaderAlone(t *testing.T) {
-	s := bustest.Server(t)
-	b := bustest.Open(t, s, bus.DefaultConfig("w4"))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pub, err := b.NewPublisher(bus.DefaultPublisherConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
-	good := wire.Trajectory{RunID: "w4", ID: "2/q1/0", TaskID: "2/q1", Tokens: wire.Int32s{1, 2, 3}, LogProbs: wire.Float32s{-1, -1, -1},
-		Entropies: wire.Float32s{0, 0, 0}, Text: "1+1=\\boxed{2}", Answer: "2", Kind: "arith"}
-	m, err := b.RolloutMsg(&good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := m.Data
-	ack, err := pub.PublishMsg(ctx, m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad := good
-	bad.ID = "2/q1/1"
-	m, err = b.RolloutMsg(&bad)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.Header.Set(wire.GradingHeader, "not base64!")
-	badBody := m.Data
-	if _, err := pub.PublishMsg(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	cons, err := b.Shared(ctx, bus.Rollouts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !cons.CachedInfo().Config.HeadersOnly {
-		t.Fatal("the verifiers' consumer delivers whole messages")
-	}
-	startWorker(t, b, DefaultConfig(), nil)
-	v := drainVerdicts(t, ctx, b, 1)[0]
-	if v.ID != good.ID || v.Seq != ack.Sequence || v.Size != len(body) || v.Graded != sum(good) || v.Reward != 1 {
-		t.Fatalf("verdict %+v; want id %s, sequence %d, size %d, graded %x, reward 1", v, good.ID, ack.Sequence, len(body), sum(good))
-	}
-	dl := drain[wire.DeadLetter](t, ctx, b, bus.Dead, "check", 1)[0]
-	if !strings.Contains(dl.Reason, "grading header") || !bytes.Equal(dl.Data, badBody) {
-		t.Fatalf("dead letter: reason %q, %d bytes; want the grading header named and the %d bytes stored", dl.Reason, len(dl.Data), len(badBody))
-	}
-}
