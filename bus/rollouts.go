@@ -2,11 +2,12 @@ package bus
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
-	"sync"
+	"strconv"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -36,53 +37,103 @@ type Got struct {
 }
 
 // GetRollouts fetches ROLLOUTS messages by stream sequence with direct gets
-// (any replica answers), up to 64 in flight. It fails only when the stream
-// cannot be looked up at all; per-sequence outcomes are in Got.
+// (any replica answers), up to 64 in flight. It fails only when no request
+// can be sent, or when the stream cannot be looked up to tell a message gone
+// for good from one a replica does not hold yet; per-sequence outcomes are
+// in Got.
+//
+// The gets are pipelined on one reply subscription, each request naming its
+// sequence in its reply subject, rather than made one by one through the
+// client's request API: the same requests and replies for the server, a
+// third less CPU per get for the reader (`exgrpo bench dataplane --ops`).
 func (b *Bus) GetRollouts(ctx context.Context, seqs []uint64) (Got, error) {
 	got := Got{Msgs: make(map[uint64]*jetstream.RawStreamMsg, len(seqs))}
 	if len(seqs) == 0 {
 		return got, nil
 	}
-	s, err := b.Stream(ctx, Rollouts)
-	if err != nil {
-		return got, err
-	}
-	var mu sync.Mutex
 	var notFound []uint64
-	slots := make(chan struct{}, getConcurrency)
-	var wg sync.WaitGroup
-	for _, seq := range seqs {
-		if seq == 0 {
-			got.Gone = append(got.Gone, seq)
+	later := func(seq uint64, err error) {
+		got.Later = append(got.Later, seq)
+		if got.Err == nil {
+			got.Err = err
+		}
+	}
+	inbox := b.NC.NewInbox()
+	replies := make(chan *nats.Msg, getConcurrency)
+	sub, err := b.NC.ChanSubscribe(inbox+".*", replies)
+	if err != nil {
+		return got, fmt.Errorf("bus: get %s by sequence: %w", b.Names.Stream(Rollouts), err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	api := "$JS.API.DIRECT.GET." + b.Names.Stream(Rollouts)
+	pending := map[uint64]bool{}
+	next := 0
+	send := func() error { // the next sequence's request
+		seq := seqs[next]
+		next++
+		if seq == 0 || pending[seq] {
+			if seq == 0 {
+				got.Gone = append(got.Gone, seq)
+			}
+			return nil
+		}
+		pending[seq] = true
+		req := strconv.AppendUint([]byte(`{"seq":`), seq, 10)
+		return b.NC.PublishRequest(api, inbox+"."+strconv.FormatUint(seq, 10), append(req, '}'))
+	}
+	timer := time.NewTimer(b.Config.OpTimeout)
+	defer timer.Stop()
+	for next < len(seqs) || len(pending) > 0 {
+		for next < len(seqs) && len(pending) < getConcurrency {
+			if err := send(); err != nil {
+				return got, fmt.Errorf("bus: get %s by sequence: %w", b.Names.Stream(Rollouts), err)
+			}
+		}
+		if len(pending) == 0 {
 			continue
 		}
-		slots <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-slots }()
-			octx, cancel := b.opCtx(ctx)
-			m, err := s.GetMsg(octx, seq)
-			cancel()
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				got.Msgs[seq] = m
-			case errors.Is(err, jetstream.ErrMsgNotFound):
-				notFound = append(notFound, seq)
-			default:
-				got.Later = append(got.Later, seq)
-				if got.Err == nil {
-					got.Err = err
-				}
+		var m *nats.Msg
+		select {
+		case m = <-replies:
+		case <-timer.C:
+			err = fmt.Errorf("bus: get %s by sequence: no reply within %v", b.Names.Stream(Rollouts), b.Config.OpTimeout)
+		case <-ctx.Done():
+			err = fmt.Errorf("bus: get %s by sequence: %w", b.Names.Stream(Rollouts), ctx.Err())
+		}
+		if m == nil { // what was not answered is asked for again later
+			for seq := range pending {
+				later(seq, err)
 			}
-		})
+			for _, seq := range seqs[next:] {
+				later(seq, err)
+			}
+			pending, next = nil, len(seqs)
+			break
+		}
+		seq, perr := strconv.ParseUint(m.Subject[len(inbox)+1:], 10, 64)
+		if perr != nil || !pending[seq] {
+			continue // not ours, or answered already
+		}
+		delete(pending, seq)
+		timer.Reset(b.Config.OpTimeout)
+		switch status := m.Header.Get("Status"); status {
+		case "":
+			got.Msgs[seq] = &jetstream.RawStreamMsg{Subject: m.Header.Get(jetstream.SubjectHeader), Sequence: seq, Header: m.Header, Data: m.Data}
+		case "404":
+			notFound = append(notFound, seq)
+		default:
+			later(seq, fmt.Errorf("bus: get %s sequence %d: status %s %s", b.Names.Stream(Rollouts), seq, status, m.Header.Get("Description")))
+		}
 	}
-	wg.Wait()
 	if len(notFound) > 0 {
 		// The leader says which of them are gone for good: below the first
 		// sequence, or deleted at or below the last one. A direct get
 		// served by a replica that is behind answers "not found" for a
 		// message the leader holds; those are asked for again.
+		s, err := b.Stream(ctx, Rollouts)
+		if err != nil {
+			return got, err
+		}
 		octx, cancel := b.opCtx(ctx)
 		info, err := s.Info(octx, jetstream.WithDeletedDetails(true))
 		cancel()
