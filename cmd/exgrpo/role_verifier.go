@@ -18,6 +18,7 @@ func runVerifierRole(ctx context.Context, args []string) error {
 	bf := addBusFlags(fs)
 	cfg := worker.DefaultConfig()
 	fs.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "trajectories graded at once (default one per core)")
+	fs.IntVar(&cfg.VerdictBatch, "verdict-batch", cfg.VerdictBatch, "most verdicts in one SCORED message (those graded while earlier ones wait for their publish acks go together; 1 = one message per verdict)")
 	fs.DurationVar(&cfg.ItemTimeout, "item-timeout", cfg.ItemTimeout, "time bound per trajectory; past it the reward is 0 with reason timeout")
 	fs.BoolVar(&cfg.WatchDead, "watch-dead", false, "also move messages past their max deliveries to DEAD (needs advisory permissions; normally the learner does it)")
 	if err := fs.Parse(args); err != nil {

@@ -49,6 +49,7 @@ func TestBadCommandLinesFailFast(t *testing.T) {
 		{"replay --rho 2", runReplayRole, append([]string{"--rho", "2"}, noServer...), true, "Rho = 2"},
 		{"learner --run bad.id", runLearnerRole, append([]string{"--run", "bad.id", "--base", good}, noServer...), true, `run id "bad.id"`},
 		{"actor --run bad.id", runActorRole, append([]string{"--run", "bad.id"}, noServer...), true, `run id "bad.id"`},
+		{"verifier --verdict-batch 0", runVerifierRole, append([]string{"--verdict-batch", "0"}, noServer...), true, "VerdictBatch 0"},
 		{"tasks -n -5", runTasks, []string{"-n", "-5"}, true, "-n -5"},
 		{"eval of NaN weights", runEval, []string{"--checkpoint", nan}, false, "not finite"},
 		{"eval of an empty dataset", runEval, []string{"--checkpoint", good, "--dataset", empty}, true, "no problems"},
