@@ -36,11 +36,13 @@ func TestIdleCommitsEachAtOnce(t *testing.T) {
 func TestBusyBatchesGrow(t *testing.T) {
 	in := make(chan int, 100)
 	release := make(chan struct{})
+	committing := make(chan struct{}, 10)
 	var mu sync.Mutex
 	var batches [][]int
 	done := make(chan struct{})
 	go func() {
 		Run(in, 4, 1, func(b []int) {
+			committing <- struct{}{}
 			<-release
 			mu.Lock()
 			batches = append(batches, b)
@@ -49,7 +51,7 @@ func TestBusyBatchesGrow(t *testing.T) {
 		close(done)
 	}()
 	in <- 0
-	time.Sleep(50 * time.Millisecond) // the first batch, [0], is committing and holds the only slot
+	<-committing // the first batch, [0], is committing and holds the only slot
 	for i := 1; i <= 10; i++ {
 		in <- i
 	}
