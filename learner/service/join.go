@@ -142,9 +142,11 @@ func (s *Service) verdict(ctx context.Context, v *wire.Verdict) {
 		s.join(ctx, r, v)
 		return
 	}
-	if _, dup := s.verdicts[v.Seq]; !dup {
-		s.verdicts[v.Seq] = &heldVerdict{v: v, step: step, since: time.Now()}
+	if _, dup := s.verdicts[v.Seq]; dup {
+		s.met.Ignored.Inc() // a second verdict while the first waits: the first counts
+		return
 	}
+	s.verdicts[v.Seq] = &heldVerdict{v: v, step: step, since: time.Now()}
 }
 
 // join pairs a trajectory with its verdict and hands the rollout to the fence.
