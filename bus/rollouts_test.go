@@ -21,11 +21,7 @@ func TestGetRollouts(t *testing.T) {
 	b := bustest.Open(t, s, bus.DefaultConfig("gr"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pub, err := b.NewPublisher(bus.DefaultPublisherConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
+	pub := bustest.Publisher(t, b)
 	const n = 150
 	sent := map[uint64][]byte{}
 	for i := range n {

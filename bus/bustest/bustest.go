@@ -57,6 +57,18 @@ func Open(t testing.TB, s *bus.Server, cfg bus.Config) *bus.Bus {
 	return b
 }
 
+// Publisher is a publisher of b with the default settings, closed when the
+// test ends.
+func Publisher(t testing.TB, b *bus.Bus) *bus.Publisher {
+	t.Helper()
+	pub, err := b.NewPublisher(bus.DefaultPublisherConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pub.Close)
+	return pub
+}
+
 // Eventually polls cond every 10ms until it holds or the deadline passes.
 func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()

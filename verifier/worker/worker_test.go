@@ -95,11 +95,7 @@ func TestGradesAndDeadLettersMalformed(t *testing.T) {
 	b := bustest.Open(t, s, bus.DefaultConfig("w1"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pub, err := b.NewPublisher(bus.DefaultPublisherConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pub.Close()
+	pub := bustest.Publisher(t, b)
 	subj := b.Names.Subject(bus.Rollouts)
 	const n = 20
 	want := map[string]float32{}
