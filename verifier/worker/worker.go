@@ -3,12 +3,12 @@
 // with the pure checker of its kind (verifier.Lookup) under a per-item time
 // bound, and publishes the verdicts (the reward, and the trajectory's
 // ROLLOUTS sequence; the trajectory stays where it is, stored once) to
-// SCORED, several rollouts' verdicts in one wire.Verdicts message: a group commit, where the rollouts
-// graded while the previous message waits for its publish ack go out
-// together (one when the worker is idle, up to Config.VerdictBatch under
-// load). Each rollout is acked only after the message holding its verdict is
-// acked. Undecodable input goes to DEAD with its reason; the worker carries
-// on. Any number of workers may run.
+// SCORED in group commits: the rollouts graded while the previous
+// wire.Verdicts message waits for its publish ack go out together in the
+// next (one when the worker is idle, up to Config.VerdictBatch under load).
+// Each rollout is acked only after the message holding its verdict is acked.
+// Undecodable input goes to DEAD with its reason; the worker carries on. Any
+// number of workers may run.
 package worker
 
 import (

@@ -234,4 +234,3 @@ func TestVerdictNamesTrajectoryAndDeadLettersBadBytes(t *testing.T) {
 		delete(bad, string(dl.Data))
 	}
 }
-
